@@ -1,0 +1,129 @@
+"""Ground-truth attributes of the synthetic faces: their specs, random draws and validation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+
+from faceedit.errors import InvalidInputError
+
+ATTRIBUTE_STREAM = 0  # per-face RNG stream for attributes; identity uses another so they vary independently
+
+
+@dataclass(frozen=True)
+class AttributeSpec:
+    """One controllable attribute: its value range and what it looks like."""
+
+    name: str
+    kind: str  # "continuous" or "binary"
+    low: float
+    high: float
+    description: str
+
+
+def _spec(name: str, kind: str, low: float, high: float, description: str) -> tuple[str, AttributeSpec]:
+    return name, AttributeSpec(name, kind, low, high, description)
+
+
+ATTRIBUTES: Mapping[str, AttributeSpec] = MappingProxyType(dict([
+    _spec("age", "continuous", 0.0, 1.0, "young..old: forehead and eye wrinkles, nasolabial lines, grey to white hair, thinner lips"),
+    _spec("smile", "continuous", 0.0, 1.0, "mouth corners curve up and the mouth widens; smile lines deepen"),
+    _spec("mouth_open", "continuous", 0.0, 1.0, "lips part showing teeth and a dark mouth; the chin drops a little"),
+    _spec("eyes_open", "continuous", 0.0, 1.0, "closed..open: the upper eyelid covers the iris as it closes"),
+    _spec("yaw", "continuous", -1.0, 1.0, "head turn, -1 facing the viewer's left .. 1 right (about 34 degrees); far side compressed"),
+    _spec("pitch", "continuous", -1.0, 1.0, "head tilt, -1 down .. 1 up (about 20 degrees): features slide up or down"),
+    _spec("glasses", "binary", 0.0, 1.0, "spectacles with visible frames; some pairs are tinted"),
+    _spec("beard", "continuous", 0.0, 1.0, "beard and moustache density, from none through stubble to full"),
+    _spec("hair_length", "continuous", 0.0, 1.0, "cropped .. past the shoulders; long hair covers the ears"),
+    _spec("hair_color", "continuous", 0.0, 1.0, "black .. brown .. blond (grey from age mixes in on top)"),
+    _spec("skin_tone", "continuous", 0.0, 1.0, "light .. dark skin"),
+    _spec("background", "continuous", 0.0, 1.0, "backdrop colour, dark blue .. teal .. olive .. light warm beige"),
+    _spec("lighting", "continuous", -1.0, 1.0, "key light from the viewer's left (-1) .. front (0) .. right (1)"),
+]))
+ATTRIBUTE_NAMES: tuple[str, ...] = tuple(ATTRIBUTES)
+
+
+def _mixture(rng: np.random.Generator, p_low: float, low_hi: float) -> float:
+    """With probability p_low a value in [0, low_hi), else uniform on [0, 1]: a spike of 'mostly absent'."""
+    return float(rng.uniform(0.0, low_hi)) if rng.random() < p_low else float(rng.random())
+
+
+def _draw_one(rng: np.random.Generator) -> dict[str, float]:
+    """All attributes of one face, always drawn in the same order so streams stay aligned."""
+    eyes_closed_ish = rng.random() < 0.2
+    return {
+        "age": float(rng.random()),
+        "smile": float(rng.random()),
+        "mouth_open": _mixture(rng, 0.5, 0.1),
+        "eyes_open": float(rng.uniform(0.0, 0.6) if eyes_closed_ish else rng.uniform(0.6, 1.0)),
+        "yaw": float(rng.uniform(-1.0, 1.0)),
+        "pitch": float(rng.uniform(-1.0, 1.0)),
+        "glasses": float(rng.random() < 0.3),
+        "beard": 0.0 if rng.random() < 0.6 else float(rng.random()),
+        "hair_length": float(rng.random()),
+        "hair_color": float(rng.random()),
+        "skin_tone": float(rng.random()),
+        "background": float(rng.random()),
+        "lighting": float(rng.uniform(-1.0, 1.0)),
+    }
+
+
+def face_rng(seed: int, index: int, stream: int) -> np.random.Generator:
+    """Independent generator per (seed, face, stream), so any prefix of a batch is reproducible."""
+    return np.random.default_rng([seed, index, stream])
+
+
+def draw_attributes(n: int, seed: int) -> dict[str, np.ndarray]:
+    """Attributes of faces 0..n-1 of `seed` (arguments already validated)."""
+    rows = [_draw_one(face_rng(seed, i, ATTRIBUTE_STREAM)) for i in range(n)]
+    return {name: np.array([r[name] for r in rows], dtype=np.float64) for name in ATTRIBUTE_NAMES}
+
+
+def _as_column(name: str, value) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError("attrs", f"{name} is not numeric: {exc}") from None
+    if arr.ndim > 1:
+        raise InvalidInputError("attrs", f"{name} must be a scalar or 1-d, got shape {arr.shape}")
+    return arr.reshape(-1)
+
+
+def _check_values(spec: AttributeSpec, arr: np.ndarray) -> None:
+    if not np.all(np.isfinite(arr)):
+        raise InvalidInputError("attrs", f"{spec.name} has non-finite values")
+    if np.any(arr < spec.low) or np.any(arr > spec.high):
+        raise InvalidInputError("attrs", f"{spec.name} values must lie in [{spec.low:g}, {spec.high:g}]")
+    if spec.kind == "binary" and not np.all((arr == 0.0) | (arr == 1.0)):
+        raise InvalidInputError("attrs", f"{spec.name} is binary: values must be 0 or 1")
+
+
+def validate_attributes(attrs, style_index: int) -> dict[str, np.ndarray]:
+    """Checked float64 columns of equal length for every attribute; scalars broadcast.
+
+    A "style" entry (as returned by render_faces) is accepted when it matches the requested style,
+    so an attribute dict can be edited and passed straight back.
+    """
+    if not isinstance(attrs, Mapping):
+        raise InvalidInputError("attrs", f"expected a mapping of attribute name to values, got {type(attrs).__name__}")
+    unknown = sorted(set(attrs) - set(ATTRIBUTE_NAMES) - {"style"})
+    missing = [name for name in ATTRIBUTE_NAMES if name not in attrs]
+    if unknown or missing:
+        raise InvalidInputError("attrs", f"unknown {unknown}, missing {missing}; expected {list(ATTRIBUTE_NAMES)}")
+    columns = {name: _as_column(name, attrs[name]) for name in ATTRIBUTE_NAMES}
+    n = max(len(c) for c in columns.values())
+    if n == 0:
+        raise InvalidInputError("attrs", "no faces: every attribute is empty")
+    for name, col in columns.items():
+        if len(col) not in (1, n):
+            raise InvalidInputError("attrs", f"{name} has {len(col)} values, others have {n}")
+        _check_values(ATTRIBUTES[name], col)
+        columns[name] = np.broadcast_to(col, (n,)).copy()
+    if "style" in attrs:
+        style = _as_column("style", attrs["style"])
+        if not np.all(style == style_index):
+            raise InvalidInputError("attrs", f"style entry {style[:4].tolist()} does not match style index {style_index}")
+    return columns

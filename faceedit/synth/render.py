@@ -1,0 +1,99 @@
+"""Public API: render synthetic faces with known attributes, in a photo or an artistic style."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from faceedit.errors import InvalidInputError
+from faceedit.synth.attributes import ATTRIBUTE_NAMES, draw_attributes, face_rng, validate_attributes
+from faceedit.synth.canvas import STYLE_CANVASES
+from faceedit.synth.face import paint_face
+from faceedit.synth.identity import IDENTITY_STREAM, sample_identity
+
+STYLES: tuple[str, ...] = ("photo", "sketch", "comic", "watercolor")
+STYLE_STREAM = 2  # per-face RNG stream for style texture (paper grain, pigment blotches)
+MIN_SIZE, MAX_SIZE = 16, 1024
+SUPERSAMPLE_SMALL = 4  # supersampling for sizes up to SUPERSAMPLE_SMALL_UPTO, for clean edges
+SUPERSAMPLE_SMALL_UPTO = 128
+SUPERSAMPLE_LARGE = 2  # big images already have fine pixels; 4x would cost 16x memory
+
+
+def _check_int(field: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidInputError(field, f"must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise InvalidInputError(field, f"must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_size(size) -> int:
+    size = _check_int("size", size, MIN_SIZE)
+    if size > MAX_SIZE or size & (size - 1):
+        raise InvalidInputError("size", f"must be a power of two in [{MIN_SIZE}, {MAX_SIZE}], got {size}")
+    return size
+
+
+def _check_style(style) -> int:
+    if not isinstance(style, str) or style not in STYLES:
+        raise InvalidInputError("style", f"unknown style {style!r}; valid styles: {', '.join(STYLES)}")
+    return STYLES.index(style)
+
+
+def _supersample(size: int) -> int:
+    return SUPERSAMPLE_SMALL if size <= SUPERSAMPLE_SMALL_UPTO else SUPERSAMPLE_LARGE
+
+
+def _paint_batch(columns: dict[str, np.ndarray], size: int, style: str, seed: int) -> torch.Tensor:
+    """Paint every face of the (validated) attribute columns; identity i comes from (seed, i)."""
+    n = len(columns[ATTRIBUTE_NAMES[0]])
+    canvas_cls = STYLE_CANVASES[style]
+    ss = _supersample(size)
+    out = np.empty((n, size, size, 3), dtype=np.float32)
+    for i in range(n):
+        attrs = {name: float(col[i]) for name, col in columns.items()}
+        ident = sample_identity(face_rng(seed, i, IDENTITY_STREAM))
+        canvas = canvas_cls(size, ss, face_rng(seed, i, STYLE_STREAM))
+        head = paint_face(canvas, ident, attrs)
+        out[i] = canvas.finish(head, attrs["lighting"])
+    images = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+    return images.mul_(2.0 / 255.0).sub_(1.0)
+
+
+def sample_attributes(n: int, seed: int) -> dict[str, np.ndarray]:
+    """Ground-truth attributes of faces 0..n-1 for `seed`, exactly those render_faces(n, seed) uses."""
+    n = _check_int("n", n, 1)
+    seed = _check_int("seed", seed, 0)
+    return draw_attributes(n, seed)
+
+
+def render_faces(n: int, seed: int, size: int = 64, style: str = "photo") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """n random faces: images [n, 3, size, size] in [-1, 1] and float32 attributes [n] by name (plus "style").
+
+    Face i depends only on (seed, i, size, style), so the first k faces of any batch are the same.
+    """
+    n = _check_int("n", n, 1)
+    seed = _check_int("seed", seed, 0)
+    size = _check_size(size)
+    style_index = _check_style(style)
+    columns = draw_attributes(n, seed)
+    images = _paint_batch(columns, size, style, seed)
+    attrs = {name: torch.from_numpy(col.astype(np.float32)) for name, col in columns.items()}
+    attrs["style"] = torch.full((n,), float(style_index), dtype=torch.float32)
+    return images, attrs
+
+
+def render_from_attributes(attrs: Mapping[str, object], size: int = 64, style: str = "photo", seed: int = 0) -> torch.Tensor:
+    """Faces with the given attribute values (scalars broadcast); face i keeps the identity of (seed, i).
+
+    render_from_attributes(sample_attributes(n, s), seed=s) reproduces render_faces(n, s)'s images,
+    so changing one attribute re-renders the same person with only that attribute edited.
+    """
+    size = _check_size(size)
+    style_index = _check_style(style)
+    seed = _check_int("seed", seed, 0)
+    columns = validate_attributes(attrs, style_index)
+    return _paint_batch(columns, size, style, seed)
