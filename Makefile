@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 install: $(STAMP)
 
 # Reinstall when the dependency list changes; the constraint keeps torch on the CPU wheel.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,align]'

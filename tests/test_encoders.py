@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from faceedit.errors import CheckpointMismatchError, InvalidInputError
 from faceedit.models.encoders import Encoder, EncoderConfig, infer_encoder_config
+from faceedit.models.loading import build_encoder
 
 try:
     from tests.reference import (
@@ -103,7 +104,7 @@ def test_n8_matches_upstream(kind, n8_state_dict, refs):
         encoder.load_state_dict(n8_state_dict, strict=True)
         assert encoder.styles[0].linear.weight.data_ptr() != n8_state_dict["styles.0.linear.weight"].data_ptr()
     else:  # the meta-device path (strict load with assign=True), as checkpoint loading uses
-        encoder = Encoder.from_state_dict(n8_state_dict, kind)
+        encoder = build_encoder(n8_state_dict, infer_encoder_config(n8_state_dict, kind))
         # adopted, not copied
         assert encoder.styles[0].linear.weight.data_ptr() == n8_state_dict["styles.0.linear.weight"].data_ptr()
     assert list(encoder.state_dict()) == list(n8_state_dict)  # same key order as upstream
@@ -132,7 +133,7 @@ def test_n18_matches_upstream(refs):
         x = refs["x"]
         for kind in ("psp", "e4e"):
             # assign=True: both encoders adopt the same tensors, no 1 GB copy and no random init
-            encoder = Encoder.from_state_dict(state_dict, kind, latent_avg=refs["n18_latent_avg"]).eval()
+            encoder = build_encoder(state_dict, infer_encoder_config(state_dict, kind), refs["n18_latent_avg"])
             assert encoder.config == EncoderConfig(kind=kind, n_styles=18)
             with torch.inference_mode():
                 raw = encoder(x)

@@ -293,33 +293,6 @@ class Encoder(nn.Module):
         self.register_buffer("latent_avg", torch.zeros(c.n_styles, c.style_dim), persistent=False)
 
     # -- construction from weights ----------------------------------------------------------
-    @classmethod
-    def from_state_dict(
-        cls,
-        state_dict: Mapping[str, Tensor],
-        kind: str,
-        *,
-        source: str = "<state_dict>",
-        latent_avg: Tensor | None = None,
-    ) -> Encoder:
-        """Infer the config, build on the meta device and adopt the tensors (no copy, no init).
-
-        The returned module's parameters *are* the given tensors (``load_state_dict(assign=True)``),
-        so two encoders built from one state_dict (e.g. a psp and an e4e view) share memory.
-        """
-        config = infer_encoder_config(state_dict, kind, source=source)
-        with torch.device("meta"):
-            encoder = cls(config)
-        try:
-            encoder.load_state_dict(dict(state_dict), strict=True, assign=True)
-        except RuntimeError as exc:  # pragma: no cover - infer_encoder_config checks shapes
-            raise CheckpointMismatchError(source, f"encoder weights do not load: {exc}") from exc
-        ref = encoder.styles[0].linear.weight
-        encoder.latent_avg = torch.zeros(config.n_styles, config.style_dim, dtype=ref.dtype, device=ref.device)
-        if latent_avg is not None:
-            encoder.set_latent_avg(latent_avg)
-        return encoder
-
     # -- properties -------------------------------------------------------------------------
     @property
     def n_styles(self) -> int:

@@ -100,7 +100,7 @@ def build_encoder(state: Mapping[str, Tensor], config: EncoderConfig,
     return encoder.eval().requires_grad_(False)
 
 
-def _generator_from(ckpt: Checkpoint) -> Generator:
+def generator_from_checkpoint(ckpt: Checkpoint) -> Generator:
     source = str(ckpt.path)
     if ckpt.generator is None:
         raise CheckpointError(ckpt.path, f"holds no generator weights (it is a {ckpt.kind} checkpoint); "
@@ -111,7 +111,7 @@ def _generator_from(ckpt: Checkpoint) -> Generator:
     return build_generator(ckpt.generator, config, ckpt.latent_avg, source)
 
 
-def _encoder_from(ckpt: Checkpoint) -> Encoder:
+def encoder_from_checkpoint(ckpt: Checkpoint) -> Encoder:
     source = str(ckpt.path)
     if ckpt.encoder is None:
         raise CheckpointError(ckpt.path, f"holds no encoder weights (it is a {ckpt.kind} checkpoint); "
@@ -128,18 +128,18 @@ def _encoder_from(ckpt: Checkpoint) -> Encoder:
     latent_avg = ckpt.latent_avg
     if latent_avg is None and ckpt.config.get("start_from_latent_avg") and ckpt.generator is not None:
         # e4e computes it from its decoder when the file lacks it; do the same.
-        latent_avg = _generator_from(ckpt).w_avg
+        latent_avg = generator_from_checkpoint(ckpt).w_avg
     return build_encoder(ckpt.encoder, config, latent_avg, source)
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
     """A generator from a rosinality, pSp/e4e (its decoder) or faceedit safetensors checkpoint."""
-    return _generator_from(read_checkpoint(path)).to(device)
+    return generator_from_checkpoint(read_checkpoint(path)).to(device)
 
 
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encoder:
     """A pSp or e4e encoder (with its latent_avg) from an official or faceedit checkpoint."""
-    return _encoder_from(read_checkpoint(path)).to(device)
+    return encoder_from_checkpoint(read_checkpoint(path)).to(device)
 
 
 def convert_checkpoint(src: str | Path, out_dir: str | Path, trust_pickle: bool = False) -> list[Path]:
@@ -150,13 +150,13 @@ def convert_checkpoint(src: str | Path, out_dir: str | Path, trust_pickle: bool 
     provenance = {"source": src.name, "source_format": ckpt.format, "source_sha256": sha256_file(src)}
     written: list[Path] = []
     if ckpt.generator is not None and ckpt.kind != "generator-delta":
-        generator = _generator_from(ckpt)
+        generator = generator_from_checkpoint(ckpt)
         tensors = {**generator.state_dict(), "latent_avg": generator.w_avg}
         target = out_dir / "generator.safetensors"
         write_safetensors(target, tensors, "generator", generator.config.to_dict(), provenance)
         written.append(target)
     if ckpt.encoder is not None:
-        encoder = _encoder_from(ckpt)
+        encoder = encoder_from_checkpoint(ckpt)
         tensors = {**encoder.state_dict(), "latent_avg": encoder.latent_avg}
         target = out_dir / "encoder.safetensors"
         write_safetensors(target, tensors, "encoder", encoder.config.to_dict(), provenance)

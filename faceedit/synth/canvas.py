@@ -8,7 +8,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from faceedit.synth.geometry import Head
+from faceedit.synth.geometry import Head, Surf
 
 AMBIENT = 0.42  # share of light that reaches surfaces facing away from the key light
 LIGHT_SWING_RAD = 1.2  # lighting=±1 puts the key light about 69 degrees to the side
@@ -86,6 +86,7 @@ class PhotoCanvas:
         self.draw = ImageDraw.Draw(self.image, "RGBA")
         self.mask = Image.new("L", (self.S, self.S), 0)
         self.mask_draw = ImageDraw.Draw(self.mask)
+        self.ops: list = []  # queued (painter, points, args); see _flush
 
     def px(self, width: float) -> int:
         """Canvas-fraction width to whole supersampled pixels (at least one)."""
@@ -95,22 +96,36 @@ class PhotoCanvas:
         small = _background_array(self.size, top, bottom, kind).astype(np.uint8)
         self.image.paste(Image.fromarray(np.ascontiguousarray(small)).resize((self.S, self.S), Image.NEAREST))
 
-    def fill(self, pts: np.ndarray, colour, alpha: float = 1.0, outline: float = 0.0, silhouette: bool = False) -> None:
+    def fill(self, pts, colour, alpha: float = 1.0, outline: float = 0.0, silhouette: bool = False) -> None:
         """Filled polygon; `outline` is the ink weight line-art styles give its edge, `silhouette` marks the person."""
+        self.ops.append((self._fill, pts, (colour, alpha, outline, silhouette)))
+
+    def stroke(self, pts, colour, width: float, alpha: float = 1.0, ink: float = 1.0, closed: bool = False) -> None:
+        """Polyline of `width` (canvas fraction); `ink` is its weight in line-art styles (0 = texture only)."""
+        self.ops.append((self._stroke, pts, (colour, width, alpha, ink, closed)))
+
+    def _flush(self, head: Head) -> None:
+        """Project all face-coordinate shapes at once, then paint every queued shape in order."""
+        lazy = [pts for _, pts, _ in self.ops if isinstance(pts, Surf)]
+        projected = iter(head.project_all(lazy))
+        for paint, pts, args in self.ops:
+            paint(next(projected) if isinstance(pts, Surf) else pts, *args)
+        self.ops.clear()
+
+    def _fill(self, pts: np.ndarray, colour, alpha: float, outline: float, silhouette: bool) -> None:
         xy = pts.ravel().tolist()
         self.draw.polygon(xy, fill=_rgba(colour, alpha))
         if silhouette:
             self.mask_draw.polygon(xy, fill=255)
 
-    def stroke(self, pts: np.ndarray, colour, width: float, alpha: float = 1.0, ink: float = 1.0,
-               closed: bool = False) -> None:
-        """Polyline of `width` (canvas fraction); `ink` is its weight in line-art styles (0 = texture only)."""
+    def _stroke(self, pts: np.ndarray, colour, width: float, alpha: float, ink: float, closed: bool) -> None:
         if closed:
             pts = np.concatenate([pts, pts[:1]])
         self.draw.line(pts.ravel().tolist(), fill=_rgba(colour, alpha), width=self.px(width), joint="curve")
 
     def finish(self, head: Head, lighting: float) -> np.ndarray:
         """The painted face as a (size, size, 3) float32 array in 0..255."""
+        self._flush(head)
         img = self.image.reduce(self.ss) if self.ss > 1 else self.image
         mask = self.mask.reduce(self.ss) if self.ss > 1 else self.mask
         rgb = np.asarray(img, dtype=np.float32)

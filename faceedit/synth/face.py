@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from faceedit.synth.geometry import Head, ring, smoothstep
+from faceedit.synth.geometry import Head, Surf, ring, smoothstep
 from faceedit.synth.identity import Identity
 
 # Colour ramps, evenly spaced over the attribute's [0, 1] range.
@@ -93,13 +93,13 @@ def paint_face(cv, ident: Identity, attrs: dict[str, float]) -> Head:
     cv.fill(head.outline(n=36), pal.skin, outline=1.0, silhouette=True)
     paint_cheeks(cv, head, ident, pal)
     for side in (-1.0, 1.0):
-        paint_eye(cv, head, ident, attrs, pal, side)
+        paint_eye(cv, ident, attrs, pal, side)
     paint_nose(cv, head, ident, attrs, pal)
     paint_beard(cv, head, ident, attrs, pal)
     paint_mouth(cv, head, ident, attrs, pal)
     paint_wrinkles(cv, head, ident, attrs, pal)
     for side in (-1.0, 1.0):
-        paint_brow(cv, head, ident, attrs, pal, side)
+        paint_brow(cv, ident, attrs, pal, side)
     paint_hair_cap(cv, head, ident, attrs, pal)
     paint_near_ear(cv, head, ident, attrs, pal)
     paint_side_locks(cv, head, ident, attrs, pal)
@@ -216,7 +216,7 @@ def paint_near_ear(cv, head: Head, ident: Identity, attrs: dict[str, float], pal
 def paint_cheeks(cv, head: Head, ident: Identity, pal: Palette) -> None:
     for side in (-1.0, 1.0):
         u, v = ring(side * 0.55, 0.3, 0.2, 0.12, n=12)
-        cv.fill(head.point(u, v), mix(pal.skin, LIP_RED, 0.5), alpha=ident.blush * 0.5)
+        cv.fill(Surf(u, v), mix(pal.skin, LIP_RED, 0.5), alpha=ident.blush * 0.5)
 
 
 def eye_curves(ident: Identity, eyes_open: float, side: float):
@@ -234,46 +234,41 @@ def eye_curves(ident: Identity, eyes_open: float, side: float):
     return u, lower, upper, open_up
 
 
-def paint_eye(cv, head: Head, ident: Identity, attrs: dict[str, float], pal: Palette, side: float) -> None:
+def paint_eye(cv, ident: Identity, attrs: dict[str, float], pal: Palette, side: float) -> None:
     """White, iris and pupil, then lids over them; the upper lid slides down as the eye closes."""
     openness = attrs["eyes_open"]
     u, lower, upper, open_up = eye_curves(ident, openness, side)
     lift = 0.02
+    both = np.concatenate([u, u[::-1]])
     if openness > 0.04:
-        white = np.concatenate([head.point(u, upper, lift), head.point(u[::-1], lower[::-1], lift)])
-        cv.fill(white, EYE_WHITE * (0.9 + 0.1 * openness), outline=0.3)
-        paint_iris(cv, head, ident, attrs, side)
-        above = head.point(u[::-1], open_up[::-1] - 0.05, lift)
-        cv.fill(np.concatenate([head.point(u, upper, lift), above]), pal.skin * 0.93)
-        below = head.point(u[::-1], lower[::-1] + 0.06, lift)
-        cv.fill(np.concatenate([head.point(u, lower, lift), below]), pal.skin)
-        crease = head.point(u[2:10], open_up[2:10] - 0.035, lift)
-        cv.stroke(crease, pal.skin * 0.6, 0.007, alpha=0.5 * openness, ink=0.3)
-        cv.stroke(head.point(u[1:10], lower[1:10], lift), pal.skin * 0.55, 0.006, alpha=0.5, ink=0.3)
-    lash = head.point(np.append(u, u[-1] + side * 0.04), np.append(upper, upper[-1] - 0.025), lift)
+        cv.fill(Surf(both, np.concatenate([upper, lower[::-1]]), lift), EYE_WHITE * (0.9 + 0.1 * openness), outline=0.3)
+        paint_iris(cv, ident, attrs, side)
+        cv.fill(Surf(both, np.concatenate([upper, open_up[::-1] - 0.05]), lift), pal.skin * 0.93)
+        cv.fill(Surf(both, np.concatenate([lower, lower[::-1] + 0.06]), lift), pal.skin)
+        cv.stroke(Surf(u[2:10], open_up[2:10] - 0.035, lift), pal.skin * 0.6, 0.007, alpha=0.5 * openness, ink=0.3)
+        cv.stroke(Surf(u[1:10], lower[1:10], lift), pal.skin * 0.55, 0.006, alpha=0.5, ink=0.3)
+    lash = Surf(np.append(u, u[-1] + side * 0.04), np.append(upper, upper[-1] - 0.025), lift)
     cv.stroke(lash, LASH, 0.014 * ident.lash, ink=1.0)
 
 
-def paint_iris(cv, head: Head, ident: Identity, attrs: dict[str, float], side: float) -> None:
+def paint_iris(cv, ident: Identity, attrs: dict[str, float], side: float) -> None:
+    """Iris, pupil and a catch-light on the side the key light comes from."""
     cu, cv_ = side * ident.eye_u, ident.eye_v + 0.005
-    r_px = EYE_OPEN_UP * ident.eye_size * head.ry * 0.85
-    ru, rv = r_px / head.rx, r_px / head.ry
-    iu, iv = ring(cu, cv_, ru, rv, n=16)
-    cv.fill(head.point(iu, iv, 0.03), ident.iris, outline=0.3)
-    pu, pv = ring(cu, cv_, ru * 0.45, rv * 0.45, n=10)
-    cv.fill(head.point(pu, pv, 0.04), PUPIL)
+    rv = EYE_OPEN_UP * ident.eye_size * 0.85
+    ru = rv * ident.face_height / ident.face_width  # round in pixels although u and v units differ
+    cv.fill(Surf(*ring(cu, cv_, ru, rv, n=16), 0.03), ident.iris, outline=0.3)
+    cv.fill(Surf(*ring(cu, cv_, ru * 0.45, rv * 0.45, n=10), 0.04), PUPIL)
     glint = 0.35 * (attrs["lighting"] if abs(attrs["lighting"]) > 0.2 else -0.6)
-    gu, gv = ring(cu + glint * ru, cv_ - 0.4 * rv, ru * 0.22, rv * 0.22, n=6)
-    cv.fill(head.point(gu, gv, 0.05), (255, 255, 255), alpha=0.9)
+    cv.fill(Surf(*ring(cu + glint * ru, cv_ - 0.4 * rv, ru * 0.22, rv * 0.22, n=6), 0.05), (255, 255, 255), alpha=0.9)
 
 
-def paint_brow(cv, head: Head, ident: Identity, attrs: dict[str, float], pal: Palette, side: float) -> None:
+def paint_brow(cv, ident: Identity, attrs: dict[str, float], pal: Palette, side: float) -> None:
     t = np.linspace(0.0, 1.0, 9)
     u = side * (ident.eye_u - 0.2 + 0.48 * t)
     arch = (0.04 + 0.05 * ident.brow_arch) * np.sin(math.pi * np.clip(t * 1.25, 0, 1))
     centre = BROW_V + ident.eye_v - ident.brow_raise - arch + 0.04 * t - 0.02 * (attrs["eyes_open"] - 0.8)
     thick = 0.035 * ident.brow_thick * (1.0 - 0.6 * t) + 0.008
-    pts = np.concatenate([head.point(u, centre - thick * 0.5, 0.03), head.point(u[::-1], (centre + thick * 0.5)[::-1], 0.03)])
+    pts = Surf(np.concatenate([u, u[::-1]]), np.concatenate([centre - thick * 0.5, (centre + thick * 0.5)[::-1]]), 0.03)
     cv.fill(pts, pal.brow, alpha=0.92, outline=0.5)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -19,12 +20,42 @@ def smoothstep(lo: float, hi: float, x):
     return t * t * (3.0 - 2.0 * t)
 
 
-def ring(cu: float, cv: float, ru: float, rv: float, n: int = 16, power: float = 2.0):
-    """(u, v) points of a superellipse around (cu, cv); power 2 is an ellipse, larger is boxier."""
+@functools.lru_cache(maxsize=64)
+def _unit_ring(n: int, power: float) -> tuple[np.ndarray, np.ndarray]:
     t = np.linspace(0.0, 2.0 * math.pi, n, endpoint=False)
     c, s = np.cos(t), np.sin(t)
     e = 2.0 / power
-    return cu + ru * np.sign(c) * np.abs(c) ** e, cv + rv * np.sign(s) * np.abs(s) ** e
+    return np.sign(c) * np.abs(c) ** e, np.sign(s) * np.abs(s) ** e
+
+
+def ring(cu: float, cv: float, ru: float, rv: float, n: int = 16, power: float = 2.0):
+    """(u, v) points of a superellipse around (cu, cv); power 2 is an ellipse, larger is boxier."""
+    c, s = _unit_ring(n, round(power, 2))
+    return cu + ru * c, cv + rv * s
+
+
+class Surf:
+    """Points given in face coordinates (u, v, lift), projected later in one batch per face.
+
+    Projecting each small shape separately costs more in numpy call overhead than the drawing itself.
+    """
+
+    __slots__ = ("u", "v", "lift")
+
+    def __init__(self, u, v, lift=0.0):
+        self.u = np.asarray(u, dtype=np.float64).reshape(-1)
+        n = len(self.u)
+        self.v = _column(v, n)
+        self.lift = _column(lift, n)
+
+    def __len__(self) -> int:
+        return len(self.u)
+
+
+def _column(x, n: int) -> np.ndarray:
+    if isinstance(x, np.ndarray) and x.shape == (n,):
+        return x.astype(np.float64, copy=False)
+    return np.full(n, float(x))
 
 
 class Head:
@@ -71,6 +102,15 @@ class Head:
         z = z + np.asarray(lift, dtype=np.float64) * self.rx
         px, py = self._project(x, self._height(v), z)
         return np.stack([np.broadcast_to(px, u.shape), np.broadcast_to(py, u.shape)], axis=-1)
+
+    def project_all(self, shapes: list[Surf]) -> list[np.ndarray]:
+        """Project many Surf shapes with a single call; returns their (N, 2) canvas points in order."""
+        if not shapes:
+            return []
+        pts = self.point(np.concatenate([s.u for s in shapes]), np.concatenate([s.v for s in shapes]),
+                         np.concatenate([s.lift for s in shapes]))
+        ends = np.cumsum([len(s) for s in shapes])[:-1]
+        return np.split(pts, ends)
 
     def side_point(self, side: float, v, out, back: float = 0.0) -> np.ndarray:
         """Canvas points sticking `out` sideways from the head edge at heights v (ears), `back` behind it."""
