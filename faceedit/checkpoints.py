@@ -79,11 +79,31 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
         raise UnsafeCheckpointError(
             path, "NVIDIA .pkl files need NVIDIA's own code to unpickle, which we never run. Convert "
                   "it with rosinality's stylegan2-pytorch convert_weight.py, then use the .pt it writes.")
+    recorded_sha = verify_recorded_sha256(path)
     with open(path, "rb") as f:
         head = f.read(8)
     if path.suffix == ".safetensors" or _looks_like_safetensors(head):
-        return _read_faceedit(path)
-    return _classify(path, _torch_load(path, head, trust_pickle))
+        ckpt = _read_faceedit(path)
+    else:
+        ckpt = _classify(path, _torch_load(path, head, trust_pickle))
+    ckpt.sha256 = recorded_sha or ckpt.sha256
+    return ckpt
+
+
+def verify_recorded_sha256(path: Path) -> str:
+    """Check `path` against the sha256 its sidecar JSON records (the zoo and our exports have
+    one); returns the verified digest, or "" when nothing is recorded."""
+    sidecar = sidecar_path(path)
+    if not sidecar.is_file():
+        return ""
+    recorded = _read_json(sidecar).get("sha256")
+    if not recorded:
+        return ""
+    actual = sha256_file(path)
+    if actual != recorded:
+        raise ChecksumMismatchError(path, f"sha256 is {actual}, but {sidecar.name} records {recorded}; "
+                                          "the file was modified or is incomplete")
+    return actual
 
 
 def _looks_like_safetensors(head: bytes) -> bool:
@@ -156,13 +176,6 @@ def _classify(path: Path, obj: Any) -> Checkpoint:
 
 
 def _read_faceedit(path: Path) -> Checkpoint:
-    sha = sha256_file(path)
-    sidecar = sidecar_path(path)
-    if sidecar.is_file():
-        recorded = _read_json(sidecar).get("sha256")
-        if recorded and recorded != sha:
-            raise ChecksumMismatchError(path, f"sha256 is {sha}, but {sidecar.name} records {recorded}; "
-                                              "the file was modified or is incomplete")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
@@ -178,7 +191,7 @@ def _read_faceedit(path: Path) -> Checkpoint:
     except json.JSONDecodeError:
         raise CheckpointFormatError(path, "faceedit.config metadata is not valid JSON") from None
     latent_avg = tensors.pop("latent_avg", None)
-    ckpt = Checkpoint(path, FACEEDIT, kind, latent_avg=latent_avg, config=config, sha256=sha)
+    ckpt = Checkpoint(path, FACEEDIT, kind, latent_avg=latent_avg, config=config)
     if kind == "encoder":
         ckpt.encoder = tensors
     else:

@@ -271,3 +271,14 @@ def test_psp_pipeline_reproduces_upstream_images(tmp_path):
         torch.testing.assert_close(images, refs[f"n8_{kind}_images"], atol=1e-4, rtol=1e-4)
         pooled = torch.nn.functional.adaptive_avg_pool2d(images, (256, 256))
         torch.testing.assert_close(pooled, refs[f"n8_{kind}_images_pool256"], atol=1e-4, rtol=1e-4)
+
+
+def test_sidecar_checksum_is_verified_for_torch_files_too(tmp_path, tiny_generator):
+    path = tmp_path / "generator.pt"
+    save_rosinality(path, tiny_generator)
+    sidecar = path.with_suffix(".json")
+    sidecar.write_text(json.dumps({"sha256": sha256_file(path)}))
+    assert read_checkpoint(path).sha256 == sha256_file(path)
+    sidecar.write_text(json.dumps({"sha256": "0" * 64}))
+    with pytest.raises(ChecksumMismatchError, match="generator.json"):
+        load_generator(path)

@@ -93,6 +93,9 @@ class PhotoCanvas:
         return max(1, int(round(width * self.S)))
 
     def background(self, top, bottom, kind: int) -> None:
+        if kind == 0:
+            self.image.paste(tuple(int(c) for c in top), (0, 0, self.S, self.S))
+            return
         small = _background_array(self.size, top, bottom, kind).astype(np.uint8)
         self.image.paste(Image.fromarray(np.ascontiguousarray(small)).resize((self.S, self.S), Image.NEAREST))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -47,16 +47,31 @@ def _supersample(size: int) -> int:
     return SUPERSAMPLE_SMALL if size <= SUPERSAMPLE_SMALL_UPTO else SUPERSAMPLE_LARGE
 
 
-def _paint_batch(columns: dict[str, np.ndarray], size: int, style: str, seed: int) -> torch.Tensor:
-    """Paint every face of the (validated) attribute columns; identity i comes from (seed, i)."""
-    n = len(columns[ATTRIBUTE_NAMES[0]])
+def _check_identities(identities, n: int) -> list[int]:
+    if identities is None:
+        return list(range(n))
+    try:
+        ids = np.asarray(identities).reshape(-1)
+    except (TypeError, ValueError):
+        raise InvalidInputError("identities", "must be a sequence of face indices") from None
+    if len(ids) != n:
+        raise InvalidInputError("identities", f"has {len(ids)} entries for {n} faces")
+    if ids.dtype.kind not in "iu" or np.any(ids < 0):
+        raise InvalidInputError("identities", "face indices must be integers >= 0")
+    return [int(i) for i in ids]
+
+
+def _paint_batch(columns: dict[str, np.ndarray], size: int, style: str, seed: int, identities: list[int]) -> torch.Tensor:
+    """Paint every face of the (validated) attribute columns; face i is the person (seed, identities[i])."""
+    n = len(identities)
     canvas_cls = STYLE_CANVASES[style]
     ss = _supersample(size)
     out = np.empty((n, size, size, 3), dtype=np.float32)
     for i in range(n):
         attrs = {name: float(col[i]) for name, col in columns.items()}
-        ident = sample_identity(face_rng(seed, i, IDENTITY_STREAM))
-        canvas = canvas_cls(size, ss, face_rng(seed, i, STYLE_STREAM))
+        person = identities[i]
+        ident = sample_identity(face_rng(seed, person, IDENTITY_STREAM))
+        canvas = canvas_cls(size, ss, face_rng(seed, person, STYLE_STREAM))
         head = paint_face(canvas, ident, attrs)
         out[i] = canvas.finish(head, attrs["lighting"])
     images = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
@@ -80,20 +95,24 @@ def render_faces(n: int, seed: int, size: int = 64, style: str = "photo") -> tup
     size = _check_size(size)
     style_index = _check_style(style)
     columns = draw_attributes(n, seed)
-    images = _paint_batch(columns, size, style, seed)
+    images = _paint_batch(columns, size, style, seed, list(range(n)))
     attrs = {name: torch.from_numpy(col.astype(np.float32)) for name, col in columns.items()}
     attrs["style"] = torch.full((n,), float(style_index), dtype=torch.float32)
     return images, attrs
 
 
-def render_from_attributes(attrs: Mapping[str, object], size: int = 64, style: str = "photo", seed: int = 0) -> torch.Tensor:
-    """Faces with the given attribute values (scalars broadcast); face i keeps the identity of (seed, i).
+def render_from_attributes(attrs: Mapping[str, object], size: int = 64, style: str = "photo", seed: int = 0,
+                           identities: Sequence[int] | None = None) -> torch.Tensor:
+    """Faces with the given attribute values (scalars broadcast to the longest column).
 
-    render_from_attributes(sample_attributes(n, s), seed=s) reproduces render_faces(n, s)'s images,
-    so changing one attribute re-renders the same person with only that attribute edited.
+    Face i is the person (seed, identities[i]); by default identities are 0..n-1, so
+    render_from_attributes(sample_attributes(n, s), seed=s) reproduces render_faces(n, s)'s images
+    and changing one attribute re-renders the same people with only that attribute edited.
+    Repeating one index in `identities` renders one person with several attribute settings.
     """
     size = _check_size(size)
     style_index = _check_style(style)
     seed = _check_int("seed", seed, 0)
     columns = validate_attributes(attrs, style_index)
-    return _paint_batch(columns, size, style, seed)
+    ids = _check_identities(identities, len(columns[ATTRIBUTE_NAMES[0]]))
+    return _paint_batch(columns, size, style, seed, ids)

@@ -1,0 +1,173 @@
+"""Train the demo generator by distilling the synthetic-face renderer into StyleGAN2 (supervised, no GAN game).
+
+Each z decides a face: its first dimensions, pushed through the normal CDF, are the renderer's
+parameters in [0, 1]. So a target image exists for every z, and the generator learns
+`synthesis(mapping(z)) ≈ render(Φ(z))` by regression: stable, and an order of magnitude cheaper
+per useful step on a CPU than an adversarial game. Samples from z ~ N(0, I) then cover the
+renderer's attribute distribution by construction, and W inherits a smooth, nearly linear
+code of the attributes, which is what InterfaceGAN needs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from faceedit.models.stylegan2 import Generator, GeneratorConfig
+
+# z [B, style_dim] → target images [B, 3, size, size] in [-1, 1].
+TargetFn = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class GeneratorTrainingConfig:
+    size: int = 64
+    style_dim: int = 256
+    n_mlp: int = 4
+    channels: dict[int, int] = field(default_factory=lambda: {4: 256, 8: 256, 16: 128, 32: 128, 64: 64})
+    batch_size: int = 16
+    steps: int = 12_000
+    lr: float = 2e-3
+    # The mapping's equalised-lr multiplier (0.01, fixed by the checkpoint layout) suits a GAN;
+    # regression needs the mapping to move faster.
+    mapping_lr_boost: float = 10.0
+    ema_half_life_images: float = 2_000.0
+    multiscale_weights: tuple[float, ...] = (1.0, 0.5, 0.25)
+    warmup_steps: int = 200
+    checkpoint_every: int = 250
+    seed: int = 0
+    threads: int = 0  # 0: torch's default
+
+    def generator_config(self) -> GeneratorConfig:
+        return GeneratorConfig(self.size, self.style_dim, self.n_mlp, channels=dict(self.channels))
+
+
+def reconstruction_loss(fake: Tensor, real: Tensor, weights: tuple[float, ...]) -> Tensor:
+    """L1 at full size and at coarser scales: colours and layout weigh as much as edges."""
+    loss = fake.new_zeros(())
+    for i, weight in enumerate(weights):
+        if i:
+            fake, real = F.avg_pool2d(fake, 2), F.avg_pool2d(real, 2)
+        loss = loss + weight * (fake - real).abs().mean()
+    return loss
+
+
+def _ema_update(ema: Generator, live: Generator, decay: float) -> None:
+    with torch.no_grad():
+        for p_ema, p in zip(ema.parameters(), live.parameters()):
+            p_ema.lerp_(p, 1 - decay)
+        for b_ema, b in zip(ema.buffers(), live.buffers()):
+            b_ema.copy_(b)
+
+
+class GeneratorTrainer:
+    """Owns the live and EMA generators, the optimiser and the resumable training state."""
+
+    def __init__(self, config: GeneratorTrainingConfig, target_fn: TargetFn, work_dir: Path):
+        self.config = config
+        self.target_fn = target_fn
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(config.seed)
+        self.generator = Generator(config.generator_config()).train()
+        self.generator_ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
+        mapping = list(self.generator.style.parameters())
+        mapping_ids = {id(p) for p in mapping}
+        synthesis = [p for p in self.generator.parameters() if id(p) not in mapping_ids]
+        self.optimizer = torch.optim.Adam(
+            [{"params": synthesis, "lr": config.lr},
+             {"params": mapping, "lr": config.lr * config.mapping_lr_boost}],
+            betas=(0.0, 0.99))
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.step = 0
+        self.history: list[dict] = []
+        self.rng = torch.Generator().manual_seed(config.seed + 1)
+
+    @property
+    def state_path(self) -> Path:
+        return self.work_dir / "train_state.pt"
+
+    def save_state(self) -> None:
+        state = {"step": self.step, "generator": self.generator.state_dict(),
+                 "generator_ema": self.generator_ema.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "rng": self.rng.get_state(),
+                 "history": json.dumps(self.history), "config": json.dumps(asdict(self.config))}
+        tmp = self.state_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.state_path)  # atomic: a crash never leaves half a checkpoint
+
+    def resume(self) -> bool:
+        if not self.state_path.is_file():
+            return False
+        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        self.generator.load_state_dict(state["generator"])
+        self.generator_ema.load_state_dict(state["generator_ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.set_state(state["rng"])
+        self.history = json.loads(state["history"])
+        self.step = int(state["step"])
+        return True
+
+    def train_step(self) -> float:
+        cfg = self.config
+        z = torch.randn(cfg.batch_size, cfg.style_dim, generator=self.rng)
+        with torch.no_grad():
+            target = self.target_fn(z)  # [B, 3, size, size]
+        warm = min(1.0, (self.step + 1) / cfg.warmup_steps)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * warm
+        fake = self.generator.synthesis(self.generator.broadcast(self.generator.mapping(z)))
+        loss = reconstruction_loss(fake, target, cfg.multiscale_weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        decay = 0.5 ** (cfg.batch_size / cfg.ema_half_life_images)
+        _ema_update(self.generator_ema, self.generator, decay)
+        self.step += 1
+        return float(loss)
+
+    def train(self, progress: bool = True, time_budget_s: float | None = None) -> Generator:
+        """Run until `steps` (or the time budget) is reached, checkpointing as it goes."""
+        cfg = self.config
+        started = time.monotonic()
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="generator", unit="step")
+        running = None
+        while self.step < cfg.steps:
+            loss = self.train_step()
+            running = loss if running is None else 0.98 * running + 0.02 * loss
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.4f}")
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.history.append({"step": self.step, "loss": running,
+                                     "elapsed_s": round(time.monotonic() - started, 1)})
+                self.save_state()
+            if time_budget_s is not None and time.monotonic() - started > time_budget_s:
+                self.save_state()
+                break
+        bar.close()
+        return self.generator_ema
+
+
+def export_rosinality(generator: Generator, path: Path, n_w_avg: int = 20_000) -> Tensor:
+    """Write {'g_ema', 'latent_avg'} (the layout users' tools read) with a fresh mean w."""
+    with torch.no_grad():
+        z = torch.randn(n_w_avg, generator.style_dim, generator=torch.Generator().manual_seed(123))
+        w_avg = torch.cat([generator.mapping(chunk) for chunk in z.split(2048)]).mean(0)
+    generator.set_w_avg(w_avg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"g_ema": generator.state_dict(), "latent_avg": w_avg.clone()}, path)
+    return w_avg
+
+
+def normal_cdf(z: Tensor) -> Tensor:
+    return 0.5 * (1 + torch.erf(z / math.sqrt(2)))
