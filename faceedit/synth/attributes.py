@@ -23,6 +23,10 @@ class AttributeSpec:
     high: float
     description: str
 
+    @property
+    def range(self) -> tuple[float, float]:
+        return self.low, self.high
+
 
 def _spec(name: str, kind: str, low: float, high: float, description: str) -> tuple[str, AttributeSpec]:
     return name, AttributeSpec(name, kind, low, high, description)
@@ -77,9 +81,12 @@ def face_rng(seed: int, index: int, stream: int) -> np.random.Generator:
 
 
 def draw_attributes(n: int, seed: int) -> dict[str, np.ndarray]:
-    """Attributes of faces 0..n-1 of `seed` (arguments already validated)."""
+    """Attributes of faces 0..n-1 of `seed` (arguments already validated).
+
+    float32, like the tensors render_faces returns, so those tensors re-render the identical faces.
+    """
     rows = [_draw_one(face_rng(seed, i, ATTRIBUTE_STREAM)) for i in range(n)]
-    return {name: np.array([r[name] for r in rows], dtype=np.float64) for name in ATTRIBUTE_NAMES}
+    return {name: np.array([r[name] for r in rows], dtype=np.float32) for name in ATTRIBUTE_NAMES}
 
 
 def _as_column(name: str, value) -> np.ndarray:

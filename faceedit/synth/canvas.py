@@ -1,4 +1,4 @@
-"""Style canvases: the face is described once as fills and strokes, and each style paints them its own way."""
+"""The photo canvas and the lighting model; the face is described once as fills and strokes that canvases paint."""
 
 from __future__ import annotations
 
@@ -6,16 +6,17 @@ import functools
 import math
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 from faceedit.synth.geometry import Head, Surf
 
-AMBIENT = 0.42  # share of light that reaches surfaces facing away from the key light
-LIGHT_SWING_RAD = 1.2  # lighting=±1 puts the key light about 69 degrees to the side
+AMBIENT = 0.3  # share of light that reaches surfaces facing away from the key light
+LIGHT_SWING_RAD = 1.05  # lighting=±1 puts the key light 60 degrees to the side
+WRAP = 0.6  # light wraps past the terminator like soft studio light, so shadows fade in gradually
 LIGHT_ELEVATION = 0.4  # key light slightly above the face (y grows downward)
-SPECULAR = 16.0  # peak highlight added on the lit side (0..255 scale)
+SPECULAR = 12.0  # peak highlight added on the lit side (0..255 scale)
 SHININESS = 12.0
-MAX_GAIN = 1.15  # brightest the lit side may get relative to its flat colour
+HIGHLIGHT_SOFTNESS = 0.35  # how much of the lit side's extra brightness survives
 
 
 @functools.lru_cache(maxsize=8)
@@ -39,7 +40,7 @@ def shading(head: Head, res: int, scale: float, lighting: float) -> tuple[np.nda
     """
     ys, xs = _grid(res)
     hx, hy = head.cx * scale, head.cy * scale
-    rx, ry = head.rx * scale * 1.1, head.ry * scale * 1.05
+    rx, ry = head.rx * scale * 0.95, head.ry * scale * 1.05
     body = (ys - (hy + 0.9 * ry)) / (0.5 * ry)
     widen = 1.0 + 1.6 * np.clip(body, 0.0, 1.0)
     nx = (xs - hx) / (rx * widen)
@@ -49,15 +50,18 @@ def shading(head: Head, res: int, scale: float, lighting: float) -> tuple[np.nda
     nx, ny = nx / norm, ny / norm
     nz = np.sqrt(np.clip(1.0 - nx * nx - ny * ny, 0.0, 1.0))
     lx, ly, lz = _light(lighting)
-    diffuse = np.clip(nx * lx + ny * ly + nz * lz, 0.0, 1.0)
-    frontal = AMBIENT + (1.0 - AMBIENT) * _light(0.0)[2]
-    gain = np.minimum((AMBIENT + (1.0 - AMBIENT) * diffuse) / frontal, MAX_GAIN)
+    diffuse = np.clip((nx * lx + ny * ly + nz * lz + WRAP) / (1.0 + WRAP), 0.0, 1.0)
+    # Keep the middle of the face at its flat colour whatever the light direction, so lighting moves
+    # brightness from one side to the other instead of dimming the whole face; soften highlights.
+    centre = AMBIENT + (1.0 - AMBIENT) * (lz + WRAP) / (1.0 + WRAP)
+    gain = (AMBIENT + (1.0 - AMBIENT) * diffuse) / centre
+    gain = np.where(gain > 1.0, 1.0 + HIGHLIGHT_SOFTNESS * (gain - 1.0), gain)
     half = np.array([lx, ly, lz + 1.0]) / np.linalg.norm([lx, ly, lz + 1.0])
     spec = SPECULAR * np.clip(nx * half[0] + ny * half[1] + nz * half[2], 0.0, 1.0) ** SHININESS
     return gain.astype(np.float32), spec.astype(np.float32)
 
 
-def _rgba(colour, alpha: float) -> tuple[int, int, int, int]:
+def rgba(colour, alpha: float) -> tuple[int, int, int, int]:
     r, g, b = colour
     return int(r), int(g), int(b), int(round(alpha * 255))
 
@@ -86,7 +90,7 @@ class PhotoCanvas:
         self.draw = ImageDraw.Draw(self.image, "RGBA")
         self.mask = Image.new("L", (self.S, self.S), 0)
         self.mask_draw = ImageDraw.Draw(self.mask)
-        self.ops: list = []  # queued (painter, points, args); see _flush
+        self.ops: list = []  # queued (painter, points, args); see flush
 
     def px(self, width: float) -> int:
         """Canvas-fraction width to whole supersampled pixels (at least one)."""
@@ -107,7 +111,7 @@ class PhotoCanvas:
         """Polyline of `width` (canvas fraction); `ink` is its weight in line-art styles (0 = texture only)."""
         self.ops.append((self._stroke, pts, (colour, width, alpha, ink, closed)))
 
-    def _flush(self, head: Head) -> None:
+    def flush(self, head: Head) -> None:
         """Project all face-coordinate shapes at once, then paint every queued shape in order."""
         lazy = [pts for _, pts, _ in self.ops if isinstance(pts, Surf)]
         projected = iter(head.project_all(lazy))
@@ -117,25 +121,30 @@ class PhotoCanvas:
 
     def _fill(self, pts: np.ndarray, colour, alpha: float, outline: float, silhouette: bool) -> None:
         xy = pts.ravel().tolist()
-        self.draw.polygon(xy, fill=_rgba(colour, alpha))
+        self.draw.polygon(xy, fill=rgba(colour, alpha))
         if silhouette:
             self.mask_draw.polygon(xy, fill=255)
 
     def _stroke(self, pts: np.ndarray, colour, width: float, alpha: float, ink: float, closed: bool) -> None:
         if closed:
             pts = np.concatenate([pts, pts[:1]])
-        self.draw.line(pts.ravel().tolist(), fill=_rgba(colour, alpha), width=self.px(width), joint="curve")
+        self.draw.line(pts.ravel().tolist(), fill=rgba(colour, alpha), width=self.px(width), joint="curve")
+
+    def _outline(self, pts: np.ndarray, colour, alpha: float, width: float) -> None:
+        """Closed line around a polygon (line-art styles ink the edges of fills)."""
+        closed = np.concatenate([pts, pts[:1]]).ravel().tolist()
+        self.draw.line(closed, fill=rgba(colour, alpha), width=self.px(width), joint="curve")
+
+    def shaded(self, head: Head, lighting: float, image: Image.Image, mask: Image.Image, res: int) -> np.ndarray:
+        """image (res x res) with the lighting applied where the mask marks the person."""
+        rgb = np.asarray(image, dtype=np.float32)
+        cover = np.asarray(mask, dtype=np.float32) * (1.0 / 255.0)
+        gain, spec = shading(head, res, res / self.S, lighting)
+        return rgb * (1.0 + cover * (gain - 1.0))[..., None] + (cover * spec)[..., None]
 
     def finish(self, head: Head, lighting: float) -> np.ndarray:
         """The painted face as a (size, size, 3) float32 array in 0..255."""
-        self._flush(head)
+        self.flush(head)
         img = self.image.reduce(self.ss) if self.ss > 1 else self.image
         mask = self.mask.reduce(self.ss) if self.ss > 1 else self.mask
-        rgb = np.asarray(img, dtype=np.float32)
-        cover = np.asarray(mask, dtype=np.float32) * (1.0 / 255.0)
-        gain, spec = shading(head, self.size, 1.0 / self.ss, lighting)
-        rgb = rgb * (1.0 + cover * (gain - 1.0))[..., None] + (cover * spec)[..., None]
-        return np.clip(rgb, 0.0, 255.0)
-
-
-STYLE_CANVASES = {"photo": PhotoCanvas}
+        return np.clip(self.shaded(head, lighting, img, mask, self.size), 0.0, 255.0)

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import numpy as np
 
 from faceedit.synth.geometry import Head, Surf, clamp, ring, smoothstep
+from faceedit.synth.hair import paint_back_hair, paint_hair_cap, paint_side_locks
 from faceedit.synth.identity import Identity
+from faceedit.synth.layout import (BACKGROUND_STOPS, BROW_V, EYE_HALF_WIDTH, EYE_LOW, EYE_OPEN_UP, HALF7, HALF11,
+                                   HEAD_CENTRE, LIP_RED, MOUTH_HALF_WIDTH, MOUTH_V, NOSE_TIP_V, SIDEBURN_V, SMILE_CURVE,
+                                   SMILE_WIDEN, SPAN7, SPAN9, SPAN13, Palette, mix, palette, ramp)
 
-# Colour ramps, evenly spaced over the attribute's [0, 1] range.
-SKIN_STOPS = np.array([(250, 226, 208), (236, 194, 162), (204, 150, 110), (150, 100, 66), (92, 60, 42)], float)
-HAIR_STOPS = np.array([(22, 18, 17), (60, 40, 27), (112, 72, 42), (168, 126, 72), (228, 200, 138)], float)
-BACKGROUND_STOPS = np.array([(34, 46, 92), (40, 104, 118), (112, 126, 78), (196, 178, 140), (242, 232, 214)], float)
-GREY_HAIR = np.array((160, 160, 162), float)
-WHITE_HAIR = np.array((238, 238, 234), float)
-LIP_RED = np.array((196, 78, 86), float)
 EYE_WHITE = np.array((238, 234, 228), float)
 PUPIL = np.array((14, 10, 10), float)
 LASH = np.array((26, 18, 16), float)
@@ -24,54 +19,9 @@ MOUTH_INSIDE = np.array((70, 22, 28), float)
 TEETH = np.array((238, 232, 216), float)
 WRINKLE = np.array((90, 50, 40), float)
 LENS_GLARE = np.array((220, 235, 255), float)
-
-HEAD_CENTRE = (0.5, 0.47)  # canvas position of the head centre (eye level), like an aligned crop
-EYE_HALF_WIDTH = 0.19  # face u
-EYE_OPEN_UP = 0.085  # face v: upper lid height above the eye line when fully open
-EYE_LOW = 0.05  # face v: lower lid depth
-BROW_V = -0.17
-NOSE_TIP_V = 0.37
-MOUTH_V = 0.63
-MOUTH_HALF_WIDTH = 0.36
-SIDEBURN_V = 0.08  # where the hairline meets the ear at the side of the face
-
-# Fixed sample positions along curves (built once: linspace per shape is measurable at 300 faces/s).
-SPAN7, SPAN9, SPAN13, SPAN15 = (np.linspace(-1.0, 1.0, k) for k in (7, 9, 13, 15))
+# Inner fold of the ear, as an arc in (height, outward) ear coordinates.
 EAR_FOLD_SIN = np.sin(np.linspace(-0.6 * math.pi, 0.45 * math.pi, 8))
 EAR_FOLD_COS = np.cos(np.linspace(-0.6 * math.pi, 0.45 * math.pi, 8))
-HALF6, HALF7, HALF11 = (np.linspace(0.0, 1.0, k) for k in (6, 7, 11))
-
-
-@dataclass(frozen=True)
-class Palette:
-    """Colours of one face, derived from its attributes and identity."""
-
-    skin: np.ndarray
-    hair: np.ndarray
-    brow: np.ndarray
-    lip: np.ndarray
-
-
-def ramp(stops: np.ndarray, t: float) -> np.ndarray:
-    """Linear interpolation through evenly spaced colour stops."""
-    pos = float(clamp(t, 0.0, 1.0)) * (len(stops) - 1)
-    i = min(int(pos), len(stops) - 2)
-    return stops[i] + (stops[i + 1] - stops[i]) * (pos - i)
-
-
-def mix(a, b, t: float) -> np.ndarray:
-    return np.asarray(a, float) + (np.asarray(b, float) - np.asarray(a, float)) * t
-
-
-def palette(attrs: dict[str, float], ident: Identity) -> Palette:
-    """Skin, hair, brow and lip colours; age greys the hair (brows lag behind) and pales the lips."""
-    age = attrs["age"]
-    skin = clamp(ramp(SKIN_STOPS, attrs["skin_tone"]) + ident.skin_jitter, 0, 255)
-    grey_target = mix(GREY_HAIR, WHITE_HAIR, float(smoothstep(0.7, 1.0, age)))
-    hair = mix(ramp(HAIR_STOPS, attrs["hair_color"]), grey_target, 0.92 * float(smoothstep(0.45, 0.95, age)))
-    brow = mix(ramp(HAIR_STOPS, attrs["hair_color"] * 0.8) * 0.8, grey_target, 0.6 * float(smoothstep(0.55, 1.0, age)))
-    lip = mix(skin * 0.9, LIP_RED * (0.45 + 0.55 * skin / 255.0), 0.5 - 0.25 * age)
-    return Palette(skin=skin, hair=hair, brow=brow, lip=lip)
 
 
 def make_head(ident: Identity, attrs: dict[str, float], canvas_px: int) -> Head:
@@ -93,7 +43,7 @@ def paint_face(cv, ident: Identity, attrs: dict[str, float]) -> Head:
     pal = palette(attrs, ident)
     paint_background(cv, ident, attrs)
     paint_back_hair(cv, head, ident, attrs, pal)
-    paint_body(cv, head, ident, attrs, pal)
+    paint_body(cv, head, ident, pal)
     for side in (-1.0, 1.0):
         paint_ear(cv, head, ident, pal, side)
     cv.fill(head.outline(n=36), pal.skin, outline=1.0, silhouette=True)
@@ -115,6 +65,7 @@ def paint_face(cv, ident: Identity, attrs: dict[str, float]) -> Head:
 
 
 def paint_background(cv, ident: Identity, attrs: dict[str, float]) -> None:
+    """Backdrop colour from the attribute; plain, vertical gradient or radial glow from the identity."""
     base = ramp(BACKGROUND_STOPS, attrs["background"] + ident.background_jitter)
     if ident.background_kind == 0:
         cv.background(base, base, 0)
@@ -124,48 +75,10 @@ def paint_background(cv, ident: Identity, attrs: dict[str, float]) -> None:
         cv.background(np.minimum(base * 1.15 + 10, 255), base * 0.8, 2)
 
 
-def hair_end_v(hair_length: float) -> float:
-    """Face v where the hair ends: 0.15 (cropped) .. 2.1 (well below the shoulders, off the canvas)."""
-    return 0.15 + 1.95 * hair_length
-
-
-def hair_grow(head: Head, ident: Identity, hair_length: float, v: np.ndarray) -> np.ndarray:
-    """Hair thickness over the skull in pixels at heights v; curly hair gets a wavy outline."""
-    base = head.rx * (0.07 + 0.13 * ident.hair_volume * (0.35 + 0.65 * hair_length))
-    grow = base * (1.0 + 0.35 * clamp(-v, 0.0, 1.0))
-    if ident.curl > 0.0:
-        grow = grow * (1.0 + 0.3 * ident.curl * np.sin(ident.curl_freq * v * math.pi))
-    return grow
-
-
-def hair_outline(head: Head, ident: Identity, hair_length: float, v_end: float, n: int = 30):
-    """Left x, right x and y of the outer hair outline from the crown down to v_end.
-
-    Below the widest point the hair hangs straight (it cannot follow the jaw inward), and long
-    hair spreads a little where it would meet the shoulders.
-    """
-    v = np.linspace(-1.0, v_end, n)
-    left, right, y = head.silhouette(v, hair_grow(head, ident, hair_length, v))
-    widest = np.argmin(np.abs(v))
-    right[widest:] = np.maximum.accumulate(right[widest:])
-    left[widest:] = np.minimum.accumulate(left[widest:])
-    spread = head.rx * 0.25 * clamp(v - 1.2, 0.0, 1.0)
-    return left - spread, right + spread, y
-
-
-def paint_back_hair(cv, head: Head, ident: Identity, attrs: dict[str, float], pal: Palette) -> None:
-    length = attrs["hair_length"]
-    left, right, y = hair_outline(head, ident, length, hair_end_v(length))
-    tips = np.linspace(right[-1], left[-1], 7)
-    tip_y = y[-1] + head.ry * 0.06 * (1 + np.cos(np.linspace(0, 6 * math.pi, 7))) * (0.3 + length)
-    pts = np.concatenate([np.stack([right, y], -1), np.stack([tips, tip_y], -1), np.stack([left, y], -1)[::-1]])
-    cv.fill(pts, pal.hair * 0.7, outline=1.0, silhouette=True)
-
-
-def paint_body(cv, head: Head, ident: Identity, attrs: dict[str, float], pal: Palette) -> None:
-    """Neck and shoulders; the body turns only a third as far as the head."""
+def paint_body(cv, head: Head, ident: Identity, pal: Palette) -> None:
+    """Neck (set behind the jaw, so it hardly follows a head turn), its shadow under the chin, and clothes."""
     S = cv.S
-    neck_x = head.cx + (head.point(0.0, 0.9)[0] - head.cx) * 0.35
+    neck_x = head.axis_x(-0.15)
     half_neck = head.rx * 0.45
     top = head.point(np.array([-0.7, 0.7]), 0.45)
     neck = np.array([top[0], top[1], (neck_x + half_neck, S * 1.02), (neck_x - half_neck, S * 1.02)])
@@ -178,6 +91,7 @@ def paint_body(cv, head: Head, ident: Identity, attrs: dict[str, float], pal: Pa
 
 
 def paint_clothes(cv, head: Head, ident: Identity, neck_x: float, half_neck: float) -> None:
+    """Sloping shoulders across the bottom of the frame with a round or V neckline."""
     S = cv.S
     x = np.linspace(-0.05 * S, 1.05 * S, 25)
     shoulder_y = head.cy + head.ry * 1.12 + 0.32 * S * ((x - neck_x) / S) ** 2
@@ -205,6 +119,7 @@ def ear_points(head: Head, ident: Identity, side: float) -> tuple[np.ndarray, np
 
 
 def paint_ear(cv, head: Head, ident: Identity, pal: Palette, side: float, alpha: float = 1.0) -> None:
+    """One ear, slightly redder than the face; only fully opaque ears count as part of the silhouette."""
     rim, fold = ear_points(head, ident, side)
     cv.fill(rim, mix(pal.skin, LIP_RED, 0.08) * 0.95, alpha=alpha, outline=0.8, silhouette=alpha >= 1.0)
     cv.stroke(fold, pal.skin * 0.62, 0.008, alpha=0.7 * alpha, ink=0.5)
@@ -220,6 +135,7 @@ def paint_near_ear(cv, head: Head, ident: Identity, attrs: dict[str, float], pal
 
 
 def paint_cheeks(cv, ident: Identity, pal: Palette) -> None:
+    """A faint blush, more on some people than others."""
     for side in (-1.0, 1.0):
         u, v = ring(side * 0.55, 0.3, 0.2, 0.12, n=12)
         cv.fill(Surf(u, v), mix(pal.skin, LIP_RED, 0.5), alpha=ident.blush * 0.5)
@@ -269,6 +185,7 @@ def paint_iris(cv, ident: Identity, attrs: dict[str, float], side: float) -> Non
 
 
 def paint_brow(cv, ident: Identity, attrs: dict[str, float], pal: Palette, side: float) -> None:
+    """A tapering arched brow; it lifts a little as the eye opens wider."""
     t = np.linspace(0.0, 1.0, 9)
     u = side * (ident.eye_u - 0.2 + 0.48 * t)
     arch = (0.04 + 0.05 * ident.brow_arch) * np.sin(math.pi * clamp(t * 1.25, 0, 1))
@@ -311,17 +228,17 @@ def paint_nose(cv, ident: Identity, attrs: dict[str, float], pal: Palette) -> No
 def lip_curves(ident: Identity, attrs: dict[str, float]):
     """u along the mouth and v of: upper lip top, lip parting, lower lip top, lower lip bottom."""
     smile, opening, age = attrs["smile"], attrs["mouth_open"], attrs["age"]
-    width = MOUTH_HALF_WIDTH * ident.mouth_width * (1.0 + 0.15 * smile)
+    width = MOUTH_HALF_WIDTH * ident.mouth_width * (1.0 + SMILE_WIDEN * smile)
     t = SPAN13
     u = t * width
-    corner_lift = -0.085 * smile + 0.02 * (1.0 - smile)
-    parting = MOUTH_V + corner_lift * t * t + 0.015 * smile
+    corner_lift = -SMILE_CURVE * smile + 0.025 * (1.0 - smile)
+    parting = MOUTH_V + corner_lift * t * t + 0.02 * smile
     thin = ident.lip_fullness * (1.0 - 0.45 * age)
     bow = 1.0 - 0.35 * np.exp(-(t / 0.12) ** 2)
-    upper_top = parting - 0.055 * thin * np.sqrt(1.0 - t * t) * bow - 0.008
+    upper_top = parting - 0.06 * thin * np.sqrt(1.0 - t * t) * bow - 0.008
     gap = 0.17 * opening * (1.0 - t * t) ** 0.8
     lower_top = parting + gap
-    lower_bottom = lower_top + (0.075 * thin * (1.0 - t * t) ** 0.6 + 0.006) * (1.0 - 0.2 * smile)
+    lower_bottom = lower_top + (0.085 * thin * (1.0 - t * t) ** 0.6 + 0.006) * (1.0 - 0.2 * smile)
     return u, upper_top, parting, lower_top, lower_bottom
 
 
@@ -362,7 +279,7 @@ def paint_wrinkles(cv, ident: Identity, attrs: dict[str, float], pal: Palette) -
             bag = Surf(side * (ident.eye_u + 0.13 * SPAN7), ident.eye_v + 0.1 + 0.03 * np.sin(math.pi * HALF7))
             cv.stroke(bag, line, 0.007, alpha=0.6 * lines, ink=0.0)
     fold = 0.15 + 0.55 * float(smoothstep(0.2, 1.0, age)) + 0.35 * smile
-    mouth_corner = MOUTH_HALF_WIDTH * ident.mouth_width * (1.0 + 0.15 * smile)
+    mouth_corner = MOUTH_HALF_WIDTH * ident.mouth_width * (1.0 + SMILE_WIDEN * smile)
     t = HALF7
     for side in (-1.0, 1.0):
         u = side * (0.2 + (mouth_corner + 0.08 - 0.2) * t + 0.05 * np.sin(math.pi * t))
@@ -390,59 +307,11 @@ def paint_beard(cv, ident: Identity, attrs: dict[str, float], pal: Palette) -> N
         cv.stroke(hair, colour * 0.7, 0.006, alpha=0.5 * density, ink=0.0)
 
 
-def hairline(ident: Identity, attrs: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
-    """(u, v) of the hairline across the forehead, sideburn to sideburn; a fringe lowers its middle."""
-    u = SPAN15
-    recede = 0.1 * float(smoothstep(0.5, 1.0, attrs["age"]))
-    top = -0.5 + ident.hairline - recede * (1.0 - 0.5 * np.abs(u))
-    line = top + (SIDEBURN_V - top) * np.abs(u) ** 3.5
-    line = line - 0.06 * np.exp(-((u - ident.hair_part) / 0.15) ** 2)  # parting notch
-    if ident.fringe > 0.0:
-        fringe = BROW_V - 0.07 + (1.0 - ident.fringe) * -0.18 + 0.03 * np.cos(u * 14.0)
-        line = np.where(np.abs(u) < 0.85, np.maximum(line, fringe), line)
-    return u, line
-
-
-def paint_hair_cap(cv, head: Head, ident: Identity, attrs: dict[str, float], pal: Palette) -> None:
-    """Hair over the crown down to the hairline, plus texture strands sweeping from the parting."""
-    length = attrs["hair_length"]
-    u, v = hairline(ident, attrs)
-    front = head.point(u, v, 0.02)
-    left, right, y = hair_outline(head, ident, length, SIDEBURN_V, n=24)
-    outer = np.concatenate([np.stack([right, y], -1)[::-1], np.stack([left, y], -1)])
-    cv.fill(np.concatenate([front, outer]), pal.hair, outline=1.0, silhouette=True)
-    t = HALF6
-    for start, sweep in ident.strands:
-        su = clamp(ident.hair_part + (start - ident.hair_part) * t + sweep * t * t, -1.0, 1.0)
-        sv = -0.95 + (np.interp(su, u, v) - 0.02 + 0.95) * t
-        tone = pal.hair * 1.35 + 18 if sweep > 0 else pal.hair * 0.6
-        cv.stroke(Surf(su, sv, 0.15 - 0.1 * t), np.minimum(tone, 255), 0.008, alpha=0.35, ink=0.0)
-
-
-def paint_side_locks(cv, head: Head, ident: Identity, attrs: dict[str, float], pal: Palette) -> None:
-    """Hair falling beside the face; it reaches past the ears once hair_length passes about 0.25."""
-    length = attrs["hair_length"]
-    v_end = hair_end_v(length)
-    if v_end < SIDEBURN_V + 0.2:
-        return
-    left, right, y = hair_outline(head, ident, length, v_end, n=30)
-    v = np.linspace(-1.0, v_end, 30)
-    keep = v >= -0.2
-    for side, outer_x in ((1.0, right), (-1.0, left)):
-        inner_v = clamp(v[keep], -0.2, 0.55)  # hug the cheek, then hang straight
-        inner = head.point(np.full(inner_v.shape, side * 0.9), inner_v, 0.05)
-        inner[:, 1] = y[keep]
-        inner[:, 0] = inner[:, 0] + side * head.rx * 0.25 * clamp(v[keep] - 1.1, 0.0, 1.0)
-        outer = np.stack([outer_x[keep], y[keep]], -1)
-        tip = (inner[-1] + outer[-1]) / 2 + (0, head.ry * 0.08)
-        cv.fill(np.concatenate([inner, [tip], outer[::-1]]), pal.hair * 0.95, outline=1.0, silhouette=True)
-
-
 def paint_glasses(cv, ident: Identity) -> None:
     """Two lenses standing off the face, a bridge and temple arms; some pairs are tinted."""
     lift = 0.32
     ru, rv = 0.25 * ident.lens_size, 0.13 * ident.lens_size
-    frame_w = 0.013 * ident.frame_width
+    frame_w = 0.016 * ident.frame_width
     for side in (-1.0, 1.0):
         lens = Surf(*ring(side * ident.eye_u, ident.eye_v + 0.02, ru, rv, n=20, power=ident.frame_power), lift)
         if ident.tinted:

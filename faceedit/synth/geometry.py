@@ -10,7 +10,8 @@ import numpy as np
 MAX_YAW_RAD = 0.6  # about 34 degrees: far side compressed but both eyes stay visible
 MAX_PITCH_RAD = 0.35  # about 20 degrees up or down
 BACK_DEPTH = 1.12  # the back of the skull reaches further than the face is deep
-JAW_FORWARD = 0.12  # lower-face cross-sections sit forward of the ear line (fraction of depth)
+CHIN_FORWARD = 0.75  # the chin stands this far (fraction of depth) in front of the ear line
+JAW_BACK = 0.1  # how far behind the section centre the jaw reaches at chin height
 MOUTH_JAW_DROP = 0.07  # how far (in head half-heights) a fully open mouth drops the chin
 
 
@@ -45,34 +46,41 @@ def ring(cu: float, cv: float, ru: float, rv: float, n: int = 16, power: float =
 class Surf:
     """Points given in face coordinates (u, v, lift), projected later in one batch per face.
 
-    Projecting each small shape separately costs more in numpy call overhead than the drawing itself.
+    Projecting each small shape separately costs more in numpy call overhead than the drawing
+    itself. `v` and `lift` may be scalars shared by all points of the shape.
     """
 
     __slots__ = ("u", "v", "lift")
 
     def __init__(self, u, v, lift=0.0):
-        self.u = np.asarray(u, dtype=np.float64).reshape(-1)
-        n = len(self.u)
-        self.v = _column(v, n)
-        self.lift = _column(lift, n)
+        self.u = u if isinstance(u, np.ndarray) and u.ndim == 1 else np.asarray(u, dtype=np.float64).reshape(-1)
+        self.v = v if isinstance(v, np.ndarray) and v.ndim == 1 else float(v)
+        self.lift = lift if isinstance(lift, np.ndarray) and lift.ndim == 1 else float(lift)
 
     def __len__(self) -> int:
         return len(self.u)
 
 
-def _column(x, n: int) -> np.ndarray:
-    if isinstance(x, np.ndarray) and x.shape == (n,):
-        return x.astype(np.float64, copy=False)
-    return np.full(n, float(x))
+def _gather(values: list, lengths: list[int], total: int) -> np.ndarray:
+    """Concatenate per-shape columns, where each is an array of its shape's length or one scalar."""
+    out = np.repeat([0.0 if isinstance(x, np.ndarray) else x for x in values], lengths) if total else np.empty(0)
+    start = 0
+    for x, n in zip(values, lengths):
+        if isinstance(x, np.ndarray):
+            out[start:start + n] = x
+        start += n
+    return out
 
 
 class Head:
-    """A head whose cross-section at height v (-1 skull top .. 1 chin) is an ellipse in the X-Z plane.
+    """A head whose cross-section at height v (-1 skull top .. 1 chin) is an egg shape in the X-Z plane.
 
-    Faces are drawn in face coordinates: u in [-1, 1] across the cross-section at height v, plus
-    a `lift` (in units of the half-width) for parts that stand off the surface (nose, glasses).
-    Yaw rotates about the vertical axis and pitch about the horizontal one, so features slide
-    and the far side is foreshortened without any special casing.
+    Each section has a half-width, a centre depth and separate front and back depths: the skull
+    is round, while below the eyes the sections move forward (the jaw and chin stand in front of
+    the ears) and lose their back. Faces are drawn in face coordinates: u in [-1, 1] across the
+    front of the section at height v, plus a `lift` (in units of the half-width) for parts that
+    stand off the surface (nose, glasses). Yaw turns about the vertical axis and pitch about the
+    horizontal one, so features slide and the far side foreshortens without special cases.
     """
 
     def __init__(self, cx, cy, rx, ry, rz, jaw_power, jaw_taper, yaw, pitch, jaw_drop=0.0):
@@ -90,6 +98,15 @@ class Head:
         jaw = clamp(1.0 - low**q, 0.0, 1.0) ** (1.0 / q) * (1.0 - self.jaw_taper * low * low)
         return np.where(v < 0.0, skull, jaw)
 
+    def sections(self, v):
+        """Half-width, centre depth, front depth and back depth (pixels) of the sections at heights v."""
+        p = self.profile(v)
+        low = clamp(v, 0.0, 1.0)
+        centre = self.rz * CHIN_FORWARD * low**1.5
+        front = self.rz * p * (1.0 - 0.25 * low)
+        back = self.rz * (BACK_DEPTH * p * (1.0 - low) + JAW_BACK * low)
+        return p * self.rx, centre, front, back
+
     def _height(self, v):
         """Vertical position before pitch; an open mouth drops everything below the lips."""
         return self.ry * (v + self.jaw_drop * MOUTH_JAW_DROP * smoothstep(0.55, 0.85, v))
@@ -104,63 +121,58 @@ class Head:
         """Canvas (N, 2) points of face coordinates (u, v, lift) on the posed head."""
         u = np.asarray(u, dtype=np.float64)
         v = np.broadcast_to(np.asarray(v, dtype=np.float64), u.shape)
-        p = self.profile(v)
-        x = u * p * self.rx
-        z = self.rz * (JAW_FORWARD * clamp(v, 0.0, 1.0) + p * np.sqrt(clamp(1.0 - u * u, 0.0, 1.0)))
-        z = z + np.asarray(lift, dtype=np.float64) * self.rx
-        px, py = self._project(x, self._height(v), z)
+        half, centre, front, _ = self.sections(v)
+        z = centre + front * np.sqrt(clamp(1.0 - u * u, 0.0, 1.0)) + np.asarray(lift, dtype=np.float64) * self.rx
+        px, py = self._project(u * half, self._height(v), z)
         return np.stack([np.broadcast_to(px, u.shape), np.broadcast_to(py, u.shape)], axis=-1)
 
     def project_all(self, shapes: list[Surf]) -> list[np.ndarray]:
         """Project many Surf shapes with a single call; returns their (N, 2) canvas points in order."""
         if not shapes:
             return []
-        pts = self.point(np.concatenate([s.u for s in shapes]), np.concatenate([s.v for s in shapes]),
-                         np.concatenate([s.lift for s in shapes]))
-        ends = np.cumsum([len(s) for s in shapes])[:-1]
-        return np.split(pts, ends)
+        lengths = [len(s) for s in shapes]
+        total = sum(lengths)
+        pts = self.point(np.concatenate([s.u for s in shapes]), _gather([s.v for s in shapes], lengths, total),
+                         _gather([s.lift for s in shapes], lengths, total))
+        out, start = [], 0
+        for n in lengths:
+            out.append(pts[start:start + n])
+            start += n
+        return out
 
     def side_point(self, side: float, v, out, back: float = 0.0) -> np.ndarray:
-        """Canvas points sticking `out` sideways from the head edge at heights v (ears), `back` behind it."""
+        """Canvas points sticking `out` sideways from the section edge at heights v (ears), `back` behind it."""
         v, out = np.broadcast_arrays(np.asarray(v, dtype=np.float64), np.asarray(out, dtype=np.float64))
-        p = self.profile(v)
-        x = side * (p + out) * self.rx
-        z = self.rz * JAW_FORWARD * clamp(v, 0.0, 1.0) - back * self.rx
-        px, py = self._project(x, self._height(v), z)
+        half, centre, _, _ = self.sections(v)
+        px, py = self._project(side * (half + out * self.rx), self._height(v), centre - back * self.rx)
         return np.stack([px, py], axis=-1)
 
-    def depth_sign(self, u, lift=0.0) -> float:
-        """Rotated depth of a point at eye height: > 0 faces the viewer."""
-        z = self.rz * math.sqrt(max(0.0, 1.0 - u * u)) + lift * self.rx
-        return z * self.cos_yaw - u * self.rx * self.sin_yaw
+    def axis_x(self, depth: float) -> float:
+        """Canvas x of the vertical axis point at `depth` (fraction of rz) in front of the head centre."""
+        return self.cx + depth * self.rz * self.sin_yaw
 
     def silhouette(self, v, grow=0.0):
         """Left and right canvas x of the posed outline at heights v, and their canvas y.
 
-        `grow` thickens the head (hair volume); the back of the skull is deeper than the face,
-        so the side turned away from the viewer shows more of the back of the head.
+        `grow` thickens the head (hair volume). A turned head shows its front on one side and
+        the deeper back of the skull (or the jaw angle, lower down) on the other.
         """
         v = np.asarray(v, dtype=np.float64)
-        p = self.profile(v)
-        a = p * self.rx + grow
-        front = p * self.rz + grow
-        back = p * self.rz * BACK_DEPTH + grow
-        z0 = self.rz * JAW_FORWARD * clamp(v, 0.0, 1.0)
+        half, centre, front, back = self.sections(v)
+        a, front, back = half + grow, front + grow, back + grow
         c2, s2 = self.cos_yaw**2, self.sin_yaw**2
         reach_front = np.sqrt(a * a * c2 + front * front * s2)
         reach_back = np.sqrt(a * a * c2 + back * back * s2)
-        centre = z0 * self.sin_yaw
+        mid = self.cx + centre * self.sin_yaw
         if self.sin_yaw >= 0.0:
-            left, right = centre - reach_back, centre + reach_front
+            left, right = mid - reach_back, mid + reach_front
         else:
-            left, right = centre - reach_front, centre + reach_back
-        y = self._height(v) * self.cos_pitch - z0 * self.cos_yaw * self.sin_pitch
+            left, right = mid - reach_front, mid + reach_back
+        y = self._height(v) * self.cos_pitch - centre * self.cos_yaw * self.sin_pitch
         y = y - grow * clamp(-v, 0.0, 1.0)  # thicken over the crown too, not just at the sides
-        return self.cx + left, self.cx + right, self.cy + y
+        return left, right, self.cy + y
 
     def outline(self, v0: float = -1.0, v1: float = 1.0, n: int = 28, grow=0.0) -> np.ndarray:
         """Closed (N, 2) polygon of the posed head outline between heights v0 and v1."""
-        v = np.linspace(v0, v1, n)
-        g = grow if np.isscalar(grow) else np.asarray(grow)
-        left, right, y = self.silhouette(v, g)
+        left, right, y = self.silhouette(np.linspace(v0, v1, n), grow)
         return np.concatenate([np.stack([right, y], -1), np.stack([left, y], -1)[::-1]])

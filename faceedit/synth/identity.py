@@ -16,6 +16,7 @@ FRAME_COLOURS = np.array([(18, 16, 16), (62, 36, 22), (52, 54, 60), (150, 120, 6
 FRAME_WEIGHTS = np.array([0.5, 0.25, 0.15, 0.1])
 STRANDS = 10  # hair texture strands per face
 BEARD_STROKES = 14  # texture strokes inside the beard
+IDENTITY_SCALARS = 64  # uniform numbers drawn per identity; at least as many as uni() calls below
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,20 @@ class Identity:
 
 def sample_identity(rng: np.random.Generator) -> Identity:
     """A random identity; draws happen in a fixed order so each (seed, face) gives the same person."""
+    # One vectorised draw feeds every scalar field (much cheaper than a generator call per field);
+    # the order of the calls below fixes which number each field gets.
+    pool = iter(rng.random(IDENTITY_SCALARS).tolist())
+    strands = rng.random((STRANDS, 2)) * (1.8, 0.5) - (0.9, 0.25)  # start u, sideways sweep
+    beard = rng.random((BEARD_STROKES, 3)) * (1.8, 0.8, 1.2) - (0.9, -0.15, 0.6)  # u, v, angle
+
     def uni(lo: float, hi: float) -> float:
-        return float(rng.uniform(lo, hi))
+        return lo + (hi - lo) * next(pool)
+
+    def chance(p: float) -> bool:
+        return next(pool) < p
+
+    def pick(table: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        return table[min(int(np.searchsorted(np.cumsum(weights), next(pool))), len(table) - 1)]
 
     return Identity(
         offset=(uni(-0.012, 0.012), uni(-0.012, 0.012)),
@@ -83,7 +96,7 @@ def sample_identity(rng: np.random.Generator) -> Identity:
         eye_v=uni(-0.03, 0.03),
         eye_size=uni(0.9, 1.12),
         eye_tilt=uni(-0.015, 0.03),
-        iris=IRIS_COLOURS[rng.choice(len(IRIS_COLOURS), p=IRIS_WEIGHTS)],
+        iris=pick(IRIS_COLOURS, IRIS_WEIGHTS),
         lash=uni(0.7, 1.4),
         brow_thick=uni(0.75, 1.35),
         brow_arch=uni(0.0, 1.0),
@@ -97,22 +110,21 @@ def sample_identity(rng: np.random.Generator) -> Identity:
         ear_out=uni(0.9, 1.5),
         hair_volume=uni(0.7, 1.4),
         hair_part=uni(-0.5, 0.5),
-        fringe=0.0 if rng.random() < 0.65 else uni(0.4, 1.0),
-        curl=0.0 if rng.random() < 0.65 else uni(0.3, 1.0),
+        fringe=uni(0.4, 1.0) if chance(0.35) else 0.0,
+        curl=uni(0.3, 1.0) if chance(0.35) else 0.0,
         curl_freq=uni(9.0, 16.0),
         hairline=uni(-0.04, 0.05),
-        strands=np.stack([rng.uniform(-0.9, 0.9, STRANDS), rng.uniform(-0.25, 0.25, STRANDS)], -1),
-        beard_strokes=np.stack([rng.uniform(-0.9, 0.9, BEARD_STROKES), rng.uniform(0.15, 0.95, BEARD_STROKES),
-                                rng.uniform(-0.6, 0.6, BEARD_STROKES)], -1),
+        strands=strands,
+        beard_strokes=beard,
         clothes=np.array([uni(20, 220), uni(20, 220), uni(20, 220)]),
-        neckline=float(rng.random() < 0.4),
-        background_kind=int(rng.integers(0, 3)),
+        neckline=float(chance(0.4)),
+        background_kind=min(int(uni(0.0, 3.0)), 2),
         background_jitter=uni(-0.06, 0.06),
-        frame_colour=FRAME_COLOURS[rng.choice(len(FRAME_COLOURS), p=FRAME_WEIGHTS)],
+        frame_colour=pick(FRAME_COLOURS, FRAME_WEIGHTS),
         frame_power=uni(2.0, 5.0),
         frame_width=uni(0.8, 1.4),
         lens_size=uni(0.9, 1.12),
-        tinted=bool(rng.random() < 0.25),
-        skin_jitter=rng.uniform(-8.0, 8.0, 3),
+        tinted=chance(0.25),
+        skin_jitter=np.array([uni(-8.0, 8.0), uni(-8.0, 8.0), uni(-8.0, 8.0)]),
         blush=uni(0.0, 0.35),
     )

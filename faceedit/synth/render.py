@@ -10,9 +10,9 @@ import torch
 
 from faceedit.errors import InvalidInputError
 from faceedit.synth.attributes import ATTRIBUTE_NAMES, draw_attributes, face_rng, validate_attributes
-from faceedit.synth.canvas import STYLE_CANVASES
 from faceedit.synth.face import paint_face
 from faceedit.synth.identity import IDENTITY_STREAM, sample_identity
+from faceedit.synth.styles import STYLE_CANVASES
 
 STYLES: tuple[str, ...] = ("photo", "sketch", "comic", "watercolor")
 STYLE_STREAM = 2  # per-face RNG stream for style texture (paper grain, pigment blotches)
