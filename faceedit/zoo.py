@@ -12,6 +12,7 @@ FILES = {
     "generator": "generator.pt",
     "encoder": "encoder.pt",
     "scorer": "scorer.safetensors",
+    "clip": "clip.safetensors",
 }
 
 
@@ -24,9 +25,18 @@ def zoo_dir() -> Path:
 
 
 def paths() -> dict[str, Path]:
-    """The shipped generator, encoder and scorer files (those that exist)."""
+    """The shipped generator, encoder, scorer and CLIP files (those that exist)."""
     root = zoo_dir()
     found = {name: root / file for name, file in FILES.items() if (root / file).is_file()}
     if not found:
         raise NotFoundError("demo zoo", str(root), f"no models there; train them (see README) or set {ZOO_ENV}")
+    return found
+
+
+def boundaries() -> dict[str, Path]:
+    """The shipped InterfaceGAN boundaries, by attribute name: `zoo_dir()/boundaries/<attribute>.safetensors`."""
+    folder = zoo_dir() / "boundaries"
+    found = {p.stem: p for p in sorted(folder.glob("*.safetensors"))} if folder.is_dir() else {}
+    if not found:
+        raise NotFoundError("demo boundaries", str(folder), "train them with `faceedit train boundary`")
     return found

@@ -140,12 +140,12 @@ class TestAttributesAreVisible:
         assert np.all(region_change(lum[0], lum[1], EYES) > 4 * region_change(lum[0], lum[1], MOUTH))
 
     def test_yaw_moves_the_features_sideways(self):
-        lum = sweep("yaw", [-1.0, 0.0, 1.0], hair_color=1.0, age=0.0, skin_tone=0.1)
+        lum = sweep("yaw", [-1.0, 0.0, 1.0], hair_color=1.0, age=0.0, skin_tone=0.1, background=0.5)
         cols = np.stack([dark_centroid(x)[:, 1] for x in lum])
         assert np.all(cols[1] - cols[0] > 2.0) and np.all(cols[2] - cols[1] > 2.0)
 
     def test_pitch_moves_the_features_up(self):
-        lum = sweep("pitch", [-1.0, 0.0, 1.0], hair_color=1.0, age=0.0, skin_tone=0.1)
+        lum = sweep("pitch", [-1.0, 0.0, 1.0], hair_color=1.0, age=0.0, skin_tone=0.1, background=0.5)
         rows = np.stack([dark_centroid(x)[:, 0] for x in lum])
         assert np.all(rows[0] - rows[1] > 1.5) and np.all(rows[1] - rows[2] > 1.5)
 
@@ -188,7 +188,8 @@ class TestAttributesAreVisible:
 
 class TestStyles:
     @pytest.fixture(scope="class")
-    def renders(self) -> dict[str, torch.Tensor]:
+    @classmethod
+    def renders(cls) -> dict[str, torch.Tensor]:
         return {style: render_faces(4, 9, style=style) for style in STYLES}
 
     def test_style_attribute_is_its_index(self, renders):
@@ -229,7 +230,8 @@ class TestStyles:
 
 class TestAttributeDistributions:
     @pytest.fixture(scope="class")
-    def attrs(self) -> dict[str, np.ndarray]:
+    @classmethod
+    def attrs(cls) -> dict[str, np.ndarray]:
         return sample_attributes(500, 0)
 
     def test_every_attribute_covers_its_range(self, attrs):

@@ -132,9 +132,22 @@ def encoder_from_checkpoint(ckpt: Checkpoint) -> Encoder:
     return build_encoder(ckpt.encoder, config, latent_avg, source)
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
-    """A generator from a rosinality, pSp/e4e (its decoder) or faceedit safetensors checkpoint."""
-    return generator_from_checkpoint(read_checkpoint(path)).to(device)
+def load_generator(path: str | Path, device: str | torch.device = "cpu",
+                   base: str | Path | Generator | None = None) -> Generator:
+    """A generator from a rosinality, pSp/e4e (its decoder) or faceedit safetensors checkpoint.
+
+    An adaptation delta (only DIFA's trained tensors) needs `base`: the generator it was trained
+    from, as a path or a loaded Generator; a delta trained on other weights is refused.
+    """
+    ckpt = read_checkpoint(path)
+    if ckpt.kind != "generator-delta":
+        return generator_from_checkpoint(ckpt).to(device)
+    if base is None:
+        raise CheckpointError(ckpt.path, "is an adaptation delta: pass its base generator as `base=`")
+    from faceedit.adaptation.delta import apply_delta
+
+    base_generator = base if isinstance(base, Generator) else load_generator(base)
+    return apply_delta(base_generator, path).to(device)
 
 
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encoder:

@@ -50,28 +50,48 @@ ATTRIBUTES: Mapping[str, AttributeSpec] = MappingProxyType(dict([
 ATTRIBUTE_NAMES: tuple[str, ...] = tuple(ATTRIBUTES)
 
 
-def _mixture(rng: np.random.Generator, p_low: float, low_hi: float) -> float:
-    """With probability p_low a value in [0, low_hi), else uniform on [0, 1]: a spike of 'mostly absent'."""
-    return float(rng.uniform(0.0, low_hi)) if rng.random() < p_low else float(rng.random())
+ATTRIBUTE_UNIFORMS = len(ATTRIBUTES)  # one uniform number decides each attribute
 
 
-def _draw_one(rng: np.random.Generator) -> dict[str, float]:
-    """All attributes of one face, always drawn in the same order so streams stay aligned."""
-    eyes_closed_ish = rng.random() < 0.2
+def _two_part(u: float, p_low: float, split: float) -> float:
+    """Inverse CDF of 'probability p_low uniform on [0, split), else uniform on [split, 1]'.
+
+    Monotone and continuous in u, so a smooth latent code maps to a smooth attribute.
+    """
+    if u < p_low:
+        return split * u / p_low
+    return split + (1.0 - split) * (u - p_low) / (1.0 - p_low)
+
+
+def _mostly_low(u: float, p_low: float, low_hi: float) -> float:
+    """Inverse CDF of 'probability p_low uniform on [0, low_hi), else uniform on [0, 1]' (a spike near 0)."""
+    knee = p_low + (1.0 - p_low) * low_hi  # CDF at low_hi
+    if u < knee:
+        return u * low_hi / knee
+    return (u - p_low) / (1.0 - p_low)
+
+
+def attributes_from_uniform(u) -> dict[str, float]:
+    """One face's attributes from ATTRIBUTE_UNIFORMS numbers in [0, 1], one per attribute in order.
+
+    Every attribute is a monotone function of its own number, which is what lets a generator
+    trained on z → render(Φ(z)) carry each attribute along a near-linear direction.
+    """
+    age, smile, mouth, eyes, yaw, pitch, glasses, beard, hair_len, hair_col, skin, bg, light = (float(x) for x in u)
     return {
-        "age": float(rng.random()),
-        "smile": float(rng.random()),
-        "mouth_open": _mixture(rng, 0.5, 0.1),
-        "eyes_open": float(rng.uniform(0.0, 0.6) if eyes_closed_ish else rng.uniform(0.6, 1.0)),
-        "yaw": float(rng.uniform(-1.0, 1.0)),
-        "pitch": float(rng.uniform(-1.0, 1.0)),
-        "glasses": float(rng.random() < 0.3),
-        "beard": 0.0 if rng.random() < 0.6 else float(rng.random()),
-        "hair_length": float(rng.random()),
-        "hair_color": float(rng.random()),
-        "skin_tone": float(rng.random()),
-        "background": float(rng.random()),
-        "lighting": float(rng.uniform(-1.0, 1.0)),
+        "age": age,
+        "smile": smile,
+        "mouth_open": _mostly_low(mouth, 0.5, 0.1),
+        "eyes_open": _two_part(eyes, 0.2, 0.6),  # 20 % mostly closed, the rest open
+        "yaw": 2.0 * yaw - 1.0,
+        "pitch": 2.0 * pitch - 1.0,
+        "glasses": float(glasses >= 0.7),  # 30 % wear glasses
+        "beard": max(0.0, (beard - 0.6) / 0.4),  # 60 % clean-shaven
+        "hair_length": hair_len,
+        "hair_color": hair_col,
+        "skin_tone": skin,
+        "background": bg,
+        "lighting": 2.0 * light - 1.0,
     }
 
 
@@ -85,7 +105,7 @@ def draw_attributes(n: int, seed: int) -> dict[str, np.ndarray]:
 
     float32, like the tensors render_faces returns, so those tensors re-render the identical faces.
     """
-    rows = [_draw_one(face_rng(seed, i, ATTRIBUTE_STREAM)) for i in range(n)]
+    rows = [attributes_from_uniform(face_rng(seed, i, ATTRIBUTE_STREAM).random(ATTRIBUTE_UNIFORMS)) for i in range(n)]
     return {name: np.array([r[name] for r in rows], dtype=np.float32) for name in ATTRIBUTE_NAMES}
 
 

@@ -16,7 +16,8 @@ FRAME_COLOURS = np.array([(18, 16, 16), (62, 36, 22), (52, 54, 60), (150, 120, 6
 FRAME_WEIGHTS = np.array([0.5, 0.25, 0.15, 0.1])
 STRANDS = 10  # hair texture strands per face
 BEARD_STROKES = 14  # texture strokes inside the beard
-IDENTITY_SCALARS = 64  # uniform numbers drawn per identity; at least as many as uni() calls below
+IDENTITY_SCALARS = 64  # uniform numbers for the scalar fields; at least as many as uni() calls below
+IDENTITY_UNIFORMS = IDENTITY_SCALARS + 2 * STRANDS + 3 * BEARD_STROKES  # all numbers one identity needs
 
 
 @dataclass(frozen=True)
@@ -68,12 +69,17 @@ class Identity:
 
 
 def sample_identity(rng: np.random.Generator) -> Identity:
-    """A random identity; draws happen in a fixed order so each (seed, face) gives the same person."""
-    # One vectorised draw feeds every scalar field (much cheaper than a generator call per field);
-    # the order of the calls below fixes which number each field gets.
-    pool = iter(rng.random(IDENTITY_SCALARS).tolist())
-    strands = rng.random((STRANDS, 2)) * (1.8, 0.5) - (0.9, 0.25)  # start u, sideways sweep
-    beard = rng.random((BEARD_STROKES, 3)) * (1.8, 0.8, 1.2) - (0.9, -0.15, 0.6)  # u, v, angle
+    """A random identity: each (seed, face) stream gives the same person."""
+    return identity_from_uniform(rng.random(IDENTITY_UNIFORMS))
+
+
+def identity_from_uniform(u: np.ndarray) -> Identity:
+    """The identity decided by IDENTITY_UNIFORMS numbers in [0, 1] (the order of the calls fixes which is which)."""
+    assert u.shape == (IDENTITY_UNIFORMS,), u.shape
+    pool = iter(u[:IDENTITY_SCALARS].tolist())
+    textures = u[IDENTITY_SCALARS:]
+    strands = textures[:2 * STRANDS].reshape(STRANDS, 2) * (1.8, 0.5) - (0.9, 0.25)  # start u, sideways sweep
+    beard = textures[2 * STRANDS:].reshape(BEARD_STROKES, 3) * (1.8, 0.8, 1.2) - (0.9, -0.15, 0.6)  # u, v, angle
 
     def uni(lo: float, hi: float) -> float:
         return lo + (hi - lo) * next(pool)

@@ -9,9 +9,10 @@ import numpy as np
 import torch
 
 from faceedit.errors import InvalidInputError
-from faceedit.synth.attributes import ATTRIBUTE_NAMES, draw_attributes, face_rng, validate_attributes
+from faceedit.synth.attributes import (ATTRIBUTE_NAMES, ATTRIBUTE_UNIFORMS, attributes_from_uniform, draw_attributes,
+                                       face_rng, validate_attributes)
 from faceedit.synth.face import paint_face
-from faceedit.synth.identity import IDENTITY_STREAM, sample_identity
+from faceedit.synth.identity import IDENTITY_STREAM, IDENTITY_UNIFORMS, identity_from_uniform, sample_identity
 from faceedit.synth.styles import STYLE_CANVASES
 
 STYLES: tuple[str, ...] = ("photo", "sketch", "comic", "watercolor")
@@ -20,6 +21,7 @@ MIN_SIZE, MAX_SIZE = 16, 1024
 SUPERSAMPLE_SMALL = 4  # supersampling for sizes up to SUPERSAMPLE_SMALL_UPTO, for clean edges
 SUPERSAMPLE_SMALL_UPTO = 128
 SUPERSAMPLE_LARGE = 2  # big images already have fine pixels; 4x would cost 16x memory
+RENDER_UNIFORMS = ATTRIBUTE_UNIFORMS + IDENTITY_UNIFORMS  # numbers that decide one face
 
 
 def _check_int(field: str, value, minimum: int) -> int:
@@ -61,21 +63,47 @@ def _check_identities(identities, n: int) -> list[int]:
     return [int(i) for i in ids]
 
 
-def _paint_batch(columns: dict[str, np.ndarray], size: int, style: str, seed: int, identities: list[int]) -> torch.Tensor:
-    """Paint every face of the (validated) attribute columns; face i is the person (seed, identities[i])."""
-    n = len(identities)
+def _paint(faces, size: int, style: str) -> torch.Tensor:
+    """Paint (attributes, identity, style rng) triples into images [n, 3, size, size] in [-1, 1]."""
     canvas_cls = STYLE_CANVASES[style]
     ss = _supersample(size)
-    out = np.empty((n, size, size, 3), dtype=np.float32)
-    for i in range(n):
-        attrs = {name: float(col[i]) for name, col in columns.items()}
-        person = identities[i]
-        ident = sample_identity(face_rng(seed, person, IDENTITY_STREAM))
-        canvas = canvas_cls(size, ss, face_rng(seed, person, STYLE_STREAM))
+    out = np.empty((len(faces), size, size, 3), dtype=np.float32)
+    for i, (attrs, ident, style_rng) in enumerate(faces):
+        canvas = canvas_cls(size, ss, style_rng)
         head = paint_face(canvas, ident, attrs)
         out[i] = canvas.finish(head, attrs["lighting"])
     images = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
     return images.mul_(2.0 / 255.0).sub_(1.0)
+
+
+def _paint_batch(columns: dict[str, np.ndarray], size: int, style: str, seed: int, identities: list[int]) -> torch.Tensor:
+    """Paint every face of the (validated) attribute columns; face i is the person (seed, identities[i])."""
+    faces = [({name: float(col[i]) for name, col in columns.items()},
+              sample_identity(face_rng(seed, person, IDENTITY_STREAM)),
+              face_rng(seed, person, STYLE_STREAM))
+             for i, person in enumerate(identities)]
+    return _paint(faces, size, style)
+
+
+def render_from_uniform(u, size: int = 64, style: str = "photo") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Faces decided entirely by numbers in [0, 1]: u [n, RENDER_UNIFORMS] → (images, attributes).
+
+    Columns 0..ATTRIBUTE_UNIFORMS-1 decide the attributes (one each, monotone), the rest the
+    identity. The demo generator is trained to reproduce render_from_uniform(Φ(z)) from z.
+    """
+    size = _check_size(size)
+    style_index = _check_style(style)
+    u = np.asarray(u, dtype=np.float64)
+    if u.ndim != 2 or u.shape[1] != RENDER_UNIFORMS:
+        raise InvalidInputError("u", f"expected shape [n, {RENDER_UNIFORMS}], got {list(u.shape)}")
+    if not np.all((u >= 0.0) & (u <= 1.0)):
+        raise InvalidInputError("u", "values must lie in [0, 1]")
+    faces = [(attributes_from_uniform(row[:ATTRIBUTE_UNIFORMS]), identity_from_uniform(row[ATTRIBUTE_UNIFORMS:]),
+              np.random.default_rng([STYLE_STREAM, i])) for i, row in enumerate(u)]
+    images = _paint(faces, size, style)
+    attrs = {name: torch.tensor([f[0][name] for f in faces], dtype=torch.float32) for name in ATTRIBUTE_NAMES}
+    attrs["style"] = torch.full((len(faces),), float(style_index), dtype=torch.float32)
+    return images, attrs
 
 
 def sample_attributes(n: int, seed: int) -> dict[str, np.ndarray]:

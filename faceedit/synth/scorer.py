@@ -12,7 +12,6 @@ Weights ship as safetensors with `faceedit.kind = "scorer"` metadata plus a side
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,7 +29,6 @@ from faceedit.synth.render import STYLES
 
 SCORER_KIND = "scorer"
 SCORER_FILE = "scorer.safetensors"
-ZOO_ENV = "FACEEDIT_ZOO_DIR"
 MIN_INPUT_SIZE = 16
 
 
@@ -208,17 +206,9 @@ class Scorer(nn.Module):
 
 # -- files ------------------------------------------------------------------------------------
 
-def zoo_dir() -> Path:
-    """The demo zoo folder: $FACEEDIT_ZOO_DIR if set, else `model_store/demo` in the checkout."""
-    override = os.environ.get(ZOO_ENV)
-    if override:
-        return Path(override)
-    import faceedit
-
-    return Path(faceedit.__file__).resolve().parents[1] / "model_store" / "demo"
-
-
 def default_scorer_path() -> Path:
+    from faceedit.zoo import zoo_dir
+
     return zoo_dir() / SCORER_FILE
 
 
@@ -246,7 +236,7 @@ def load_scorer(path: str | Path | None = None, device: str | torch.device = "cp
     """Open a scorer (default: the shipped demo one) in eval mode, checking the sidecar sha256 if present."""
     path = Path(path) if path is not None else default_scorer_path()
     if not path.is_file():
-        hint = f" (set {ZOO_ENV} or train one: python -m faceedit.training.scorer)" if path.name == SCORER_FILE else ""
+        hint = " (set FACEEDIT_ZOO_DIR or train one: faceedit train scorer)" if path.name == SCORER_FILE else ""
         raise CheckpointError(path, "file does not exist" + hint)
     verify_recorded_sha256(path)  # ChecksumMismatchError / CheckpointFormatError
     try:

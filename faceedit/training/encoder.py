@@ -141,3 +141,36 @@ def export_e4e(encoder: Encoder, generator: Generator, path: Path) -> None:
             "start_from_latent_avg": True, "faceedit_encoder": json.dumps(encoder.config.to_dict())}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": state, "opts": opts, "latent_avg": encoder.latent_avg.clone()}, path)
+
+
+def train_demo_encoder(config: EncoderTrainingConfig, generator_path: Path, work_dir: Path, out: Path,
+                       time_budget_s: float | None = None, progress: bool = True) -> Path:
+    """Train the zoo encoder for the generator at `generator_path` (resuming if a state is in work_dir),
+    export it in the e4e layout to `out` with its model card."""
+    from faceedit.checkpoints import sha256_file
+    from faceedit.models import load_generator
+    from faceedit.synth import render_faces
+    from faceedit.training.cards import git_commit, hardware, write_card
+
+    generator = load_generator(generator_path)
+    size = generator.config.size
+    trainer = EncoderTrainer(config, generator, work_dir,
+                             real_images=lambda n, seed: render_faces(n, seed, size=size)[0])
+    resumed = trainer.resume()
+    started = time.monotonic()
+    encoder = trainer.train(progress=progress, time_budget_s=time_budget_s)
+    export_e4e(encoder, generator, Path(out))
+    write_card(Path(out), {
+        "model": "demo encoder (e4e layout, small backbone)",
+        "config": encoder.config.to_dict(),
+        "generator": {"file": Path(generator_path).name, "sha256": sha256_file(generator_path)},
+        "training": {"objective": "latent MSE on generator samples (W+ jittered) + image L1 through the generator; "
+                                  f"{config.real_fraction:.0%} of each batch are renders (image loss only)",
+                     "config": asdict(config), "steps": trainer.step, "resumed": resumed,
+                     "wall_time_s_this_run": round(time.monotonic() - started, 1),
+                     "loss_history": trainer.history[-20:],
+                     "command": f"faceedit train encoder --generator {generator_path} --work-dir {work_dir} "
+                                f"--out {out} --steps {config.steps}",
+                     "commit": git_commit(), "hardware": hardware()},
+    })
+    return Path(out)

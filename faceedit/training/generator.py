@@ -44,6 +44,7 @@ class GeneratorTrainingConfig:
     ema_half_life_images: float = 2_000.0
     multiscale_weights: tuple[float, ...] = (1.0, 0.5, 0.25)
     warmup_steps: int = 200
+    final_lr_fraction: float = 0.1  # cosine decay to this fraction of lr by the last step
     checkpoint_every: int = 250
     seed: int = 0
     threads: int = 0  # 0: torch's default
@@ -118,14 +119,20 @@ class GeneratorTrainer:
         self.step = int(state["step"])
         return True
 
+    def lr_factor(self) -> float:
+        """Linear warm-up, then cosine decay to final_lr_fraction: sharper samples at the end."""
+        cfg = self.config
+        warm = min(1.0, (self.step + 1) / cfg.warmup_steps)
+        progress = min(1.0, self.step / max(1, cfg.steps))
+        return warm * (cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
+
     def train_step(self) -> float:
         cfg = self.config
         z = torch.randn(cfg.batch_size, cfg.style_dim, generator=self.rng)
         with torch.no_grad():
             target = self.target_fn(z)  # [B, 3, size, size]
-        warm = min(1.0, (self.step + 1) / cfg.warmup_steps)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * warm
+            group["lr"] = base * self.lr_factor()
         fake = self.generator.synthesis(self.generator.broadcast(self.generator.mapping(z)))
         loss = reconstruction_loss(fake, target, cfg.multiscale_weights)
         self.optimizer.zero_grad(set_to_none=True)
@@ -134,9 +141,10 @@ class GeneratorTrainer:
         decay = 0.5 ** (cfg.batch_size / cfg.ema_half_life_images)
         _ema_update(self.generator_ema, self.generator, decay)
         self.step += 1
-        return float(loss)
+        return loss.item()
 
-    def train(self, progress: bool = True, time_budget_s: float | None = None) -> Generator:
+    def train(self, progress: bool = True, time_budget_s: float | None = None,
+              on_checkpoint: Callable[["GeneratorTrainer"], None] | None = None) -> Generator:
         """Run until `steps` (or the time budget) is reached, checkpointing as it goes."""
         cfg = self.config
         started = time.monotonic()
@@ -151,6 +159,8 @@ class GeneratorTrainer:
                 self.history.append({"step": self.step, "loss": running,
                                      "elapsed_s": round(time.monotonic() - started, 1)})
                 self.save_state()
+                if on_checkpoint is not None:
+                    on_checkpoint(self)
             if time_budget_s is not None and time.monotonic() - started > time_budget_s:
                 self.save_state()
                 break
@@ -171,3 +181,60 @@ def export_rosinality(generator: Generator, path: Path, n_w_avg: int = 20_000) -
 
 def normal_cdf(z: Tensor) -> Tensor:
     return 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+
+
+def renderer_target(size: int) -> TargetFn:
+    """z → the face the renderer paints from Φ(z[:, :RENDER_UNIFORMS]) (the rest of z is free)."""
+    from faceedit.synth import RENDER_UNIFORMS, render_from_uniform
+
+    def target(z: Tensor) -> Tensor:
+        assert z.shape[1] >= RENDER_UNIFORMS, f"style_dim {z.shape[1]} < {RENDER_UNIFORMS} renderer numbers"
+        u = normal_cdf(z[:, :RENDER_UNIFORMS].double()).clamp(0.0, 1.0).numpy()
+        images, _ = render_from_uniform(u, size=size)
+        return images  # [B, 3, size, size]
+
+    return target
+
+
+def renderer_attributes(z: Tensor) -> dict[str, Tensor]:
+    """Ground-truth attributes of the faces the renderer paints for z (what a sample of z should show)."""
+    from faceedit.synth import ATTRIBUTE_NAMES
+    from faceedit.synth.attributes import ATTRIBUTE_UNIFORMS, attributes_from_uniform
+
+    u = normal_cdf(z[:, :ATTRIBUTE_UNIFORMS].double()).clamp(0.0, 1.0).numpy()
+    rows = [attributes_from_uniform(row) for row in u]
+    return {name: torch.tensor([r[name] for r in rows], dtype=torch.float32) for name in ATTRIBUTE_NAMES}
+
+
+def train_demo_generator(config: GeneratorTrainingConfig, work_dir: Path, out: Path,
+                         time_budget_s: float | None = None, progress: bool = True) -> Path:
+    """Train (resuming from work_dir if a state is there), export to `out` with its model card."""
+    from faceedit.images import grid, to_pil
+    from faceedit.training.cards import git_commit, hardware, write_card
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    trainer = GeneratorTrainer(config, renderer_target(config.size), work_dir)
+    resumed = trainer.resume()
+    preview_z = torch.randn(16, config.style_dim, generator=torch.Generator().manual_seed(7))
+
+    def preview(t: GeneratorTrainer) -> None:
+        with torch.no_grad():
+            images = t.generator_ema(preview_z, truncation_psi=1.0)
+        grid(to_pil(torch.cat([images, t.target_fn(preview_z)])), columns=16).save(t.work_dir / "preview.png")
+
+    started = time.monotonic()
+    generator = trainer.train(progress=progress, time_budget_s=time_budget_s, on_checkpoint=preview)
+    export_rosinality(generator, Path(out))
+    write_card(Path(out), {
+        "model": "demo generator (StyleGAN2, rosinality layout)",
+        "config": generator.config.to_dict(),
+        "training": {"objective": "renderer distillation: synthesis(mapping(z)) ≈ render_from_uniform(Φ(z)), "
+                                  "multiscale L1",
+                     "config": asdict(config), "steps": trainer.step, "resumed": resumed,
+                     "wall_time_s_this_run": round(time.monotonic() - started, 1),
+                     "loss_history": trainer.history[-20:],
+                     "command": f"faceedit train generator --work-dir {work_dir} --out {out} --steps {config.steps}",
+                     "commit": git_commit(), "hardware": hardware()},
+    })
+    return Path(out)

@@ -6,7 +6,7 @@ continuous ones, BCE for binary ones) and the style (cross-entropy), with light 
 (sub-pixel shifts, blur, noise, a little brightness) so it also reads generator outputs.
 Held-out faces come from seeds no training chunk uses.
 
-    python -m faceedit.training.scorer --out model_store/demo/scorer.safetensors
+    faceedit train scorer   # writes model_store/demo/scorer.safetensors
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import math
 import multiprocessing
 import os
 import platform
-import shlex
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -29,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from faceedit.synth.scorer import Scorer, ScorerConfig, load_scorer, save_scorer
+from faceedit.synth.scorer import Scorer, ScorerConfig, default_scorer_path, load_scorer, save_scorer
 
 CHUNK = 500  # faces per render call
 TRAIN_SPLIT, EVAL_SPLIT = 0, 1
@@ -338,9 +336,9 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m faceedit.training.scorer", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="output .safetensors (sidecar .json written next to it)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default=None, help="output .safetensors (default: the zoo's scorer.safetensors); "
+                                                     "the sidecar .json is written next to it")
     parser.add_argument("--n-train", type=int, default=30_000)
     parser.add_argument("--steps", type=int, default=6_000)
     parser.add_argument("--seed", type=int, default=0)
@@ -354,23 +352,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, command: str) -> int:
     overrides: dict[str, Any] = {}
     if args.widths:
         overrides["widths"] = tuple(int(w) for w in args.widths.split(","))
     if args.feature_dim:
         overrides["feature_dim"] = args.feature_dim
     config = ScorerConfig(**overrides)
-    command = "python -m faceedit.training.scorer " + shlex.join(sys.argv[1:] if argv is None else argv)
-    metrics = train_scorer(config, args.out, args.n_train, args.steps, args.seed, progress=not args.no_progress,
+    out = args.out or default_scorer_path()
+    metrics = train_scorer(config, out, args.n_train, args.steps, args.seed, progress=not args.no_progress,
                            batch_size=args.batch_size, lr=args.lr, n_eval=args.n_eval,
                            photo_fraction=args.photo_fraction, augmentation=not args.no_augment,
                            workers=args.workers, threads=args.threads, command=command)
     print(format_metrics(metrics))
-    print(f"wall time {metrics['wall_time_s']:.0f} s; wrote {args.out}")
-    load_scorer(args.out)  # the file round-trips
+    print(f"wall time {metrics['wall_time_s']:.0f} s; wrote {out}")
+    load_scorer(out)  # the file round-trips
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""The `faceedit` command line: inspect, convert, sample and align."""
+"""`faceedit inspect | convert | sample | align`: checkpoints, samples and photo alignment."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 from faceedit.errors import FaceEditError
 
-Command = Callable[[argparse.Namespace], int]
+if TYPE_CHECKING:
+    from faceedit.cli import CommandGroups
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -79,10 +80,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="faceedit", description="GAN face editing tools")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def register(commands: "CommandGroups") -> None:
+    sub = commands.top
     p = sub.add_parser("inspect", help="format, config, n_latent and sha256 of a checkpoint")
     p.add_argument("checkpoint")
     p.set_defaults(run=cmd_inspect)
@@ -109,17 +108,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--size", type=int, default=1024)
     p.set_defaults(run=cmd_align)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except FaceEditError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Client session against a running stack: sample, invert, edit, animate, adapt; images to out/ and a summary."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from PIL import Image
+
+from faceedit.client import Adaptation, FaceEditClient, FaceEditError, Step
+
+UPSCALE = 4  # the demo generator is 64 px: enlarge so the files are easy to look at
+
+
+def _api_key(args: argparse.Namespace) -> str:
+    if os.environ.get("FACEEDIT_API_KEY"):
+        return os.environ["FACEEDIT_API_KEY"]
+    path = args.api_keys_file or os.environ.get("FACEEDIT_API_KEYS_FILE")
+    if not path:
+        sys.exit("set FACEEDIT_API_KEY, or FACEEDIT_API_KEYS_FILE to the stack's api_keys.json")
+    return next(iter(json.loads(Path(path).read_text())))
+
+
+def _pil(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def _save(out: Path, name: str, data: bytes, written: list[str]) -> Image.Image:
+    image = _pil(data)
+    image.resize((image.width * UPSCALE, image.height * UPSCALE), Image.NEAREST).save(out / name)
+    written.append(name)
+    return image
+
+
+def _sheet(images: list[Image.Image], out: Path, name: str, written: list[str]) -> None:
+    from faceedit.images import grid, upscale
+
+    upscale(grid(images, columns=min(len(images), 8)), UPSCALE).save(out / name)
+    written.append(name)
+
+
+def _photo(size: int, seed: int, style: str = "photo") -> bytes:
+    """A face the generator never produced: the synthetic renderer stands in for an uploaded photo."""
+    from faceedit.images import to_pil
+    from faceedit.synth import render_faces
+
+    images, _ = render_faces(1, seed=seed, size=size, style=style)
+    buffer = io.BytesIO()
+    to_pil(images)[0].save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--target", default=os.environ.get("FACEEDIT_EDITOR_TARGET", "127.0.0.1:50051"))
+    parser.add_argument("--api-keys-file", default="")
+    parser.add_argument("--out", type=Path, default=Path("out"))
+    parser.add_argument("--adapt-steps", type=int, default=int(os.environ.get("FACEEDIT_DEMO_ADAPT_STEPS", "40")))
+    args = parser.parse_args(argv)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+    timings: list[tuple[str, float]] = []
+
+    def timed(label: str):
+        class _T:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timings.append((label, time.perf_counter() - self.t))
+        return _T()
+
+    with FaceEditClient(args.target, _api_key(args), timeout_s=120) as client:
+        with timed("ListGenerators + ListAttributes"):
+            generators = client.list_generators()
+            attributes = client.list_attributes()
+        base = next(g for g in generators if g.kind == "base")
+        print(f"generator {base.id}: {base.size} px, W+ {base.n_latent}x{base.style_dim}")
+        for a in attributes:
+            print(f"  attribute {a.name:<12} accuracy {a.accuracy:.2f}  "
+                  f"recommended [{a.recommended_min:+.2f}, {a.recommended_max:+.2f}]  layers {a.default_layers or 'all'}")
+
+        with timed("Generate (8 seeds)"):
+            faces = client.generate(list(range(1, 9)), truncation=0.7)
+        _sheet([_pil(f.image.data) for f in faces], out, "samples.png", written)
+
+        photo = _photo(base.size, seed=2024)
+        _save(out, "invert_input.png", photo, written)
+        with timed("Invert"):
+            inversion = client.invert(photo)
+        _save(out, "invert_reconstruction.png", inversion.reconstruction.data, written)
+
+        chosen = attributes[:4]
+        edits = [_pil(inversion.reconstruction.data)]
+        with timed(f"Edit x{2 * len(chosen)}"):
+            for a in chosen:
+                for sign, bound in (("minus", a.recommended_min), ("plus", a.recommended_max)):
+                    result = client.edit([Step(a.name, 0.9 * bound)], latent_id=inversion.latent_id)
+                    edits.append(_save(out, f"edit_{a.name}_{sign}.png", result.image.data, written))
+        if chosen:
+            _sheet(edits, out, "edits.png", written)
+        if len(chosen) >= 2:
+            a, b = chosen[0], chosen[1]
+            with timed("Edit (two steps, conditioned)"):
+                combined = client.edit([Step(a.name, 0.8 * a.recommended_max, conditions=[b.name]),
+                                        Step(b.name, 0.8 * b.recommended_max, layers="fine")],
+                                       latent_id=inversion.latent_id)
+            _save(out, f"edit_{a.name}_and_{b.name}.png", combined.image.data, written)
+
+        if chosen:
+            a = chosen[0]
+            frames = 0
+            with timed("Animate (16 frames + GIF)"):
+                for item in client.animate([Step(a.name, max(abs(a.recommended_min), abs(a.recommended_max)))],
+                                           latent_id=inversion.latent_id, frames=16, start=-1, end=1,
+                                           animation="gif", frame_duration_ms=90):
+                    if hasattr(item, "index"):
+                        frames += 1
+                    else:
+                        (out / f"animation_{a.name}.gif").write_bytes(item.data)
+                        written.append(f"animation_{a.name}.gif")
+            print(f"animation: {frames} frames streamed")
+
+        style = _photo(base.size, seed=77, style="comic")
+        _save(out, "adapt_target.png", style, written)
+
+        def progress(job: Adaptation) -> None:
+            print(f"  adaptation {job.name}: {job.state:<9} {job.progress * 100:5.1f}%  {job.message}", flush=True)
+
+        with timed("Adaptation job (create + wait)"):
+            job = client.create_adaptation(style, idempotency_key=f"demo-{uuid.uuid4().hex}",
+                                           display_name="comic style", steps=args.adapt_steps)
+            done = client.wait_for_adaptation(job.name, timeout_s=1800, poll_s=1.0, on_progress=progress)
+        print(f"adapted generator: {done.generator_id}")
+        with timed("Edit with the adapted generator"):
+            adapted = [client.edit([], latent_id=inversion.latent_id, generator_id=done.generator_id)]
+            if chosen:
+                adapted.append(client.edit([Step(chosen[0].name, 0.9 * chosen[0].recommended_max)],
+                                           latent_id=inversion.latent_id, generator_id=done.generator_id))
+        images = [_save(out, f"adapted_{i}.png", r.image.data, written) for i, r in enumerate(adapted)]
+        _sheet([_pil(style), _pil(inversion.reconstruction.data), *images], out, "adapted.png", written)
+
+    print("\nsummary")
+    for label, seconds in timings:
+        print(f"  {label:<34} {seconds * 1000:9.1f} ms")
+    print(f"  {len(written)} images in {out.resolve()}: {', '.join(written)}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except FaceEditError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        sys.exit(1)

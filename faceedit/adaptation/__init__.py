@@ -1,0 +1,1 @@
+"""Adapting the generator to an artistic domain: DIFA (one reference artwork), CLIP access, weight deltas."""

@@ -1,0 +1,181 @@
+"""`faceedit train boundary` and `faceedit eval edits`: InterfaceGAN boundaries for the demo zoo and their quality."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from faceedit.errors import InvalidInputError, NotFoundError
+
+if TYPE_CHECKING:
+    from faceedit.cli import CommandGroups
+    from faceedit.models import Generator
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _select(available: Iterable[str], names: list[str] | None) -> list[str]:
+    """Requested attributes (None = all available), each checked: an unknown one is a NotFoundError naming it."""
+    available = list(available)
+    for name in names or []:
+        if name not in available:
+            raise NotFoundError("attribute", name, f"known: {', '.join(sorted(available))}")
+    return list(names) if names else available
+
+
+def _generator(path: str | None) -> tuple["Generator", str, Path]:
+    from faceedit.checkpoints import sha256_file
+    from faceedit.models import load_generator
+    from faceedit.zoo import paths
+
+    path = Path(path) if path else paths().get("generator")
+    if path is None:
+        raise InvalidInputError("--generator", "the demo zoo has no generator.pt yet; pass --generator PATH")
+    return load_generator(path), sha256_file(path), path
+
+
+def cmd_train_boundary(args: argparse.Namespace) -> int:
+    import torch
+
+    from faceedit.checkpoints import sha256_file
+    from faceedit.editing.boundary import sample_scores, train_boundaries
+    from faceedit.editing.layers import resolve_layers
+    from faceedit.synth.scorer import default_scorer_path, load_scorer
+    from faceedit.zoo import zoo_dir
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    generator, generator_sha, generator_path = _generator(args.generator)
+    scorer_path = Path(args.scorer) if args.scorer else default_scorer_path()
+    scorer = load_scorer(scorer_path)
+    attributes = _select(scorer.config.attribute_names, _names(args.attributes))
+    layers = None if args.layers is None else resolve_layers(args.layers, generator.n_latent, field="--layers")
+    out_dir = Path(args.out_dir) if args.out_dir else zoo_dir() / "boundaries"
+
+    started = time.monotonic()
+    samples = sample_scores(generator, scorer.score, n=args.n, batch_size=args.batch_size, seed=args.seed,
+                            truncation=args.truncation, attributes=attributes, progress=True)
+    sampled_s = time.monotonic() - started
+    arguments = {k: v for k, v in vars(args).items() if k not in ("run", "command", "what")}
+    trained = train_boundaries(samples, attributes, out_dir, generator_sha, ratio=args.ratio, split=args.split,
+                               layers=layers, info={"scorer_sha256": sha256_file(scorer_path),
+                                                    "generator_file": generator_path.name,
+                                                    "command": "faceedit train boundary", "arguments": arguments,
+                                                    "sampling_s": round(sampled_s, 1)})
+    print(f"{args.n} samples in {sampled_s:.0f} s; boundaries in {out_dir} "
+          f"({time.monotonic() - started - sampled_s:.0f} s of SVM fitting)")
+    print("| attribute | val. acc. | remaining acc. | recommended strength |")
+    print("|---|---|---|---|")
+    for name, b in trained.items():
+        low, high = b.strength_range
+        remaining = "-" if b.remaining_accuracy is None else f"{b.remaining_accuracy:.3f}"
+        print(f"| {name} | {b.accuracy:.3f} | {remaining} | [{low:.2f}, {high:.2f}] |")
+    return 0
+
+
+def cmd_eval_edits(args: argparse.Namespace) -> int:
+    import torch
+
+    from faceedit.editing.boundary import load_boundaries
+    from faceedit.editing.media import edit_animation, edit_strip, strip_strengths
+    from faceedit.editing.ops import Edit
+    from faceedit.editing.quality import evaluate_edits
+    from faceedit.synth.scorer import load_scorer
+    from faceedit.zoo import boundaries as zoo_boundaries
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    generator, generator_sha, _ = _generator(args.generator)
+    scorer = load_scorer(args.scorer)
+    if args.boundaries:
+        files = {p.stem: p for p in sorted(Path(args.boundaries).glob("*.safetensors"))}
+        if not files:
+            raise InvalidInputError("--boundaries", f"no .safetensors boundaries in {args.boundaries}")
+    else:
+        files = zoo_boundaries()
+    order = list(scorer.config.attribute_names)
+    # The scorer's order, so the table reads like the attribute list; unknown names go last.
+    names = sorted(_select(files, _names(args.attributes)), key=lambda n: order.index(n) if n in order else len(order))
+    boundaries = load_boundaries({n: files[n] for n in names}, generator_sha)
+    fractions = [float(x) for x in args.fractions.split(",")]
+    report = evaluate_edits(generator, scorer, boundaries, n=args.n, fractions=fractions, margin=args.margin,
+                            seed=args.seed, batch_size=args.batch_size, progress=True)
+    print(report.table())
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(
+            {"n_samples": report.n_samples, "margin": report.margin, "reference_drift": report.reference_drift,
+             "accuracies": report.accuracies, "most_entangled": report.most_entangled,
+             "measurements": [vars(m) for m in report.measurements]}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.record:
+        from faceedit.editing.directions import update_boundary_metadata
+
+        for name in boundaries:
+            cells = [vars(m) for m in report.measurements if m.attribute == name]
+            update_boundary_metadata(files[name], edit_quality={
+                "n_samples": report.n_samples, "margin": report.margin, "measurements": cells,
+                "reference_drift": report.reference_drift})
+        print(f"recorded the measurements in the sidecars of {len(boundaries)} boundaries")
+    if args.docs:
+        docs = Path(args.docs)
+        docs.mkdir(parents=True, exist_ok=True)
+        z = torch.randn(args.strip_rows, generator.style_dim, generator=torch.Generator().manual_seed(args.seed + 1))
+        with torch.inference_mode():
+            ws = generator.broadcast(generator.mapping(z)).contiguous()
+        for name, b in boundaries.items():
+            edit = Edit(b.normal, 1.0, layers=b.metadata.get("layers"))
+            edit_strip(generator, ws, edit, strip_strengths(*b.strength_range)).save(docs / f"{name}.png")
+        animated = _select(boundaries, _names(args.animate))
+        sweeps = [(Edit(boundaries[n].normal, 1.0, layers=boundaries[n].metadata.get("layers")),
+                   *boundaries[n].strength_range) for n in animated]
+        path = edit_animation(generator, ws[:4], sweeps, docs / args.animation_name, frames_per_sweep=args.frames)
+        (docs / "README.md").write_text(
+            "# Edits of the demo zoo\n\n"
+            f"`<attribute>.png`: {ws.shape[0]} faces (rows), edited from the low to the high end of each boundary's "
+            "recommended strength range; the unedited face is the middle column. "
+            f"`{path.name}`: the first faces swept through {', '.join(animated)}.\n\n" + report.table() + "\n")
+        print(f"wrote {len(boundaries)} strips, {path.name} and README.md to {docs}")
+    return 0
+
+
+def register(commands: "CommandGroups") -> None:
+    p = commands.train.add_parser("boundary", help="InterfaceGAN boundaries (linear SVMs in W) for scorer attributes")
+    p.add_argument("--generator", help="generator checkpoint (default: the demo zoo's)")
+    p.add_argument("--scorer", help="attribute scorer (default: the demo zoo's)")
+    p.add_argument("--attributes", help="comma-separated (default: every attribute the scorer knows)")
+    p.add_argument("--n", type=int, default=20_000, help="latents to sample and score")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--ratio", type=float, default=0.02, help="top and bottom fraction (or count) used as classes")
+    p.add_argument("--split", type=float, default=0.7, help="train fraction of the chosen samples")
+    p.add_argument("--truncation", type=float, default=1.0)
+    p.add_argument("--layers", help="W+ layers the edits should touch: coarse/middle/fine or '0-3' (default all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", help="default: <zoo>/boundaries")
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(run=cmd_train_boundary)
+
+    p = commands.eval.add_parser("edits", help="success rate, entanglement and drift of the boundary edits")
+    p.add_argument("--generator", help="generator checkpoint (default: the demo zoo's)")
+    p.add_argument("--scorer", help="attribute scorer (default: the demo zoo's)")
+    p.add_argument("--boundaries", help="folder of .safetensors boundaries (default: <zoo>/boundaries)")
+    p.add_argument("--attributes", help="comma-separated (default: every boundary)")
+    p.add_argument("--n", type=int, default=256, help="samples edited per attribute and strength")
+    p.add_argument("--fractions", default="-1,1", help="strengths as fractions of each recommended range")
+    p.add_argument("--margin", type=float, default=0.1, help="success threshold, as a fraction of the range")
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--json", help="also write the measurements here")
+    p.add_argument("--record", action="store_true", help="store each attribute's measurements in its boundary JSON")
+    p.add_argument("--docs", help="write <attribute>.png edit strips and an animation into this folder")
+    p.add_argument("--strip-rows", type=int, default=4)
+    p.add_argument("--animate", default=None, help="attributes of the animation (default: all)")
+    p.add_argument("--animation-name", default="animation.gif")
+    p.add_argument("--frames", type=int, default=16, help="animation frames per leg of each sweep")
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(run=cmd_eval_edits)

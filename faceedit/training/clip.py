@@ -1,0 +1,276 @@
+"""Demo CLIP for the zoo: contrastive training on rendered faces captioned from their ground truth, zero-shot evaluation, export."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import Tensor
+
+from faceedit.adaptation.clip import ClipModel, build_clip_module, wrap_clip
+from faceedit.errors import InvalidInputError
+from faceedit.synth import STYLES, render_faces
+from faceedit.training.cards import git_commit, hardware, write_card
+
+# Small enough for CPU (≈3.9 M parameters, ≈16 MB fp32) yet a real ViT: 8x8 patch tokens (B/32 has
+# 7x7) and five blocks, so DIFA's local loss can read block 3. Most of the size is the 49,408-token
+# BPE embedding at width 64; the image tower's cost is tokens x width² x blocks, kept CPU-sized.
+DEMO_CLIP_CONFIG: dict[str, Any] = {
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 96, "layers": 5, "head_width": 32, "mlp_ratio": 4.0},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
+}
+STYLE_PHRASES = {
+    "photo": "a photo of",
+    "sketch": "an ink sketch of",
+    "comic": "a comic drawing of",
+    "watercolor": "a watercolor painting of",
+}
+# Held-out faces come from seeds far from any training seed.
+EVAL_SEED_OFFSET = 1_000_003
+
+
+def caption(attrs: Mapping[str, float], style: str) -> str:
+    """One face's caption from its ground-truth attributes, e.g.
+    'an ink sketch of a smiling old man with glasses and a beard, head turned left'."""
+    if style not in STYLE_PHRASES:
+        raise InvalidInputError("style", f"unknown style {style!r}; valid: {', '.join(STYLE_PHRASES)}")
+    adjectives = []
+    if attrs["smile"] > 0.6:
+        adjectives.append("smiling")
+    elif attrs["smile"] < 0.25:
+        adjectives.append("serious")
+    age = attrs["age"]
+    adjectives.append("young" if age < 0.33 else "old" if age > 0.66 else "middle-aged")
+    subject = "man" if attrs["beard"] > 0.3 else "person"
+    features = []
+    if attrs["glasses"] >= 0.5:
+        features.append("glasses")
+    if attrs["beard"] > 0.3:
+        features.append("a beard")
+    if attrs["hair_length"] > 0.7:
+        features.append("long hair")
+    elif attrs["hair_length"] < 0.25:
+        features.append("short hair")
+    if attrs["mouth_open"] > 0.6:
+        features.append("an open mouth")
+    if attrs["eyes_open"] < 0.3:
+        features.append("closed eyes")
+    text = f"{STYLE_PHRASES[style]} a {' '.join(adjectives)} {subject}"
+    if features:
+        text += " with " + (", ".join(features[:-1]) + " and " + features[-1] if len(features) > 1 else features[0])
+    yaw = attrs["yaw"]
+    if yaw < -0.4:
+        text += ", head turned left"
+    elif yaw > 0.4:
+        text += ", head turned right"
+    return text
+
+
+@dataclass(frozen=True)
+class ClipTrainConfig:
+    """How `faceedit train clip` trains the demo CLIP."""
+
+    faces_per_style: int = 4000
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    eval_faces_per_style: int = 200
+    size: int = 64
+    seed: int = 0
+    max_seconds: float | None = None  # stop early (smoke runs); the card says so
+    model_cfg: dict[str, Any] = field(default_factory=lambda: DEMO_CLIP_CONFIG)
+
+    def __post_init__(self) -> None:
+        for name in ("faces_per_style", "steps", "batch_size", "eval_faces_per_style"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInputError(name, f"must be a positive integer, got {value!r}")
+        if self.size != self.model_cfg["vision_cfg"]["image_size"]:
+            raise InvalidInputError("size", f"renders at {self.size} px but the model takes "
+                                            f"{self.model_cfg['vision_cfg']['image_size']} px")
+
+
+@dataclass
+class FaceSet:
+    """Rendered faces (uint8, to keep thousands in memory), their attributes, styles and captions."""
+
+    images: Tensor  # [N, 3, S, S] uint8
+    attrs: dict[str, np.ndarray]  # name → [N]
+    styles: list[str]
+    captions: list[str]
+
+    def floats(self, index: Tensor) -> Tensor:
+        return self.images[index].float() / 127.5 - 1.0  # [b, 3, S, S] in [-1, 1]
+
+
+def render_set(faces_per_style: int, seed: int, size: int) -> FaceSet:
+    """`faces_per_style` faces in every style; each style gets its own seed so identities differ."""
+    images, styles, captions = [], [], []
+    attrs: dict[str, list[np.ndarray]] = {}
+    for k, style in enumerate(STYLES):
+        batch, batch_attrs = render_faces(faces_per_style, seed=seed + 7919 * k, size=size, style=style)
+        images.append(((batch.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))  # [n, 3, S, S]
+        columns = {name: value.numpy() for name, value in batch_attrs.items()}
+        for name, value in columns.items():
+            attrs.setdefault(name, []).append(value)
+        styles += [style] * faces_per_style
+        captions += [caption({n: float(v[i]) for n, v in columns.items()}, style) for i in range(faces_per_style)]
+    return FaceSet(torch.cat(images), {n: np.concatenate(v) for n, v in attrs.items()}, styles, captions)
+
+
+def contrastive_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, same_caption: Tensor) -> Tensor:
+    """Symmetric InfoNCE over a batch of unit embeddings [B, E]; pairs with identical captions are not negatives."""
+    logits = logit_scale.exp().clamp(max=100) * image_emb @ text_emb.t()  # [B, B]
+    # Rendered captions repeat; treating a repeat as a negative would punish a correct match.
+    logits = logits.masked_fill(same_caption & ~torch.eye(len(logits), dtype=torch.bool), float("-inf"))
+    target = torch.arange(len(logits))
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+
+def _prompt_embedding(clip: ClipModel, template: str) -> Tensor:
+    """A prompt ensembled over the four style phrases: [E]."""
+    emb = clip.encode_text([template.format(style=STYLE_PHRASES[s]) for s in STYLES]).mean(0)
+    return F.normalize(emb, dim=0)
+
+
+def zero_shot_tasks(faces: FaceSet) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Each task: its class prompts and the true class per face (−1 where the ground truth is ambiguous)."""
+    a = faces.attrs
+    n = len(faces.styles)
+
+    def classes(conditions: list[np.ndarray]) -> np.ndarray:
+        label = np.full(n, -1)
+        for k, cond in enumerate(conditions):
+            label[cond] = k
+        return label
+
+    return {
+        "style": ([STYLE_PHRASES[s] + " a face" for s in STYLES],
+                  np.array([STYLES.index(s) for s in faces.styles])),
+        "smile": (["{style} a smiling person", "{style} a serious person"],
+                  classes([a["smile"] > 0.6, a["smile"] < 0.25])),
+        "age": (["{style} a young person", "{style} an old person"], classes([a["age"] < 0.33, a["age"] > 0.66])),
+        "glasses": (["{style} a person with glasses", "{style} a person"],
+                    classes([a["glasses"] >= 0.5, a["glasses"] < 0.5])),
+        "head_pose": (["{style} a person, head turned left", "{style} a person", "{style} a person, head turned right"],
+                      classes([a["yaw"] < -0.4, np.abs(a["yaw"]) < 0.2, a["yaw"] > 0.4])),
+    }
+
+
+@torch.no_grad()
+def zero_shot_accuracy(clip: ClipModel, faces: FaceSet, batch: int = 256) -> dict[str, dict[str, float]]:
+    """Zero-shot accuracy per task on `faces` (and its chance level), choosing the nearest class prompt."""
+    was_training = clip.training
+    clip.eval()
+    embeddings = torch.cat([clip.encode_image(faces.floats(torch.arange(i, min(i + batch, len(faces.styles)))))
+                            for i in range(0, len(faces.styles), batch)])  # [N, E]
+    results = {}
+    for task, (prompts, labels) in zero_shot_tasks(faces).items():
+        if "{style}" in prompts[0]:
+            text = torch.stack([_prompt_embedding(clip, p) for p in prompts])  # [C, E]
+        else:
+            text = clip.encode_text(prompts)
+        predicted = (embeddings @ text.t()).argmax(dim=1).numpy()
+        known = labels >= 0
+        accuracy = float((predicted[known] == labels[known]).mean()) if known.any() else float("nan")
+        results[task] = {"accuracy": round(accuracy, 4), "chance": round(1 / len(prompts), 4),
+                         "faces": int(known.sum())}
+    clip.train(was_training)
+    return results
+
+
+def train_clip(config: ClipTrainConfig, log: Callable[[str], None] = print) -> tuple[ClipModel, dict[str, Any]]:
+    """Train the demo CLIP from scratch; returns the model and a training record for the card."""
+    torch.manual_seed(config.seed)
+    started = time.perf_counter()
+    faces = render_set(config.faces_per_style, config.seed, config.size)
+    log(f"rendered {len(faces.styles)} training faces in {time.perf_counter() - started:.1f} s")
+    module = build_clip_module(config.model_cfg)
+    clip = wrap_clip(module, config.model_cfg)
+    tokens = clip.tokenizer(faces.captions)  # [N, context] int
+    _, caption_ids = np.unique(np.array(faces.captions), return_inverse=True)
+    caption_ids = torch.from_numpy(caption_ids.reshape(-1))
+
+    decay = [p for n, p in module.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in module.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+
+    def lr_at(step: int) -> float:
+        if step < config.warmup_steps:
+            return config.lr * (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    rng = torch.Generator().manual_seed(config.seed)
+    clip.train()
+    train_started = time.perf_counter()
+    step, loss_value = 0, float("nan")
+    for step in range(config.steps):
+        if config.max_seconds is not None and time.perf_counter() - train_started > config.max_seconds:
+            log(f"stopping at step {step}: max_seconds={config.max_seconds} reached")
+            break
+        index = torch.randint(len(faces.styles), (config.batch_size,), generator=rng)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        image_emb = clip.encode_image(faces.floats(index))  # [B, E]
+        text_emb = F.normalize(module.encode_text(tokens[index]), dim=-1)  # [B, E]
+        same = caption_ids[index][:, None] == caption_ids[index][None, :]  # [B, B]
+        loss = contrastive_loss(image_emb, text_emb, module.logit_scale, same)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_value = float(loss.detach())
+        if step % 50 == 0:
+            log(f"step {step}/{config.steps} loss {loss_value:.4f} "
+                f"({(time.perf_counter() - train_started) / (step + 1):.3f} s/step)")
+    else:
+        step = config.steps
+    train_seconds = time.perf_counter() - train_started
+    clip.eval()
+    held_out = render_set(config.eval_faces_per_style, config.seed + EVAL_SEED_OFFSET, config.size)
+    metrics = zero_shot_accuracy(clip, held_out)
+    steps_done = max(step, 1)
+    record = {
+        "steps_done": step,
+        "final_loss": round(loss_value, 4),
+        "train_seconds": round(train_seconds, 1),
+        "seconds_per_step": round(train_seconds / steps_done, 4),
+        "estimated_full_run_seconds": round(train_seconds / steps_done * config.steps, 0),
+        "zero_shot": metrics,
+        "held_out_faces": len(held_out.styles),
+    }
+    return clip, record
+
+
+def export_clip(clip: ClipModel, out: Path, config: ClipTrainConfig, record: Mapping[str, Any]) -> Path:
+    """Write the weights as safetensors and the model card (config, metrics, sha256) next to them."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in clip.model.state_dict().items()}
+    save_file(state, str(out))
+    settings = {k: v for k, v in asdict(config).items() if k != "model_cfg"}
+    card = {
+        "model": "faceedit demo CLIP",
+        "intended_use": "CPU demo of DIFA adaptation on the synthetic-face zoo; not a general image-text model",
+        "model_cfg": config.model_cfg,  # ClipConfig(config_path=<this card>, weights=<file>) loads it
+        "preprocess": {"input": "[-1, 1] RGB", "mean": list(clip.mean.flatten().tolist()),
+                       "std": list(clip.std.flatten().tolist())},
+        "parameters": sum(p.numel() for p in clip.model.parameters()),
+        "data": "faceedit.synth renders, all styles, captions from ground-truth attributes (faceedit.training.clip.caption)",
+        "training": {**settings, **{k: v for k, v in record.items() if k != "zero_shot"}},
+        "metrics": {"zero_shot_held_out": record["zero_shot"]},
+        "hardware": hardware(),
+        "git_commit": git_commit(),
+    }
+    return write_card(out, card)

@@ -1,0 +1,35 @@
+# TorchServe model directories and the inference server (services/inference). Included by the Makefile.
+ZOO_DIR ?= model_store/demo
+MAR_DIR ?= model_store
+MAR_STAMP := $(MAR_DIR)/.mar-built
+MAR_INPUTS := $(ZOO_DIR)/generator.pt $(ZOO_DIR)/encoder.pt \
+	$(wildcard services/inference/*.py services/inference/config/*)
+SERVICE_TEST_ARGS ?=
+# The inference, state and worker tests (the editor's tests in tests/services run under test-editor).
+INFERENCE_TESTS := $(addprefix tests/services/,test_protocol.py test_artifacts.py test_registry.py \
+	test_jobs.py test_service_config.py test_handlers.py test_worker.py test_integration_inference.py test_integration_worker.py) \
+	tests/test_finetune.py
+
+.PHONY: mar inference-start inference-stop test-services
+
+# model_store/generator/ and model_store/encoder/ in no-archive format (served in place, no unzip).
+mar: $(MAR_STAMP)
+
+$(MAR_STAMP): $(MAR_INPUTS) | $(STAMP)
+	$(BIN)/python -m services.inference.archive --generator $(ZOO_DIR)/generator.pt \
+		--encoder $(ZOO_DIR)/encoder.pt --export $(MAR_DIR)
+	@touch $@
+
+$(ZOO_DIR)/generator.pt $(ZOO_DIR)/encoder.pt:
+	@echo "$@ is missing: train the demo zoo first (see README)" >&2; exit 1
+
+# TorchServe on loopback, in the background; ports and paths from FACEEDIT_TS_* (random ports by default).
+inference-start: mar
+	$(BIN)/python -m services.inference.server start
+
+inference-stop:
+	-$(BIN)/python -m services.inference.server stop
+
+# protos: the TorchServe integration test talks gRPC through the stubs the editor uses.
+test-services: install protos
+	nice -n 19 $(BIN)/python -m pytest -q $(INFERENCE_TESTS) $(SERVICE_TEST_ARGS)

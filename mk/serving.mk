@@ -1,0 +1,33 @@
+# gRPC stubs, the demo stack (Redis, TorchServe, editor, worker) and its client session. Included by the Makefile.
+PROTO_GEN := build/gen
+PROTO_STAMP := $(PROTO_GEN)/.stamp
+PROTO_SRC := $(wildcard protos/faceedit/v1/*.proto)
+RUN_DIR ?= run
+DEMO_OUT ?= out
+
+.PHONY: protos demo stop demo-up test-editor
+
+# Python stubs of faceedit.v1 and of TorchServe's inference.proto (from its jar), never committed.
+protos: $(PROTO_STAMP)
+
+$(PROTO_STAMP): $(PROTO_SRC) services/build_protos.py | $(STAMP)
+	$(BIN)/python services/build_protos.py --out $(PROTO_GEN)
+	@touch $@
+
+# The tests import the stubs: build them before `make test` runs.
+test: protos
+
+# Start everything on loopback, run examples/client_demo.py, leave the stack up for `make stop`.
+# Ctrl-C (or a failure) while it runs stops every process it started.
+demo: install protos mar
+	nice -n 10 $(BIN)/python -m services.launcher up --run-root $(RUN_DIR) --model-store $(MAR_DIR) --demo --out $(DEMO_OUT)
+
+# The stack without the client session.
+demo-up: install protos mar
+	$(BIN)/python -m services.launcher up --run-root $(RUN_DIR) --model-store $(MAR_DIR)
+
+stop:
+	@test -x $(BIN)/python && $(BIN)/python -m services.launcher down --run-root $(RUN_DIR) || true
+
+test-editor: install protos
+	nice -n 19 $(BIN)/python -m pytest -q tests/services/test_editor_*.py $(PYTEST_ARGS)

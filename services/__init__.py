@@ -1,0 +1,1 @@
+"""Services around the faceedit library: editor (gRPC), inference (TorchServe handlers), worker (Celery)."""

@@ -1,0 +1,1 @@
+"""The gRPC editor: Editor and Adaptation services over a transport-free core (services.editor.core)."""

@@ -1,0 +1,125 @@
+"""Client of TorchServe's gRPC inference API for the two models (generator, encoder), with deadlines."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import time
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+import numpy as np
+
+from services.editor.errors import DeadlineError, PreconditionError, UnavailableError
+from services.inference import protocol
+from services.inference.protocol import GenerateResponse, InvertResponse
+
+
+# The caller's deadline (time.monotonic() seconds) for the RPC being served on this thread: set by
+# the servicer, so a model-server call never outlives the client that is waiting for it.
+CALLER_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("caller_deadline", default=None)
+
+
+class Inference(Protocol):
+    """What the core needs from the model server (the unit tests' fake implements the same)."""
+
+    def synthesize(self, generator_id: str, tenant: str, ws: np.ndarray, image_format: str) -> GenerateResponse:
+        """ws [B, n_latent, style_dim] float32 → B encoded images."""
+        ...
+
+    def invert(self, image: bytes, align: bool, return_aligned: bool) -> InvertResponse: ...
+
+    def ping(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def read_inference_token(key_file: str) -> str:
+    """TorchServe 0.12 writes key_file.json with {"inference": {"key": ...}, ...} at start."""
+    data = json.loads(Path(key_file).read_text())
+    return str(data["inference"]["key"])
+
+
+class TorchServeInference:
+    """One channel to TorchServe's gRPC inference port; every call carries a deadline and the token."""
+
+    def __init__(self, target: str, generator_model: str = "generator", encoder_model: str = "encoder",
+                 timeout_s: float = 30.0, token: str = "", key_file: str = "", max_message_bytes: int = 64 << 20):
+        from faceedit.proto import inference_pb2, inference_pb2_grpc
+
+        self._pb = inference_pb2
+        self.generator_model = generator_model
+        self.encoder_model = encoder_model
+        self.timeout_s = timeout_s
+        self._token = token
+        self._key_file = key_file
+        self.channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ])
+        self.stub = inference_pb2_grpc.InferenceAPIsServiceStub(self.channel)
+
+    def _metadata(self) -> list[tuple[str, str]]:
+        token = self._token
+        if not token and self._key_file:
+            # TorchServe regenerates keys on every start: re-read the file until it is there.
+            try:
+                token = self._token = read_inference_token(self._key_file)
+            except (OSError, KeyError, ValueError):
+                return []
+        return [("authorization", f"Bearer {token}")] if token else []
+
+    def _call(self, model: str, body: bytes, what: str) -> bytes:
+        request = self._pb.PredictionsRequest(model_name=model, input={"data": body})
+        timeout = self.timeout_s
+        deadline = CALLER_DEADLINE.get()
+        if deadline is not None:
+            timeout = min(timeout, deadline - time.monotonic())
+            if timeout <= 0:
+                raise DeadlineError(f"no time left for model server {what}")
+        try:
+            response = self.stub.Predictions(request, timeout=timeout, metadata=self._metadata())
+        except grpc.RpcError as exc:
+            raise _translate(exc, model, what) from None
+        return response.prediction
+
+    def synthesize(self, generator_id: str, tenant: str, ws: np.ndarray, image_format: str = "png") -> GenerateResponse:
+        body = protocol.encode_generate_request(generator_id, ws, image_format=image_format, tenant=tenant)
+        response = protocol.decode_generate_response(self._call(self.generator_model, body, "synthesis"))
+        if len(response.images) != ws.shape[0]:
+            raise UnavailableError("model server", f"returned {len(response.images)} images for {ws.shape[0]} latents")
+        return response
+
+    def invert(self, image: bytes, align: bool = False, return_aligned: bool = False) -> InvertResponse:
+        body = protocol.encode_invert_request(image, align=align, return_aligned=return_aligned)
+        return protocol.decode_invert_response(self._call(self.encoder_model, body, "inversion"))
+
+    def ping(self) -> bool:
+        from google.protobuf import empty_pb2
+
+        try:
+            reply = self.stub.Ping(empty_pb2.Empty(), timeout=min(self.timeout_s, 5.0), metadata=self._metadata())
+        except grpc.RpcError:
+            return False
+        return "healthy" in reply.health.lower()
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _translate(exc: grpc.RpcError, model: str, what: str) -> Exception:
+    """TorchServe's status codes → the editor's typed errors (mapped to codes in services.editor.errors)."""
+    code = exc.code() if hasattr(exc, "code") else None
+    detail = (exc.details() if hasattr(exc, "details") else "") or ""
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineError(f"model server {what} ({model}) ran past its deadline")
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED):
+        return UnavailableError("model server", f"{what}: {code.name}")
+    if code == grpc.StatusCode.NOT_FOUND:
+        return PreconditionError(f"model {model!r} is not loaded in the model server")
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        # Our token is wrong (TorchServe restarted with new keys): an operator problem, retryable.
+        return UnavailableError("model server", "it refused the editor's token")
+    # A handler exception (INTERNAL) or anything else: the detail may hold internals, keep it in logs.
+    return protocol.InferenceError(protocol.INTERNAL, f"{what} failed with {code.name if code else 'error'}: {detail[:200]}")

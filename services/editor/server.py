@@ -1,0 +1,247 @@
+"""Editor server: builds the core from EditorConfig, serves Editor + Adaptation + health + reflection on gRPC."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent import futures
+from pathlib import Path
+from typing import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from faceedit.errors import FaceEditError, NotFoundError
+from faceedit.proto import adaptation_pb2, adaptation_pb2_grpc, editor_pb2, editor_pb2_grpc
+from services.editor import core
+from services.editor.auth import ApiKeys
+from services.editor.config import EditorConfig
+from services.editor.inference import Inference, TorchServeInference
+from services.editor.metrics import EditorMetrics
+from services.editor.servicer import AdaptationServicer, EditorServicer
+
+log = logging.getLogger("faceedit.editor")
+
+SERVICE_NAMES = (editor_pb2.DESCRIPTOR.services_by_name["Editor"].full_name,
+                 adaptation_pb2.DESCRIPTOR.services_by_name["Adaptation"].full_name)
+
+
+def default_generators(config: EditorConfig) -> dict[str, str]:
+    """Configured base generators, else the demo zoo's generator as the default id."""
+    if config.generators:
+        return dict(config.generators)
+    from faceedit import zoo
+
+    return {config.default_generator: str(zoo.paths()["generator"])}
+
+
+def load_boundaries(config: EditorConfig, bases: dict[str, core.BaseGenerator]) -> core.BoundaryRegistry:
+    registry = core.BoundaryRegistry()
+    for family, base in bases.items():
+        folder = config.boundary_dirs.get(family)
+        if folder:
+            registry.add_family(family, core.BoundaryRegistry.read_dir(folder, base, strict=False))
+        elif family == config.default_generator:
+            from faceedit import zoo
+
+            try:  # the demo zoo's shipped boundaries
+                registry.add_family(family, core.BoundaryRegistry.read_files(zoo.boundaries(), base, strict=False))
+            except NotFoundError as exc:
+                # Still useful without them (generate, invert, adapt); ListAttributes says there are none.
+                log.warning(json.dumps({"event": "boundaries", "family": family, "warning": str(exc)}))
+        log.info(json.dumps({"event": "boundaries", "family": family,
+                             "attributes": sorted(registry.attributes(family))}))
+    return registry
+
+
+class HealthMonitor:
+    """NOT_SERVING until TorchServe and Redis answer; then re-checked every interval."""
+
+    def __init__(self, servicer: health.HealthServicer, inference: Inference, redis_client: object,
+                 metrics: EditorMetrics, interval_s: float, warmup: Callable[[], object] | None = None):
+        self.servicer = servicer
+        self.inference = inference
+        self.redis = redis_client
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self.warmup = warmup  # one real inference: TorchServe pings Healthy before its workers load
+        self._warm = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="health", daemon=True)
+        self.serving = False
+        self._set(False)
+
+    def _set(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICE_NAMES):
+            self.servicer.set(name, status)
+        self.metrics.serving.set(1 if serving else 0)
+        if serving != self.serving:
+            log.info(json.dumps({"event": "health", "serving": serving}))
+        self.serving = serving
+
+    def check(self) -> bool:
+        try:
+            redis_ok = bool(self.redis.ping())
+        except Exception:  # noqa: BLE001 - any failure means "not serving"
+            redis_ok = False
+        ts_ok = redis_ok and self.inference.ping()
+        if ts_ok and not self._warm and self.warmup is not None:
+            try:
+                self.warmup()
+                self._warm = True
+            except Exception as exc:  # noqa: BLE001
+                log.info(json.dumps({"event": "warmup", "error": type(exc).__name__}))
+                ts_ok = False
+        self._set(redis_ok and ts_ok)
+        return self.serving
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.check()
+            self._stop.wait(self.interval_s if self.serving else min(self.interval_s, 0.5))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._set(False)
+
+
+class EditorServer:
+    """Everything one editor process runs; `start()` binds, `stop()` drains and closes."""
+
+    def __init__(self, config: EditorConfig, inference: Inference | None = None,
+                 bases: dict[str, core.BaseGenerator] | None = None,
+                 boundaries: core.BoundaryRegistry | None = None):
+        import redis
+
+        from services.common.artifacts import open_artifact_store
+        from services.common.jobs import JobStore
+        from services.common.registry import GeneratorIndex
+
+        self.config = config
+        self.metrics = EditorMetrics()
+        self.keys = ApiKeys.load(config.api_keys_file, config.api_keys)
+        if not len(self.keys):
+            log.warning(json.dumps({"event": "auth", "warning": "no API keys configured: every call is refused"}))
+        self.redis = redis.Redis.from_url(config.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        self.store = open_artifact_store(config.artifact_store_url)
+        self.index = GeneratorIndex(self.redis, self.store, config.redis_namespace)
+        self.jobs = JobStore(self.redis, config.redis_namespace)
+        self.inference = inference or TorchServeInference(
+            config.torchserve_target, config.generator_model, config.encoder_model, config.inference_timeout_s,
+            token=config.torchserve_token, key_file=config.torchserve_key_file,
+            max_message_bytes=config.max_message_bytes)
+        if bases is None:
+            bases = {gid: core.BaseGenerator.load(gid, path) for gid, path in default_generators(config).items()}
+        self.catalog = core.GeneratorCatalog(bases, config.default_generator, self.index)
+        self.boundaries = boundaries if boundaries is not None else load_boundaries(config, bases)
+        self.cache = core.LatentCache(self.redis, config.latent_ttl_s, config.redis_namespace, self.metrics)
+        self.queue = core.TaskQueue(config.broker, config.queue, config.task_name)
+        self.editor = core.EditorCore(self.catalog, self.boundaries, self.cache, self.inference, self.metrics,
+                                      config.default_truncation, config.max_seeds, config.max_frames,
+                                      config.frame_batch, config.max_image_bytes, config.max_image_pixels)
+        self.adaptation = core.AdaptationCore(self.catalog, self.jobs, self.index, self.store, self.queue,
+                                              config.max_image_bytes, config.max_image_pixels)
+        self.metrics.set_queue_depth_source(self._queue_depth)
+
+        options = [("grpc.max_receive_message_length", config.max_message_bytes),
+                   ("grpc.max_send_message_length", config.max_message_bytes)]
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers,
+                                                             thread_name_prefix="rpc"), options=options)
+        editor_pb2_grpc.add_EditorServicer_to_server(EditorServicer(self.editor, self.keys, self.metrics),
+                                                     self.server)
+        adaptation_pb2_grpc.add_AdaptationServicer_to_server(
+            AdaptationServicer(self.adaptation, self.keys, self.metrics), self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                                            self.server)
+        default = self.catalog.bases[config.default_generator]
+        self.monitor = HealthMonitor(self.health, self.inference, self.redis, self.metrics,
+                                     config.health_interval_s, warmup=lambda: self.inference.synthesize(
+                                         default.id, "", default.latents_from_seeds([0], 1.0), "png"))
+        self.port = 0
+
+    def _queue_depth(self) -> float:
+        try:
+            return float(self.redis.llen(self.config.queue))
+        except Exception:  # noqa: BLE001 - a scrape must not fail because Redis is down
+            return float("nan")
+
+    def start(self) -> int:
+        self.port = self.server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if not self.port:
+            raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
+        self.server.start()
+        self.monitor.start()
+        if self.config.metrics_port:
+            self.metrics.serve(self.config.host, self.config.metrics_port)
+        if self.config.port_file:
+            tmp = Path(self.config.port_file + ".tmp")
+            tmp.write_text(str(self.port))
+            tmp.replace(self.config.port_file)  # readers never see a half-written file
+        log.info(json.dumps({"event": "listening", "address": f"{self.config.host}:{self.port}"}))
+        return self.port
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.monitor.stop()
+        self.server.stop(grace).wait()
+        self.inference.close()
+        self.redis.close()
+
+
+class _JsonFormatter(logging.Formatter):
+    """Structured logs: one JSON object per line; messages that are JSON already are merged in."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name}
+        message = record.getMessage()
+        try:
+            parsed = json.loads(message)
+            out.update(parsed if isinstance(parsed, dict) else {"message": message})
+        except ValueError:
+            out["message"] = message
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.parse_args(argv)  # every setting comes from FACEEDIT_* environment variables
+    setup_logging(os.environ.get("FACEEDIT_LOG_LEVEL", "INFO"))
+    import torch
+
+    torch.set_num_threads(1)  # the mapping MLP is tiny; never compete with TorchServe for cores
+    try:
+        server = EditorServer(EditorConfig.from_env())
+        server.start()
+    except (FaceEditError, OSError) as exc:  # misconfiguration: say what, without a traceback
+        log.error(json.dumps({"event": "startup failed", "error": str(exc)}))
+        return 2
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    log.info(json.dumps({"event": "stopping"}))
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""TorchServe handler: an encoded photo → W+ latents from the e4e/pSp encoder, face alignment optional."""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from faceedit.errors import FaceEditError, InvalidInputError, NoFaceFound, NotFoundError
+from faceedit.images import from_pil
+from faceedit.models import Encoder, load_encoder
+from services.inference import protocol
+from services.inference.handler_support import (
+    InferenceConfig,
+    center_square,
+    encode_image,
+    request_body,
+    serialized_file,
+    set_torch_threads,
+    worker_device,
+)
+
+log = logging.getLogger(__name__)
+
+# Decoded size limit, checked from the header before pixels are decoded (decompression bombs).
+MAX_PIXELS = 40_000_000
+
+
+class EncoderHandler:
+    """Decodes and (optionally) aligns each photo on its own, then encodes the whole batch in one call;
+    a photo that cannot be used gets its own error body and the others still get latents."""
+
+    def __init__(self) -> None:
+        self.encoder: Encoder | None = None
+        self.detector: Any = None
+        self.device = torch.device("cpu")
+
+    def initialize(self, context: Any) -> None:
+        config = InferenceConfig.load(getattr(context, "model_yaml_config", None))
+        set_torch_threads(config.torch_threads)
+        self.device = worker_device(context)
+        self.encoder = load_encoder(serialized_file(context), device=self.device)
+        log.warning("encoder ready: input %d px, %d styles", self.encoder.config.input_size,
+                    self.encoder.config.n_styles)
+
+    def handle(self, data: list[dict], context: Any) -> list[bytes]:
+        assert self.encoder is not None
+        size = self.encoder.config.input_size
+        responses: list[bytes | None] = [None] * len(data)
+        crops: list[tuple[int, Image.Image, bool]] = []
+        for i, row in enumerate(data):
+            try:
+                request = protocol.decode_invert_request(request_body(row))
+                photo = _decode_image(request.image)
+                crop = self._align(photo, size) if request.align else center_square(photo, size)
+                crops.append((i, crop, request.return_aligned))
+            except Exception as exc:  # noqa: BLE001 - every failure becomes this request's error body
+                responses[i] = self._error(exc)
+        if crops:
+            try:
+                with torch.inference_mode():
+                    batch = from_pil([c for _, c, _ in crops]).to(self.device)  # [N, 3, size, size]
+                    ws = self.encoder.encode(batch).cpu()  # [N, n_styles, D]
+                for k, (i, crop, return_aligned) in enumerate(crops):
+                    aligned = encode_image(crop, "png") if return_aligned else None
+                    responses[i] = protocol.encode_invert_response(ws[k:k + 1].numpy(), aligned, size)
+            except Exception as exc:  # noqa: BLE001
+                for i, _, _ in crops:
+                    responses[i] = self._error(exc)
+        return [r if r is not None else self._error(RuntimeError("no response")) for r in responses]
+
+    def _error(self, exc: BaseException) -> bytes:
+        if not isinstance(exc, (InvalidInputError, NotFoundError)):
+            log.exception("encode failed", exc_info=exc)
+        return protocol.encode_error(exc)
+
+    def _align(self, photo: Image.Image, size: int) -> Image.Image:
+        from faceedit.align import DlibLandmarkDetector, align_face
+
+        try:
+            if self.detector is None:
+                self.detector = DlibLandmarkDetector()  # loads dlib's models once per worker
+            return align_face(photo, size, detector=self.detector).image
+        except NoFaceFound as exc:
+            raise InvalidInputError("image", str(exc)) from None
+        except FaceEditError as exc:  # dlib or its model missing: the deployment's problem, not the caller's
+            raise protocol.InferenceError(protocol.FAILED_PRECONDITION, f"alignment unavailable: {exc}") from None
+
+
+def _decode_image(data: bytes) -> Image.Image:
+    errors = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+    try:
+        image = Image.open(io.BytesIO(data))
+    except errors as exc:
+        raise InvalidInputError("image", f"cannot be decoded ({type(exc).__name__})") from None
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise protocol.PayloadTooLargeError("image", f"{width}x{height} exceeds {MAX_PIXELS} pixels")
+    try:
+        image.load()
+    except errors as exc:
+        raise InvalidInputError("image", f"cannot be decoded ({type(exc).__name__})") from None
+    return image.convert("RGB")

@@ -1,0 +1,136 @@
+"""TorchServe handler: W+ latents + generator id → encoded images; base weights from the archive, adapted by id."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import redis
+import torch
+
+from faceedit.errors import InvalidInputError, NotFoundError
+from faceedit.images import to_pil
+from faceedit.models import Generator, load_generator
+from services.common.artifacts import open_artifact_store
+from services.common.registry import GeneratorIndex, load_adapted_generator
+from services.inference import protocol
+from services.inference.handler_support import (
+    LRU,
+    InferenceConfig,
+    encode_image,
+    request_body,
+    serialized_file,
+    set_torch_threads,
+    worker_device,
+)
+
+log = logging.getLogger(__name__)
+
+
+class GeneratorHandler:
+    """One instance per TorchServe worker. `handle` answers every request of a dynamic batch:
+    requests are grouped by (generator, noise mode) so each group is one synthesis call, and a
+    failure is reported in that request's own body, never as a failed batch."""
+
+    def __init__(self) -> None:
+        self.config: InferenceConfig | None = None
+        self.base: Generator | None = None
+        self.index: GeneratorIndex | None = None
+        self.adapted: LRU[Generator] | None = None
+        self.device = torch.device("cpu")
+
+    def initialize(self, context: Any) -> None:
+        self.config = InferenceConfig.load(getattr(context, "model_yaml_config", None))
+        set_torch_threads(self.config.torch_threads)
+        self.device = worker_device(context)
+        self.base = load_generator(serialized_file(context), device=self.device)
+        self.adapted = LRU(self.config.lru_size)
+        if self.config.redis_url:
+            store = open_artifact_store(self.config.artifact_store_url)
+            self.index = GeneratorIndex(redis.Redis.from_url(self.config.redis_url), store,
+                                        self.config.redis_namespace)
+        log.warning("generator %r ready: %d px, n_latent %d, style_dim %d, adapted generators %s",
+                    self.config.base_generator_id, self.base.config.size, self.base.n_latent,
+                    self.base.style_dim, "on" if self.index else "off")
+
+    def handle(self, data: list[dict], context: Any) -> list[bytes]:
+        responses: list[bytes | None] = [None] * len(data)
+        resolved: dict[tuple[str, str], Generator | Exception] = {}
+        # Keyed by the generator object, so every tenant's base-generator requests share one call.
+        groups: dict[tuple[int, str], list[tuple[int, protocol.GenerateRequest]]] = defaultdict(list)
+        generators: dict[int, Generator] = {}
+        for i, row in enumerate(data):
+            try:
+                request = protocol.decode_generate_request(request_body(row))
+                key = (request.generator_id, request.tenant)
+                if key not in resolved:
+                    try:
+                        resolved[key] = self._resolve(*key)
+                    except Exception as exc:  # noqa: BLE001 - reported to each request that named it
+                        resolved[key] = exc
+                generator = resolved[key]
+                if isinstance(generator, Exception):
+                    raise generator
+                self._check_shape(request.ws, generator)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes this request's error body
+                responses[i] = self._error(exc)
+                continue
+            generators[id(generator)] = generator
+            groups[(id(generator), request.noise_mode)].append((i, request))
+        for (generator_key, noise_mode), members in groups.items():
+            try:
+                for i, body in self._synthesize(generators[generator_key], noise_mode, members):
+                    responses[i] = body
+            except Exception as exc:  # noqa: BLE001
+                for i, _ in members:
+                    responses[i] = self._error(exc)
+        return [r if r is not None else self._error(RuntimeError("no response")) for r in responses]
+
+    def _error(self, exc: BaseException) -> bytes:
+        if not isinstance(exc, (InvalidInputError, NotFoundError, protocol.InferenceError)):
+            log.exception("generate failed", exc_info=exc)
+        return protocol.encode_error(exc)
+
+    def _resolve(self, generator_id: str, tenant: str) -> Generator:
+        assert self.config is not None and self.base is not None and self.adapted is not None
+        if generator_id == self.config.base_generator_id:
+            return self.base
+        if self.index is None:
+            raise NotFoundError("generator", generator_id)
+        # Looked up on every batch: the tenant check is per request, and a deleted generator must
+        # stop being served even while its weights sit in this worker's cache.
+        try:
+            record = self.index.get(generator_id, tenant)
+        except redis.RedisError:
+            raise protocol.InferenceError(protocol.UNAVAILABLE, "the generator index (Redis) is unreachable") from None
+        if record.base_generator != self.config.base_generator_id:
+            raise protocol.InferenceError(protocol.FAILED_PRECONDITION,
+                                          f"generator {generator_id!r} is adapted from {record.base_generator!r}; "
+                                          f"this model serves {self.config.base_generator_id!r}")
+        return self.adapted.get_or_load((record.id, record.sha256),
+                                        lambda: load_adapted_generator(self.index.store, record, self.base))
+
+    @staticmethod
+    def _check_shape(ws: np.ndarray, generator: Generator) -> None:
+        expected = (generator.n_latent, generator.style_dim)
+        if tuple(ws.shape[1:]) != expected:
+            raise InvalidInputError("ws", f"expected shape [B, {expected[0]}, {expected[1]}] for this generator, "
+                                          f"got {list(ws.shape)}")
+
+    def _synthesize(self, generator: Generator, noise_mode: str,
+                    members: list[tuple[int, protocol.GenerateRequest]]) -> list[tuple[int, bytes]]:
+        assert self.config is not None
+        ws = torch.from_numpy(np.concatenate([r.ws for _, r in members])).to(self.device)
+        with torch.inference_mode():
+            images = torch.cat([generator.synthesis(chunk, noise_mode=noise_mode)
+                                for chunk in ws.split(self.config.max_chunk)])
+        pil = to_pil(images)
+        out, start = [], 0
+        for i, request in members:
+            count = request.ws.shape[0]
+            encoded = [encode_image(img, request.image_format) for img in pil[start:start + count]]
+            out.append((i, protocol.encode_generate_response(encoded, request.image_format, generator.config.size)))
+            start += count
+        return out

@@ -1,0 +1,327 @@
+"""Wire format between the editor and the TorchServe handlers: JSON, latents as base64 float32, images as bytes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from faceedit.errors import FaceEditError, InvalidInputError, NotFoundError
+
+VERSION = 1
+IMAGE_FORMATS = ("png", "jpeg", "webp")
+NOISE_MODES = ("const", "random", "none")
+
+# Limits checked before anything is allocated from a request. A 1024 px generator has
+# n_latent 18 and style_dim 512; the larger bounds leave room without inviting abuse.
+MAX_BODY_BYTES = 48 * 1024 * 1024
+MAX_BATCH = 64
+MAX_N_LATENT = 32
+MAX_STYLE_DIM = 1024
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MAX_ID_LENGTH = 128
+
+# Error codes in a response body; the editor maps them to gRPC status codes one to one. Errors travel
+# in the body of a normal (200) response: TorchServe turns a non-200 per-request status into a bare
+# gRPC error whose only text is the reason phrase, which would lose the field name and the kind.
+INVALID_ARGUMENT = "INVALID_ARGUMENT"
+NOT_FOUND = "NOT_FOUND"
+RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+FAILED_PRECONDITION = "FAILED_PRECONDITION"
+UNAVAILABLE = "UNAVAILABLE"  # a dependency of the handler (Redis, the artifact store) is down: retryable
+INTERNAL = "INTERNAL"
+
+_MAGIC = {
+    "png": (b"\x89PNG\r\n\x1a\n",),
+    "jpeg": (b"\xff\xd8\xff",),
+}
+
+
+class PayloadTooLargeError(InvalidInputError):
+    """A field exceeds a size limit; maps to RESOURCE_EXHAUSTED rather than INVALID_ARGUMENT."""
+
+
+class InferenceError(FaceEditError):
+    """The handler failed for a reason other than the caller's input (FAILED_PRECONDITION, UNAVAILABLE, INTERNAL)."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    generator_id: str
+    ws: np.ndarray  # [B, n_latent, style_dim] float32
+    image_format: str = "png"
+    noise_mode: str = "const"
+    tenant: str = ""
+
+
+@dataclass(frozen=True)
+class GenerateResponse:
+    images: list[bytes]  # one encoded image per latent, in request order
+    format: str
+    size: int
+
+
+@dataclass(frozen=True)
+class InvertRequest:
+    image: bytes  # PNG, JPEG or WebP
+    align: bool = False
+    return_aligned: bool = False
+
+
+@dataclass(frozen=True)
+class InvertResponse:
+    ws: np.ndarray  # [1, n_latent, style_dim] float32
+    aligned: bytes | None  # the PNG crop the encoder saw, when asked for
+    size: int  # side of the crop the encoder saw
+
+
+# -- generator ---------------------------------------------------------------------------------
+
+def encode_generate_request(generator_id: str, ws: np.ndarray, image_format: str = "png",
+                            noise_mode: str = "const", tenant: str = "") -> bytes:
+    """Editor side: W+ latents for one generator → request body."""
+    _check_id(generator_id, "generator_id")
+    _check_choice(image_format, IMAGE_FORMATS, "image_format")
+    _check_choice(noise_mode, NOISE_MODES, "noise_mode")
+    body = {"v": VERSION, "generator_id": generator_id, "tenant": tenant,
+            "ws": _pack_array(_check_ws(np.asarray(ws), "ws")), "image_format": image_format,
+            "noise_mode": noise_mode}
+    return _dumps(body)
+
+
+def decode_generate_request(data: bytes | bytearray | str) -> GenerateRequest:
+    """Handler side: parse and validate a request body; raises InvalidInputError naming the field."""
+    body = _loads(data)
+    generator_id = _get(body, "generator_id", str)
+    _check_id(generator_id, "generator_id")
+    tenant = _get(body, "tenant", str, default="")
+    if len(tenant) > MAX_ID_LENGTH:
+        raise InvalidInputError("tenant", f"longer than {MAX_ID_LENGTH} characters")
+    image_format = _get(body, "image_format", str, default="png")
+    _check_choice(image_format, IMAGE_FORMATS, "image_format")
+    noise_mode = _get(body, "noise_mode", str, default="const")
+    _check_choice(noise_mode, NOISE_MODES, "noise_mode")
+    ws = _check_ws(_unpack_array(_get(body, "ws", dict), "ws"), "ws")
+    return GenerateRequest(generator_id, ws, image_format, noise_mode, tenant)
+
+
+def encode_generate_response(images: list[bytes], fmt: str, size: int) -> bytes:
+    """Handler side: encoded images → response body."""
+    _check_choice(fmt, IMAGE_FORMATS, "format")
+    return _dumps({"v": VERSION, "format": fmt, "size": int(size),
+                   "images": [base64.b64encode(bytes(i)).decode("ascii") for i in images]})
+
+
+def decode_generate_response(data: bytes | bytearray | str) -> GenerateResponse:
+    """Editor side: response body → images; an error body raises the typed error it carries."""
+    body = _loads(data)
+    _raise_if_error(body)
+    fmt = _get(body, "format", str)
+    _check_choice(fmt, IMAGE_FORMATS, "format")
+    images = _get(body, "images", list)
+    return GenerateResponse([_b64(item, f"images[{i}]") for i, item in enumerate(images)],
+                            fmt, _get(body, "size", int))
+
+
+# -- encoder ------------------------------------------------------------------------------------
+
+def encode_invert_request(image: bytes, align: bool = False, return_aligned: bool = False) -> bytes:
+    """Editor side: an encoded photo → request body for the encoder."""
+    _check_image_bytes(bytes(image), "image")
+    return _dumps({"v": VERSION, "image": base64.b64encode(bytes(image)).decode("ascii"),
+                   "align": bool(align), "return_aligned": bool(return_aligned)})
+
+
+def decode_invert_request(data: bytes | bytearray | str) -> InvertRequest:
+    body = _loads(data)
+    image = _b64(_get(body, "image", str), "image")
+    _check_image_bytes(image, "image")
+    return InvertRequest(image, _get(body, "align", bool, default=False),
+                         _get(body, "return_aligned", bool, default=False))
+
+
+def encode_invert_response(ws: np.ndarray, aligned: bytes | None, size: int) -> bytes:
+    ws = _check_ws(np.asarray(ws), "ws")
+    return _dumps({"v": VERSION, "ws": _pack_array(ws), "size": int(size),
+                   "aligned": None if aligned is None else base64.b64encode(aligned).decode("ascii")})
+
+
+def decode_invert_response(data: bytes | bytearray | str) -> InvertResponse:
+    body = _loads(data)
+    _raise_if_error(body)
+    ws = _check_ws(_unpack_array(_get(body, "ws", dict), "ws"), "ws")
+    aligned = body.get("aligned")
+    return InvertResponse(ws, None if aligned is None else _b64(aligned, "aligned"),
+                          _get(body, "size", int))
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+def encode_error(exc: BaseException) -> bytes:
+    """Handler side: one request's failure → an error body. Only typed errors carry their text:
+    anything else is reported as INTERNAL without the exception string (the server log has it)."""
+    error: dict[str, Any]
+    if isinstance(exc, PayloadTooLargeError):
+        error = {"code": RESOURCE_EXHAUSTED, "field": exc.field, "message": exc.problem}
+    elif isinstance(exc, InvalidInputError):
+        error = {"code": INVALID_ARGUMENT, "field": exc.field, "message": exc.problem}
+    elif isinstance(exc, NotFoundError):
+        error = {"code": NOT_FOUND, "kind": exc.kind, "name": exc.name, "message": str(exc)}
+    elif isinstance(exc, InferenceError):
+        error = {"code": exc.code, "message": exc.message}
+    elif isinstance(exc, FaceEditError):
+        error = {"code": FAILED_PRECONDITION, "message": str(exc)}
+    else:
+        error = {"code": INTERNAL, "message": "internal error in the model handler; see its log"}
+    return _dumps({"v": VERSION, "error": error})
+
+
+def _raise_if_error(body: dict) -> None:
+    error = body.get("error")
+    if error is None:
+        return
+    if not isinstance(error, dict):
+        raise InferenceError(INTERNAL, "malformed error body")
+    code, message = str(error.get("code", INTERNAL)), str(error.get("message", ""))
+    if code == INVALID_ARGUMENT:
+        raise InvalidInputError(str(error.get("field", "request")), message)
+    if code == RESOURCE_EXHAUSTED:
+        raise PayloadTooLargeError(str(error.get("field", "request")), message)
+    if code == NOT_FOUND:
+        raise NotFoundError(str(error.get("kind", "object")), str(error.get("name", "")))
+    raise InferenceError(code, message)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+def _dumps(body: dict) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def _loads(data: bytes | bytearray | str) -> dict:
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    if not isinstance(data, (bytes, bytearray)):
+        raise InvalidInputError("body", f"expected bytes, got {type(data).__name__}")
+    if len(data) > MAX_BODY_BYTES:
+        raise PayloadTooLargeError("body", f"{len(data)} bytes exceeds the limit of {MAX_BODY_BYTES}")
+    try:
+        body = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError("body", f"not valid JSON ({exc.__class__.__name__})") from None
+    if not isinstance(body, dict):
+        raise InvalidInputError("body", "expected a JSON object")
+    version = body.get("v", VERSION)
+    if version != VERSION:
+        raise InvalidInputError("v", f"protocol version {version!r} is not supported (this side speaks {VERSION})")
+    return body
+
+
+_MISSING = object()
+
+
+def _get(body: dict, key: str, kind: type, default: Any = _MISSING) -> Any:
+    if key not in body or body[key] is None:
+        if default is _MISSING:
+            raise InvalidInputError(key, "is required")
+        return default
+    value = body[key]
+    # bool is an int subclass: never let true/false pass as a size.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise InvalidInputError(key, f"expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _check_id(value: Any, field: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise InvalidInputError(field, "must be a non-empty string")
+    if len(value) > MAX_ID_LENGTH or not all(c.isalnum() or c in "-_." for c in value):
+        raise InvalidInputError(field, f"must be at most {MAX_ID_LENGTH} characters of [A-Za-z0-9-_.]")
+
+
+def _check_choice(value: Any, choices: tuple[str, ...], field: str) -> None:
+    if value not in choices:
+        raise InvalidInputError(field, f"must be one of {list(choices)}, got {value!r}")
+
+
+def _check_ws(ws: np.ndarray, field: str) -> np.ndarray:
+    if ws.ndim != 3:
+        raise InvalidInputError(field, f"expected shape [B, n_latent, style_dim], got {list(ws.shape)}")
+    batch, n_latent, dim = ws.shape
+    if batch < 1 or n_latent < 1 or dim < 1:
+        raise InvalidInputError(field, f"has an empty dimension: {list(ws.shape)}")
+    if batch > MAX_BATCH:
+        raise PayloadTooLargeError(field, f"batch {batch} exceeds the limit of {MAX_BATCH}")
+    if n_latent > MAX_N_LATENT or dim > MAX_STYLE_DIM:
+        raise PayloadTooLargeError(field, f"shape {list(ws.shape)} exceeds [*, {MAX_N_LATENT}, {MAX_STYLE_DIM}]")
+    if ws.dtype.kind != "f":
+        raise InvalidInputError(field, f"expected floating point, got {ws.dtype}")
+    ws = ws.astype("<f4", copy=False)
+    if not np.isfinite(ws).all():
+        raise InvalidInputError(field, "contains NaN or infinite values")
+    return ws
+
+
+def _pack_array(array: np.ndarray) -> dict:
+    data = np.ascontiguousarray(array, dtype="<f4")
+    return {"shape": list(data.shape), "dtype": "float32",
+            "data": base64.b64encode(data.tobytes()).decode("ascii")}
+
+
+def _unpack_array(packed: dict, field: str) -> np.ndarray:
+    if packed.get("dtype", "float32") != "float32":
+        raise InvalidInputError(f"{field}.dtype", f"must be 'float32', got {packed.get('dtype')!r}")
+    shape = packed.get("shape")
+    if (not isinstance(shape, list) or not shape or len(shape) > 4
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise InvalidInputError(f"{field}.shape", f"must be a list of up to 4 non-negative ints, got {shape!r}")
+    count = math.prod(shape)
+    if count > MAX_BATCH * MAX_N_LATENT * MAX_STYLE_DIM:
+        raise PayloadTooLargeError(f"{field}.shape", f"{shape} has too many elements")
+    raw = packed.get("data")
+    if not isinstance(raw, str):
+        raise InvalidInputError(f"{field}.data", "must be a base64 string")
+    buffer = _b64(raw, f"{field}.data")
+    if len(buffer) != 4 * count:
+        raise InvalidInputError(f"{field}.data", f"holds {len(buffer)} bytes; shape {shape} needs {4 * count}")
+    return np.frombuffer(buffer, dtype="<f4").reshape(shape)
+
+
+def _b64(value: Any, field: str) -> bytes:
+    if not isinstance(value, str):
+        raise InvalidInputError(field, "must be a base64 string")
+    if len(value) > MAX_BODY_BYTES:
+        raise PayloadTooLargeError(field, "exceeds the body size limit")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInputError(field, "is not valid base64") from None
+
+
+def _check_image_bytes(data: bytes, field: str) -> None:
+    if not data:
+        raise InvalidInputError(field, "is empty")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise PayloadTooLargeError(field, f"{len(data)} bytes exceeds the limit of {MAX_IMAGE_BYTES}")
+    if image_format_of(data) is None:
+        raise InvalidInputError(field, "is not a PNG, JPEG or WebP image")
+
+
+def image_format_of(data: bytes) -> str | None:
+    """'png', 'jpeg' or 'webp' from the magic bytes, else None."""
+    for fmt, magics in _MAGIC.items():
+        if data.startswith(magics):
+            return fmt
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None

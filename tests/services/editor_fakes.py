@@ -1,0 +1,82 @@
+"""In-process stand-ins for the editor's dependencies: a model server running tiny models, a task queue."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from faceedit.errors import NotFoundError
+from faceedit.images import from_pil, to_pil
+from faceedit.models import load_encoder, load_generator
+from services.inference import protocol
+
+
+class FakeInference:
+    """Same interface as TorchServeInference, running the tiny generator and encoder in this process.
+    It goes through the wire protocol's encode/decode, so shape and NaN checks behave like the real one."""
+
+    def __init__(self, generator_path: Path, encoder_path: Path | None = None, generator_id: str = "demo"):
+        self.generator = load_generator(generator_path).eval()
+        self.encoder = load_encoder(encoder_path).eval() if encoder_path else None
+        self.generator_id = generator_id
+        self.calls: list[tuple[str, str, tuple[int, ...]]] = []  # (generator id, tenant, ws shape)
+        self.healthy = True
+        self.adapted: dict[tuple[str, str], float] = {}  # (id, tenant) → brightness shift, a fake "adapted" model
+
+    def synthesize(self, generator_id: str, tenant: str, ws: np.ndarray, image_format: str = "png"):
+        body = protocol.encode_generate_request(generator_id, ws, image_format=image_format, tenant=tenant)
+        request = protocol.decode_generate_request(body)
+        self.calls.append((generator_id, tenant, tuple(request.ws.shape)))
+        shift = 0.0
+        if generator_id != self.generator_id:
+            if (generator_id, tenant) not in self.adapted:
+                raise NotFoundError("generator", generator_id)
+            shift = self.adapted[(generator_id, tenant)]
+        with torch.inference_mode():
+            images = self.generator.synthesis(torch.from_numpy(request.ws.copy())) + shift  # [B, 3, H, W]
+        encoded = []
+        for image in to_pil(images):
+            out = io.BytesIO()
+            image.save(out, format=image_format.upper())
+            encoded.append(out.getvalue())
+        body = protocol.encode_generate_response(encoded, image_format, self.generator.config.size)
+        return protocol.decode_generate_response(body)
+
+    def invert(self, image: bytes, align: bool = False, return_aligned: bool = False):
+        protocol.decode_invert_request(protocol.encode_invert_request(image, align, return_aligned))
+        pil = Image.open(io.BytesIO(image)).convert("RGB")
+        with torch.inference_mode():
+            ws = self.encoder(from_pil([pil], size=self.encoder.config.input_size)).numpy()  # [1, L, D]
+        return protocol.decode_invert_response(protocol.encode_invert_response(ws, None, self.encoder.config.input_size))
+
+    def ping(self) -> bool:
+        return self.healthy
+
+    def close(self) -> None:
+        pass
+
+
+class FakeQueue:
+    """Records submitted job ids instead of talking to a broker; can pretend the broker is down."""
+
+    def __init__(self):
+        self.submitted: list[str] = []
+        self.down = False
+
+    def submit(self, job_id: str) -> None:
+        from services.editor.errors import UnavailableError
+
+        if self.down:
+            raise UnavailableError("task broker", "down (test)")
+        self.submitted.append(job_id)
+
+
+def png_bytes(size: int = 32, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(out, format="PNG")
+    return out.getvalue()

@@ -1,0 +1,118 @@
+"""TorchServeInference against a stand-in of TorchServe's gRPC inference service: wire format, token,
+deadlines, and the translation of its status codes into the editor's typed errors."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import numpy as np
+import pytest
+
+from faceedit.proto import inference_pb2, inference_pb2_grpc
+from services.editor.errors import DeadlineError, PreconditionError, UnavailableError, status_for
+from services.editor.inference import CALLER_DEADLINE, TorchServeInference, read_inference_token
+from services.inference import protocol
+
+pytestmark = pytest.mark.integration
+
+
+class FakeTorchServe(inference_pb2_grpc.InferenceAPIsServiceServicer):
+    def __init__(self):
+        self.requests: list[tuple[str, dict, float | None]] = []
+        self.abort_with: grpc.StatusCode | None = None
+        self.block = threading.Event()
+        self.hold = False
+
+    def Predictions(self, request, context):
+        metadata = dict(context.invocation_metadata())
+        self.requests.append((request.model_name, metadata, context.time_remaining()))
+        if self.hold:
+            self.block.wait(30)
+        if self.abort_with is not None:
+            context.abort(self.abort_with, "Model not found" if self.abort_with == grpc.StatusCode.NOT_FOUND else "x")
+        body = protocol.decode_generate_request(request.input["data"])
+        images = [b"\x89PNG\r\n\x1a\nfake"] * body.ws.shape[0]
+        return inference_pb2.PredictionResponse(prediction=protocol.encode_generate_response(images, "png", 32))
+
+    def Ping(self, request, context):
+        return inference_pb2.TorchServeHealthResponse(health=json.dumps({"status": "Healthy"}))
+
+
+@pytest.fixture
+def fake():
+    servicer = FakeTorchServe()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    inference_pb2_grpc.add_InferenceAPIsServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield servicer, f"127.0.0.1:{port}"
+    servicer.block.set()
+    server.stop(0)
+
+
+def ws(batch: int = 2) -> np.ndarray:
+    return np.zeros((batch, 8, 64), np.float32)
+
+
+def test_synthesize_sends_the_protocol_body_and_the_token(fake, tmp_path):
+    servicer, target = fake
+    key_file = tmp_path / "key_file.json"
+    key_file.write_text(json.dumps({"inference": {"key": "abc123"}, "management": {"key": "zzz"}}))
+    assert read_inference_token(str(key_file)) == "abc123"
+    client = TorchServeInference(target, generator_model="gen", key_file=str(key_file))
+    response = client.synthesize("demo", "acme", ws(2), "png")
+    assert len(response.images) == 2 and response.size == 32
+    model, metadata, _ = servicer.requests[0]
+    assert model == "gen" and metadata["authorization"] == "Bearer abc123"
+    assert client.ping()
+    client.close()
+
+
+@pytest.mark.parametrize("code, error, status", [
+    (grpc.StatusCode.NOT_FOUND, PreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (grpc.StatusCode.UNAVAILABLE, UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (grpc.StatusCode.PERMISSION_DENIED, UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (grpc.StatusCode.INTERNAL, protocol.InferenceError, grpc.StatusCode.INTERNAL),
+])
+def test_torchserve_codes_become_typed_errors(fake, code, error, status):
+    servicer, target = fake
+    servicer.abort_with = code
+    client = TorchServeInference(target)
+    with pytest.raises(error) as info:
+        client.synthesize("demo", "", ws(1))
+    assert status_for(info.value)[0] == status
+    client.close()
+
+
+def test_a_dead_server_is_unavailable():
+    from services.common.redis_server import free_port
+
+    client = TorchServeInference(f"127.0.0.1:{free_port()}", timeout_s=5)
+    with pytest.raises(UnavailableError):
+        client.synthesize("demo", "", ws(1))
+    assert not client.ping()
+    client.close()
+
+
+def test_the_callers_deadline_bounds_the_model_server_call(fake):
+    servicer, target = fake
+    client = TorchServeInference(target, timeout_s=60)
+    servicer.hold = True
+    token = CALLER_DEADLINE.set(time.monotonic() + 0.5)
+    try:
+        with pytest.raises(DeadlineError):
+            client.synthesize("demo", "", ws(1))
+        _, _, remaining = servicer.requests[0]
+        assert remaining is not None and remaining < 1  # not the configured 60 s
+        CALLER_DEADLINE.set(time.monotonic() - 1)  # already past: no call at all
+        with pytest.raises(DeadlineError):
+            client.synthesize("demo", "", ws(1))
+        assert len(servicer.requests) == 1
+    finally:
+        CALLER_DEADLINE.reset(token)
+        servicer.block.set()
+        client.close()

@@ -1,0 +1,171 @@
+"""The whole stack as `make demo` starts it (launcher: real Redis, TorchServe, editor process, Celery worker),
+tiny models, every RPC through faceedit.client, then `down` leaves no process behind."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from editor_fakes import png_bytes
+from faceedit.client import FaceEditClient, FaceEditError, Step
+from faceedit.editing import save_boundary
+from faceedit.models import load_generator
+from services import launcher
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+OTHER_KEY = "other-tenant-key-0123456789"
+HAS_WORKER = importlib.util.find_spec("services.worker.app") is not None
+
+
+def _alive(pgid: int) -> bool:
+    """Any live (non-zombie) process in the group, found in /proc: a child of this test process that
+    exited stays a zombie until reaped and would fool a kill(0) probe."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            return True
+    return False
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_models):
+    from services.inference.archive import build_archive
+
+    root = tmp_path_factory.mktemp("stack")
+    store = root / "model_store"
+    build_archive("generator", tiny_models["generator"], store)
+    build_archive("encoder", tiny_models["encoder"], store)
+    generator = load_generator(tiny_models["generator"])
+    boundaries = root / "boundaries"
+    rng = torch.Generator().manual_seed(0)
+    for name in ("age", "smile"):
+        save_boundary(boundaries / f"{name}.safetensors", torch.randn(generator.style_dim, generator=rng),
+                      {"attribute": name, "accuracy": 0.9, "recommended_strength": [-3.0, 3.0]})
+    env = {"FACEEDIT_GENERATORS": f"demo={tiny_models['generator']}", "FACEEDIT_BOUNDARY_DIRS": f"demo={boundaries}",
+           "FACEEDIT_ZOO_DIR": str(tiny_models["generator"].parent),
+           # The worker adapts the same tiny base, inverting targets with the tiny encoder.
+           "FACEEDIT_BASE_GENERATORS": f"demo={tiny_models['generator']}",
+           "FACEEDIT_ENCODERS": f"demo={tiny_models['encoder']}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the launcher's children inherit the environment, like under `make demo`
+    run_root = root / "run"
+    try:
+        started = launcher.up(run_root, store, worker=HAS_WORKER, timeout=400, extra_keys={OTHER_KEY: "other-tenant"})
+        pids = {p.stem: int(p.read_text()) for p in started.run_dir.glob("*.pid") if p.read_text().strip()}
+        yield started, pids
+    finally:
+        launcher.down(run_root)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def client(stack):
+    started, _ = stack
+    with FaceEditClient(started.editor_target, started.api_key, timeout_s=120) as c:
+        yield c
+
+
+def test_editor_rpcs_through_real_torchserve(client):
+    faces = client.generate([0, 1, 2], return_latents=True)
+    assert len(faces) == 3 and Image.open(io.BytesIO(faces[0].image.data)).size == (32, 32)
+    assert faces[0].image.data != faces[1].image.data
+    edited = client.edit([Step("age", 2.5), Step("smile", -1.0, layers="fine", conditions=["age"])],
+                         latent_id=faces[0].latent_id, return_latent=True)
+    assert not np.allclose(edited.latent, faces[0].latent)
+    inversion = client.invert(png_bytes(64), return_latent=True)
+    assert inversion.latent.shape == (1, 8, 64) and inversion.reconstruction.data
+    frames = list(client.animate([Step("age", 3.0)], latent_id=inversion.latent_id, frames=4, start=-1, end=1,
+                                 animation="gif"))
+    assert len(frames) == 5 and Image.open(io.BytesIO(frames[-1].data)).n_frames == 4
+    assert [g.id for g in client.list_generators()] == ["demo"]
+    assert {a.name for a in client.list_attributes()} == {"age", "smile"}
+
+
+@pytest.mark.parametrize("call, code, field", [
+    (lambda c: c.invert(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10), grpc.StatusCode.INVALID_ARGUMENT, "image.data"),
+    (lambda c: c.edit([], latent=np.zeros((8, 63), np.float32)), grpc.StatusCode.INVALID_ARGUMENT, "latent.inline"),
+    (lambda c: c.edit([], latent=np.full((8, 64), np.nan, np.float32)), grpc.StatusCode.INVALID_ARGUMENT,
+     "latent.inline"),
+    (lambda c: c.edit([Step("wings", 1.0)], seed=1), grpc.StatusCode.NOT_FOUND, "wings"),
+    (lambda c: c.generate([1], generator_id="gen-missing"), grpc.StatusCode.NOT_FOUND, "gen-missing"),
+])
+def test_bad_input_through_the_stack(client, call, code, field):
+    with pytest.raises(FaceEditError) as info:
+        call(client)
+    assert info.value.code == code and field in info.value.message
+
+
+def test_missing_key_is_unauthenticated(stack):
+    started, _ = stack
+    with FaceEditClient(started.editor_target, "not-a-key-0000000000") as c:
+        with pytest.raises(FaceEditError) as info:
+            c.list_generators()
+    assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.skipif(not HAS_WORKER, reason="services.worker.app (the Celery worker) is not there yet")
+def test_adaptation_job_to_an_adapted_generator_and_back(stack, client):
+    started, _ = stack
+    job = client.create_adaptation(png_bytes(64, seed=5), idempotency_key="stack-1", steps=2)
+    assert client.create_adaptation(png_bytes(64, seed=5), idempotency_key="stack-1").name == job.name
+    seen = []
+    done = client.wait_for_adaptation(job.name, timeout_s=300, poll_s=0.5, on_progress=lambda j: seen.append(j.state))
+    assert done.state == "SUCCEEDED" and done.generator_id and seen[-1] == "SUCCEEDED"
+    ids = [g.id for g in client.list_generators()]
+    assert done.generator_id in ids
+    base = client.edit([Step("age", 1.0)], seed=7)
+    adapted = client.edit([Step("age", 1.0)], seed=7, generator_id=done.generator_id)
+    assert adapted.image.data != base.image.data
+    with FaceEditClient(started.editor_target, OTHER_KEY) as stranger:
+        assert done.generator_id not in [g.id for g in stranger.list_generators()]
+        for call in (lambda: stranger.edit([], seed=7, generator_id=done.generator_id),
+                     lambda: stranger.get_adaptation(job.name),
+                     lambda: stranger.delete_generator(done.generator_id)):
+            with pytest.raises(FaceEditError) as info:
+                call()
+            assert info.value.code == grpc.StatusCode.NOT_FOUND
+    jobs, _ = client.list_adaptations()
+    assert job.name in [j.name for j in jobs]
+    client.delete_generator(done.generator_id)
+    with pytest.raises(FaceEditError) as info:
+        client.edit([], seed=7, generator_id=done.generator_id)
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.skipif(not HAS_WORKER, reason="services.worker.app (the Celery worker) is not there yet")
+def test_cancel_a_long_job(client):
+    from faceedit.client import AdaptationFailed
+
+    job = client.create_adaptation(png_bytes(64, seed=6), idempotency_key="stack-cancel", steps=10_000)
+    cancelled = client.cancel_adaptation(job.name)
+    assert cancelled.state in ("CANCELLED", "CANCELLING")
+    with pytest.raises(AdaptationFailed) as info:  # a running job stops at its next iteration
+        client.wait_for_adaptation(job.name, timeout_s=300, poll_s=0.5)
+    assert info.value.code == grpc.StatusCode.CANCELLED
+    assert client.get_adaptation(job.name).state == "CANCELLED"
+
+
+def test_down_leaves_no_process_behind(tmp_path_factory, stack):
+    """Runs last in this module: stops the module's stack itself and checks every process group is gone."""
+    started, pids = stack
+    assert set(pids) >= {"redis", "torchserve", "editor"}
+    assert all(_alive(pid) for pid in pids.values())
+    launcher.down(started.run_dir.parent)
+    assert not any(_alive(pid) for pid in pids.values())
+    assert not list(started.run_dir.glob("*.pid"))

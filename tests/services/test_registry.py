@@ -1,0 +1,149 @@
+"""Adapted-generator index in a real Redis, and the delta weights helpers (sha256 verified before loading)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from conftest import tiny_generator
+from faceedit.errors import CheckpointMismatchError, ChecksumMismatchError, InvalidInputError, NotFoundError
+from services.common.artifacts import LocalArtifactStore
+from services.common.registry import (
+    READY,
+    GeneratorIndex,
+    GeneratorRecord,
+    load_adapted_generator,
+    save_adapted_generator,
+)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return LocalArtifactStore(tmp_path / "artifacts")
+
+
+@pytest.fixture
+def index(redis_client, store, namespace):
+    return GeneratorIndex(redis_client, store, namespace)
+
+
+def record(gid: str, tenant: str, created: float | None = None) -> GeneratorRecord:
+    return GeneratorRecord(id=gid, tenant=tenant, base_generator="demo", sha256="0" * 64, size_bytes=1,
+                           created=created or time.time(), state=READY, artifact_key=f"k/{gid}")
+
+
+def test_add_get_list_per_tenant(index):
+    index.add(record("g1", "acme", 1.0))
+    index.add(record("g2", "acme", 2.0))
+    index.add(record("g3", "other", 3.0))
+    assert index.get("g1", "acme").base_generator == "demo"
+    assert [r.id for r in index.list("acme")] == ["g1", "g2"]
+    assert [r.id for r in index.list("other")] == ["g3"]
+    assert index.list("nobody") == []
+
+
+def test_other_tenants_id_is_not_found_like_an_unknown_one(index):
+    index.add(record("g1", "acme"))
+    with pytest.raises(NotFoundError) as foreign:
+        index.get("g1", "other")
+    with pytest.raises(NotFoundError) as unknown:
+        index.get("g-unknown", "other")
+    assert str(foreign.value).replace("g1", "X") == str(unknown.value).replace("g-unknown", "X")
+    with pytest.raises(NotFoundError):
+        index.delete("g1", "other")
+    assert index.get("g1", "acme")  # still there
+
+
+def test_adding_an_existing_id_keeps_the_first_record(index):
+    first = index.add(record("g1", "acme", 1.0))
+    second = index.add(record("g1", "acme", 5.0))
+    assert second == first and len(index.list("acme")) == 1
+
+
+def test_bad_ids_are_invalid_input(index):
+    with pytest.raises(InvalidInputError) as info:
+        index.get("../x", "acme")
+    assert info.value.field == "generator_id"
+
+
+def _trained(base):
+    # Any change to a synthesis conv is a valid delta. Additive noise, not a scale: weight
+    # demodulation cancels a uniform scale of a conv weight.
+    weight = base.state_dict()["convs.0.conv.weight"]
+    return {"convs.0.conv.weight": weight + torch.randn(weight.shape, generator=torch.Generator().manual_seed(0))}
+
+
+def test_save_and_load_adapted_generator(index, store):
+    base = tiny_generator()
+    saved = save_adapted_generator(store, index, "acme", "demo", _trained(base), base=base, job_id="job-1")
+    assert saved.state == READY and saved.job_id == "job-1" and store.exists(saved.artifact_key)
+    assert index.get(saved.id, "acme") == saved
+    adapted = load_adapted_generator(store, saved, base)
+    assert torch.equal(adapted.state_dict()["convs.0.conv.weight"], _trained(base)["convs.0.conv.weight"])
+    assert torch.equal(adapted.state_dict()["convs.1.conv.weight"], base.state_dict()["convs.1.conv.weight"])
+    ws = base.broadcast(base.w_avg.unsqueeze(0))
+    assert (adapted.synthesis(ws) - base.synthesis(ws)).abs().max() > 0.05
+
+
+def test_saving_twice_with_one_id_creates_one_generator(index, store):
+    base = tiny_generator()
+    first = save_adapted_generator(store, index, "acme", "demo", _trained(base), base=base, generator_id="gen-job-1")
+    other = {"convs.0.conv.weight": torch.zeros_like(base.state_dict()["convs.0.conv.weight"])}
+    again = save_adapted_generator(store, index, "acme", "demo", other, base=base, generator_id="gen-job-1")
+    assert again == first and len(index.list("acme")) == 1
+    assert store.get(first.artifact_key)  # the first weights were not overwritten
+    assert torch.equal(load_adapted_generator(store, first, base).state_dict()["convs.0.conv.weight"],
+                       _trained(base)["convs.0.conv.weight"])
+
+
+def test_tampered_weights_are_refused(index, store):
+    base = tiny_generator()
+    saved = save_adapted_generator(store, index, "acme", "demo", _trained(base), base=base)
+    data = bytearray(store.get(saved.artifact_key))
+    data[-1] ^= 0xFF
+    store.put(saved.artifact_key, bytes(data))
+    with pytest.raises(ChecksumMismatchError):
+        load_adapted_generator(store, saved, base)
+
+
+def test_delta_refuses_another_base(index, store):
+    base = tiny_generator(seed=0)
+    saved = save_adapted_generator(store, index, "acme", "demo", _trained(base), base=base)
+    with pytest.raises(CheckpointMismatchError):
+        load_adapted_generator(store, saved, tiny_generator(seed=1))
+
+
+def test_delete_removes_record_and_weights(index, store):
+    base = tiny_generator()
+    saved = save_adapted_generator(store, index, "acme", "demo", _trained(base), base=base)
+    index.delete(saved.id, "acme")
+    assert not store.exists(saved.artifact_key)
+    assert index.list("acme") == []
+    with pytest.raises(NotFoundError):
+        index.get(saved.id, "acme")
+
+
+def test_the_loser_of_a_race_for_one_id_keeps_the_winners_weights(index, store, monkeypatch):
+    base = tiny_generator()
+    winner = save_adapted_generator(store, index, "acme", "demo", _trained(base), base=base, generator_id="gen-race")
+    # The loser checked for the id before the winner wrote it: it writes its own object, then
+    # finds the index taken and removes what it wrote.
+    other = {"convs.0.conv.weight": torch.zeros_like(base.state_dict()["convs.0.conv.weight"])}
+    real_read = index._read
+    calls = []
+
+    def first_call_misses(generator_id):
+        calls.append(generator_id)
+        if len(calls) == 1:
+            raise NotFoundError("generator", generator_id)
+        return real_read(generator_id)
+
+    monkeypatch.setattr(index, "_read", first_call_misses)
+    loser = save_adapted_generator(store, index, "acme", "demo", other, base=base, generator_id="gen-race")
+    assert loser == winner
+    objects = sorted(p.name for p in (store.root / "generators").rglob("*.safetensors"))
+    assert objects == [winner.artifact_key.rsplit("/", 1)[1]]
+    assert torch.equal(load_adapted_generator(store, winner, base).state_dict()["convs.0.conv.weight"],
+                       _trained(base)["convs.0.conv.weight"])

@@ -1,0 +1,76 @@
+"""Service configs read from the environment, and the TorchServe config.properties they produce."""
+
+from __future__ import annotations
+
+import pytest
+
+from faceedit.errors import InvalidInputError
+from services.inference.archive import model_config
+from services.inference.handler_support import InferenceConfig
+from services.inference.server import TorchServeConfig, config_properties
+from services.worker.app import create_app
+from services.worker.config import WorkerConfig
+
+
+def properties(config: TorchServeConfig) -> dict[str, str]:
+    text = config_properties(config.with_ports())
+    return dict(line.split("=", 1) for line in text.splitlines())
+
+
+def test_loopback_defaults_keep_everything_local_and_registration_off():
+    props = properties(TorchServeConfig(model_store="/srv/models"))
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert props[key].startswith("http://127.0.0.1:") and not props[key].endswith(":0")
+    assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
+    assert props["enable_model_api"] == "false" and props["disable_token_authorization"] == "true"
+    assert props["allowed_urls"] == "file:///srv/models/.*"
+    assert len({props["grpc_inference_port"], props["grpc_management_port"]}) == 2
+
+
+def test_listening_beyond_loopback_turns_token_auth_on_but_never_exposes_management():
+    props = properties(TorchServeConfig(host="0.0.0.0"))
+    assert props["inference_address"].startswith("http://0.0.0.0:")
+    assert props["management_address"].startswith("http://127.0.0.1:")
+    assert props["grpc_management_address"] == "127.0.0.1"
+    assert props["disable_token_authorization"] == "false"
+    assert properties(TorchServeConfig(token_auth=True))["disable_token_authorization"] == "false"
+
+
+def test_torchserve_config_from_env():
+    config = TorchServeConfig.from_env({"FACEEDIT_TS_GRPC_PORT": "7070", "FACEEDIT_TS_MODELS": "generator",
+                                        "FACEEDIT_TS_TOKEN_AUTH": "true"})
+    assert config.grpc_port == 7070 and config.models == "generator" and config.token_auth is True
+    assert config.with_ports().grpc_port == 7070
+
+
+def test_inference_config_layers_env_over_the_model_yaml():
+    yaml_config = model_config("generator", {"lru_size": 2})
+    assert InferenceConfig.load(yaml_config, {}).lru_size == 2
+    config = InferenceConfig.load(yaml_config, {"FACEEDIT_LRU_SIZE": "7", "FACEEDIT_REDIS_URL": "redis://x",
+                                                "FACEEDIT_ARTIFACT_STORE_URL": "file:///a"})
+    assert config.lru_size == 7 and config.redis_url == "redis://x"
+    with pytest.raises(InvalidInputError) as info:
+        InferenceConfig.load(yaml_config, {"FACEEDIT_REDIS_URL": "redis://x"})
+    assert info.value.field == "artifact_store_url"
+    with pytest.raises(InvalidInputError):
+        InferenceConfig.load(yaml_config, {"FACEEDIT_MAX_CHUNK": "0"})
+
+
+def test_worker_config_and_celery_settings():
+    config = WorkerConfig.from_env({"FACEEDIT_LEASE_TTL": "2.5", "FACEEDIT_VISIBILITY_TIMEOUT": "99",
+                                    "FACEEDIT_BASE_GENERATORS": "a=/m/a.pt, b=/m/b.pt"})
+    assert config.lease_ttl == 2.5
+    assert {k: str(v) for k, v in WorkerConfig.parse_paths(config.base_generators, "base_generators").items()} == \
+        {"a": "/m/a.pt", "b": "/m/b.pt"}
+    with pytest.raises(InvalidInputError) as info:
+        WorkerConfig.parse_paths("no-equals-sign", "encoders")
+    assert info.value.field == "encoders"
+    with pytest.raises(InvalidInputError) as info:
+        WorkerConfig.from_env({"FACEEDIT_ITERATIONS": "many"})
+    assert info.value.field == "iterations"
+    app = create_app(config)
+    assert app.conf.task_acks_late and app.conf.task_reject_on_worker_lost
+    assert app.conf.worker_prefetch_multiplier == 1 and app.conf.task_default_queue == "gpu"
+    assert app.conf.broker_transport_options == {"visibility_timeout": 99, "unacked_restore_interval": 1,
+                                                 "unacked_restore_throttle": 1}
+    app.close()

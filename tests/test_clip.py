@@ -1,0 +1,260 @@
+"""CLIP through open_clip (preprocessing, tokens, local weights, errors) and the demo-CLIP training pieces."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from faceedit.adaptation.clip import (
+    OPENAI_MEAN,
+    OPENAI_STD,
+    ClipConfig,
+    build_clip_module,
+    load_clip,
+    wrap_clip,
+)
+from faceedit.adaptation.torchvision_shim import import_open_clip
+from faceedit.errors import (
+    CheckpointFormatError,
+    CheckpointMismatchError,
+    ChecksumMismatchError,
+    InvalidInputError,
+    NotFoundError,
+)
+from faceedit.training.clip import (
+    ClipTrainConfig,
+    FaceSet,
+    caption,
+    contrastive_loss,
+    export_clip,
+    train_clip,
+    zero_shot_accuracy,
+    zero_shot_tasks,
+)
+
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 3, "head_width": 16},
+    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return wrap_clip(build_clip_module(TINY_CLIP), TINY_CLIP).eval().requires_grad_(False)
+
+
+def test_open_clip_imports_offline_through_the_shim():
+    open_clip = import_open_clip()
+    import torchvision.transforms  # noqa: F401  (open_clip's dependency must import too)
+
+    assert open_clip.__version__ == "3.3.0"
+    assert import_open_clip() is open_clip  # cached after the first import
+
+
+def test_the_torchvision_workaround_is_applied_only_when_a_plain_import_fails():
+    import subprocess
+    import sys
+
+    from faceedit.adaptation.torchvision_shim import workaround_applied
+
+    import_open_clip()
+    plain = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True, text=True, timeout=120)
+    assert workaround_applied() == (plain.returncode != 0)
+    if plain.returncode != 0:
+        assert "torchvision::" in plain.stderr  # the failure the workaround is for, not another one
+
+
+def test_preprocess_resizes_and_applies_clip_normalisation(tiny):
+    grey = torch.full((2, 3, 64, 48), 0.5)  # non-square: centre-cropped to 48x48 first
+    x = tiny.preprocess(grey)
+    assert x.shape == (2, 3, 32, 32)
+    expected = (0.75 - torch.tensor(OPENAI_MEAN)) / torch.tensor(OPENAI_STD)
+    assert torch.allclose(x[0, :, 5, 5], expected, atol=1e-5)
+    stripes = torch.full((1, 3, 64, 48), -1.0)
+    stripes[..., :8, :] = 1.0  # only in the rows the centre crop drops
+    assert torch.allclose(tiny.preprocess(stripes), tiny.preprocess(torch.full((1, 3, 48, 48), -1.0)))
+    with pytest.raises(InvalidInputError) as err:
+        tiny.preprocess(torch.zeros(3, 32, 32))
+    assert err.value.field == "images"
+
+
+def test_embeddings_are_unit_and_differentiable_wrt_images(tiny):
+    images = (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    emb = tiny.encode_image(images)
+    assert emb.shape == (2, 16) and torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-5)
+    emb.sum().backward()
+    assert images.grad.abs().sum() > 0
+
+
+def test_tokens_are_the_patch_tokens_of_the_chosen_block(tiny):
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    emb, tokens = tiny.features(images, block=1)
+    assert tokens.shape == (2, 16, 32)  # 4x4 patches, class token dropped, width 32
+    assert torch.allclose(tokens.norm(dim=-1), torch.ones(2, 16), atol=1e-5)
+    assert torch.allclose(emb, tiny.encode_image(images))
+    visual = tiny.model.visual
+    x = visual._embeds(tiny.preprocess(images))  # patch + class embeddings, positions, ln_pre
+    for block in visual.transformer.resblocks[:2]:
+        x = block(x)
+    assert torch.allclose(tokens, torch.nn.functional.normalize(x[:, 1:], dim=-1), atol=1e-5)
+    assert not torch.allclose(tiny.tokens(images, 0), tokens)  # a different block, different tokens
+    with pytest.raises(InvalidInputError) as err:
+        tiny.tokens(images, block=3)
+    assert err.value.field == "clip_layer"
+
+
+def test_load_clip_from_a_config_json_and_local_weights(tiny, tmp_path):
+    weights = tmp_path / "clip.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny.model.state_dict().items()}, str(weights))
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({"model": "tiny", "model_cfg": TINY_CLIP}))
+    loaded = load_clip(ClipConfig(config_path=str(card), weights=str(weights)))
+    images = torch.rand(2, 3, 48, 48) * 2 - 1
+    assert torch.allclose(loaded.encode_image(images), tiny.encode_image(images), atol=1e-6)
+    assert not any(p.requires_grad for p in loaded.parameters())
+    text = loaded.encode_text(["a photo of a smiling person", "an ink sketch of a face"])
+    assert text.shape == (2, 16)
+
+    plain = tmp_path / "plain.json"  # open_clip's own layout, no "model_cfg" wrapper
+    plain.write_text(json.dumps(TINY_CLIP))
+    assert load_clip(ClipConfig(config_path=str(plain), weights=str(weights))).image_size == 32
+
+
+def test_load_clip_errors_name_the_file_or_field(tiny, tmp_path):
+    weights = tmp_path / "clip.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny.model.state_dict().items()}, str(weights))
+    wider = dict(TINY_CLIP, vision_cfg=dict(TINY_CLIP["vision_cfg"], width=48))
+    config = tmp_path / "wider.json"
+    config.write_text(json.dumps(wider))
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_clip(ClipConfig(config_path=str(config), weights=str(weights)))
+    assert err.value.path == str(weights)
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"vision_cfg": {}}))
+    with pytest.raises(CheckpointFormatError):
+        load_clip(ClipConfig(config_path=str(broken)))
+    with pytest.raises(NotFoundError):
+        load_clip(ClipConfig(architecture="No-Such-ViT"))
+    with pytest.raises(NotFoundError):
+        load_clip(ClipConfig(config_path=str(config), weights=str(tmp_path / "missing.pt")))
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointFormatError) as err:
+        load_clip(ClipConfig(config_path=str(config), weights=str(garbage)))
+    assert err.value.path == str(garbage)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_torchscript_weights_are_refused_with_a_conversion_hint(tmp_path):
+    archive = tmp_path / "ViT-B-32.pt"
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(archive))
+    with pytest.raises(CheckpointFormatError, match="TorchScript") as err:
+        load_clip(ClipConfig(config_path=None, architecture="ViT-B-32-quickgelu", weights=str(archive)))
+    assert err.value.path == str(archive)
+
+
+def test_load_clip_checks_a_recorded_sha256(tiny, tmp_path):
+    weights = tmp_path / "clip.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny.model.state_dict().items()}, str(weights))
+    weights.with_suffix(".json").write_text(json.dumps({"model_cfg": TINY_CLIP, "sha256": "0" * 64}))
+    with pytest.raises(ChecksumMismatchError):
+        load_clip(ClipConfig(config_path=str(weights.with_suffix(".json")), weights=str(weights)))
+
+
+# -- demo CLIP training -------------------------------------------------------------------------------
+BASE = {"age": 0.5, "smile": 0.4, "mouth_open": 0.1, "eyes_open": 0.9, "yaw": 0.0, "pitch": 0.0, "glasses": 0.0,
+        "beard": 0.0, "hair_length": 0.5, "hair_color": 0.5, "skin_tone": 0.5, "background": 0.5, "lighting": 0.0}
+
+
+def test_captions_follow_the_ground_truth():
+    old_smiling = dict(BASE, age=0.9, smile=0.9, glasses=1.0, beard=0.8, yaw=-0.8)
+    assert caption(old_smiling, "sketch") == ("an ink sketch of a smiling old man with glasses and a beard, "
+                                              "head turned left")
+    assert caption(BASE, "photo") == "a photo of a middle-aged person"
+    young = dict(BASE, age=0.1, smile=0.1, hair_length=0.9, eyes_open=0.1, yaw=0.7)
+    assert caption(young, "watercolor") == ("a watercolor painting of a serious young person with long hair "
+                                            "and closed eyes, head turned right")
+    with pytest.raises(InvalidInputError):
+        caption(BASE, "oil")
+
+
+def test_contrastive_loss_rewards_matching_pairs_and_ignores_repeated_captions():
+    emb = torch.eye(4)
+    no_repeat = torch.eye(4, dtype=torch.bool)
+    scale = torch.tensor(np.log(10.0))
+    matched = contrastive_loss(emb, emb, scale, no_repeat)
+    shuffled = contrastive_loss(emb, emb[[1, 0, 2, 3]], scale, no_repeat)
+    assert matched < shuffled
+    # Rows 0 and 1 share a caption: row 0's text matching image 1 must not count against it.
+    swapped = emb[[1, 0, 2, 3]]
+    repeat = no_repeat.clone()
+    repeat[0, 1] = repeat[1, 0] = True
+    assert contrastive_loss(emb, swapped, scale, repeat) > contrastive_loss(emb, emb, scale, repeat)
+    assert torch.isfinite(contrastive_loss(emb, swapped, scale, repeat))
+
+
+def test_zero_shot_labels_and_accuracy_on_a_perfect_toy_model(tiny):
+    styles = ["photo", "sketch", "comic", "watercolor"]
+    attrs = {k: np.full(4, v) for k, v in BASE.items()}
+    attrs["smile"] = np.array([0.9, 0.1, 0.5, 0.9])
+    faces = FaceSet(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), attrs, styles, [""] * 4)
+    tasks = zero_shot_tasks(faces)
+    assert tasks["style"][1].tolist() == [0, 1, 2, 3]
+    assert tasks["smile"][1].tolist() == [0, 1, -1, 0]  # the middle one is ambiguous and skipped
+    results = zero_shot_accuracy(tiny, faces)
+    assert set(results) == {"style", "smile", "age", "glasses", "head_pose"}
+    assert results["smile"]["faces"] == 3 and results["style"]["chance"] == 0.25
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in results.values() if r["faces"])
+
+
+def test_train_clip_smoke_exports_a_loadable_model_with_a_card(tmp_path):
+    config = ClipTrainConfig(faces_per_style=4, steps=2, batch_size=8, eval_faces_per_style=2, warmup_steps=1,
+                             size=32, model_cfg=TINY_CLIP)
+    clip, record = train_clip(config, log=lambda line: None)
+    assert record["steps_done"] == 2 and np.isfinite(record["final_loss"])
+    out = tmp_path / "clip.safetensors"
+    card_path = export_clip(clip, out, config, record)
+    card = json.loads(card_path.read_text())
+    assert card["model_cfg"] == TINY_CLIP and len(card["sha256"]) == 64
+    assert set(card["metrics"]["zero_shot_held_out"]) == {"style", "smile", "age", "glasses", "head_pose"}
+    loaded = load_clip(ClipConfig(config_path=str(card_path), weights=str(out)))
+    images = torch.rand(1, 3, 32, 32) * 2 - 1
+    assert torch.allclose(loaded.encode_image(images), clip.encode_image(images), atol=1e-6)
+
+
+def test_eval_clip_command_updates_the_card(tiny, tmp_path, capsys):
+    import argparse
+
+    from faceedit.cli import CommandGroups
+    from faceedit.cli import adaptation as cli_adaptation
+
+    out = tmp_path / "clip.safetensors"
+    config = ClipTrainConfig(faces_per_style=1, steps=1, size=32, model_cfg=TINY_CLIP)
+    export_clip(tiny, out, config, {"zero_shot": {}})
+    parser = argparse.ArgumentParser()
+    top = parser.add_subparsers(dest="command", required=True)
+    groups = CommandGroups(top, top.add_parser("train").add_subparsers(), top.add_parser("eval").add_subparsers())
+    cli_adaptation.register(groups)
+    args = parser.parse_args(["eval", "clip", "--weights", str(out), "--faces-per-style", "2", "--update-card"])
+    assert args.run(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["held_out_faces"] == 8
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["metrics"]["zero_shot_held_out"] == printed["zero_shot"]
+    assert load_clip(ClipConfig(config_path=str(out.with_suffix(".json")), weights=str(out))) is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture, tokens", [("ViT-B-32-quickgelu", 49), ("ViT-B-16-quickgelu", 196)])
+def test_upstream_backbones_give_upstreams_token_grids(architecture, tokens):
+    torch.manual_seed(0)
+    module = build_clip_module(import_open_clip().get_model_config(architecture))
+    clip = wrap_clip(module).eval().requires_grad_(False)
+    emb, block_tokens = clip.features(torch.zeros(1, 3, 64, 64), block=3)  # generator size, upsampled to 224
+    assert clip.image_size == 224 and emb.shape == (1, 512) and block_tokens.shape == (1, tokens, 768)

@@ -1,0 +1,357 @@
+"""DIFA on tiny seeded models: each loss's values and gradients, determinism, checkpoint/resume, cancel, deltas."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from faceedit.adaptation import difa
+from faceedit.adaptation.clip import ClipModel, build_clip_module, wrap_clip
+from faceedit.adaptation.delta import apply_delta, state_fingerprint, trainable_names
+from faceedit.adaptation.difa import (
+    CHECKPOINT_FILE,
+    AdaptationCancelled,
+    CodeWindow,
+    DifaConfig,
+    DirectoryCache,
+    adapt,
+    cached_source_clip_mean,
+    consistency_loss,
+    consistency_mask,
+    consistency_ramp,
+    global_loss,
+    local_loss,
+    make_target,
+    reference_direction,
+)
+from faceedit.checkpoints import read_checkpoint
+from faceedit.errors import (
+    CheckpointError,
+    CheckpointFormatError,
+    CheckpointMismatchError,
+    ChecksumMismatchError,
+    InvalidInputError,
+)
+from faceedit.models.encoders import Encoder, EncoderConfig
+from faceedit.models.loading import load_generator
+from faceedit.models.stylegan2 import Generator, GeneratorConfig
+
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 4, "head_width": 16},
+    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+}
+
+
+def tiny_generator(seed: int = 0) -> Generator:
+    torch.manual_seed(seed)
+    config = GeneratorConfig(size=32, style_dim=64, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 16})
+    generator = Generator(config).eval()
+    with torch.no_grad():  # noise strengths start at 0; a trained generator's are not
+        for name, param in generator.named_parameters():
+            if name.endswith("noise.weight"):
+                param.fill_(0.1)
+    return generator
+
+
+def tiny_encoder(seed: int = 1) -> Encoder:
+    torch.manual_seed(seed)
+    config = EncoderConfig(kind="e4e", n_styles=8, style_dim=64, input_size=32, stage_units=(1, 1, 1, 1),
+                           stage_channels=(8, 16, 24, 32), se_reduction=4)
+    return Encoder(config).eval()
+
+
+def tiny_clip(seed: int = 2) -> ClipModel:
+    torch.manual_seed(seed)
+    return wrap_clip(build_clip_module(TINY_CLIP)).eval().requires_grad_(False)
+
+
+def reference(seed: int = 3) -> torch.Tensor:
+    rng = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 3, 40, 40, generator=rng) * 2 - 1
+
+
+# Upstream's schedule, scaled down: windows fill in 2 iterations, consistency ramps in over the rest.
+FAST = DifaConfig(iterations=5, sliding_window=2, clip_mean_samples=4, clip_mean_batch=4, checkpoint_every=2,
+                  clips=())
+
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_generator(), tiny_encoder(), tiny_clip()
+
+
+@pytest.fixture(scope="module")
+def full_run(models):
+    generator, encoder, clip = models
+    return adapt(generator, encoder, [clip], reference(), FAST)
+
+
+# -- losses -------------------------------------------------------------------------------------------
+def test_global_loss_is_one_minus_cosine_to_the_reference_direction():
+    direction = reference_direction(torch.tensor([[3.0, 0.0, 0.0]]), torch.tensor([1.0, 0.0, 0.0]))
+    assert torch.allclose(direction, torch.tensor([1.0, 0.0, 0.0]))
+    source = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    along = source + torch.tensor([[2.0, 0.0, 0.0], [0.5, 0.0, 0.0]])  # moved exactly along the direction
+    against = source - torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    sideways = source + torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    assert global_loss(along, source, direction).item() == pytest.approx(0.0, abs=1e-6)
+    assert global_loss(against, source, direction).item() == pytest.approx(2.0, abs=1e-6)
+    assert global_loss(sideways, source, direction).item() == pytest.approx(1.0, abs=1e-6)
+    mixed = torch.cat([along[:1], against[1:]])
+    assert global_loss(mixed, source, direction).item() == pytest.approx(1.0, abs=1e-6)  # batch mean
+
+
+def test_global_loss_ignores_pairs_that_have_not_moved_yet():
+    direction = torch.tensor([1.0, 0.0])
+    source = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    target = torch.tensor([[0.0, 1.0], [1.0, 1.0]], requires_grad=True)  # first pair identical
+    loss = global_loss(target, source, direction)
+    assert loss.item() == pytest.approx((1.0 + 0.0) / 2)
+    loss.backward()
+    assert torch.isfinite(target.grad).all() and target.grad[0].abs().sum() == 0
+
+
+def test_global_loss_gradient_moves_the_target_along_the_direction():
+    direction = torch.tensor([1.0, 0.0])
+    source = torch.tensor([[0.0, 1.0]])
+    target = torch.tensor([[1.0, 2.0]], requires_grad=True)  # 45° off the direction
+    global_loss(target, source, direction).backward()
+    assert target.grad[0, 0] < 0 < target.grad[0, 1]  # descent adds x and removes y
+
+
+def test_local_loss_is_the_larger_directed_nearest_neighbour_cost():
+    e = torch.eye(3)
+    same = local_loss(e[None, :2], e[None, :2])
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
+    # One generated token (e0) vs reference {e0, e1}: e0 finds e0 (cost 0); e1's nearest costs 1.
+    subset = local_loss(e[None, :1], e[None, :2])
+    assert subset.item() == pytest.approx(0.5, abs=1e-6)
+    tilted = torch.nn.functional.normalize(torch.tensor([[[1.0, 1.0, 0.0]]]), dim=-1)
+    assert local_loss(tilted, e[None, :1]).item() == pytest.approx(1 - 1 / math.sqrt(2), abs=1e-6)
+    batch = torch.stack([e[:2], e[1:3]])  # [2, 2, 3]: second sample shares only e1 with the reference
+    assert local_loss(batch, e[None, :2]).item() == pytest.approx((0.0 + 0.5) / 2, abs=1e-6)
+
+
+def test_local_loss_gradient_pulls_tokens_towards_the_reference():
+    reference_tokens = torch.eye(2)[None]  # [1, 2, 2]
+    tokens = torch.tensor([[[0.6, 0.8]]], requires_grad=True)
+    local_loss(tokens, reference_tokens).backward()
+    assert tokens.grad.abs().sum() > 0
+
+
+def test_consistency_mask_keeps_the_most_stable_dims():
+    source = torch.zeros(5)
+    target = torch.tensor([0.5, -0.1, 2.0, 0.0, -0.3])
+    mask = consistency_mask(source, target, alpha=0.6)  # int(0.6·5) = 3 smallest |Δ|: dims 3, 1, 4
+    assert mask.tolist() == [0.0, 1.0, 0.0, 1.0, 1.0]
+    target_codes = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]], requires_grad=True)
+    source_codes = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0]])
+    loss = consistency_loss(target_codes, source_codes, mask)
+    assert loss.item() == pytest.approx((2 + 4 + 5) / 5)  # masked dims count as zero in the mean
+    loss.backward()
+    assert target_codes.grad[0].tolist() == pytest.approx([0.0, 0.2, 0.0, 0.2, 0.2])
+
+
+def test_code_window_uses_the_last_batch_means_only():
+    window = CodeWindow(size=2)
+    window.push(torch.zeros(2, 3), torch.full((2, 3), 100.0))  # pushed out by the next two
+    window.push(torch.zeros(2, 3), torch.tensor([[0.0, 1.0, 4.0], [0.0, 1.0, 4.0]]))
+    window.push(torch.zeros(2, 3), torch.tensor([[0.0, 3.0, 4.0], [0.0, 3.0, 4.0]]))
+    assert window.mask(alpha=2 / 3).tolist() == [1.0, 1.0, 0.0]  # mean shifts 0, 2, 4
+
+
+def test_consistency_ramp_matches_upstream_schedule():
+    assert consistency_ramp(0, 50, 301) == 0.0
+    assert consistency_ramp(50, 50, 301) == 0.0
+    assert consistency_ramp(175, 50, 301) == pytest.approx(125 / 251)
+    assert consistency_ramp(301, 50, 301) == 1.0
+    assert consistency_ramp(10, 50, 40) == 0.0  # runs shorter than the window never enable it
+
+
+def test_defaults_are_upstreams():
+    config = DifaConfig()
+    assert (config.iterations, config.batch_size, config.clip_layer, config.num_keep_first) == (301, 2, 3, 7)
+    assert config.lr == pytest.approx(0.0016) and config.betas == pytest.approx((0.0, 0.99 ** 0.8))
+    assert [c.architecture for c in config.clips] == ["ViT-B-32-quickgelu", "ViT-B-16-quickgelu"]
+    with pytest.raises(InvalidInputError) as err:
+        DifaConfig(psp_alpha=1.5)
+    assert err.value.field == "psp_alpha"
+    assert DifaConfig.from_dict(config.to_dict()) == config  # job parameters round-trip
+    with pytest.raises(InvalidInputError) as err:
+        DifaConfig.from_dict({"iterations": 10, "lambda_globl": 2.0})
+    assert err.value.field == "lambda_globl"
+
+
+# -- one DIFA step ------------------------------------------------------------------------------------
+def test_gradients_reach_only_the_trainable_generator_tensors(models):
+    generator, encoder, clip = models
+    encoder.requires_grad_(False)
+    config = replace(FAST, iterations=4, sliding_window=1)
+    prepared = difa._prepare(generator, encoder, [clip], reference(), config, None)
+    target = make_target(generator)
+    windows = CodeWindow(config.sliding_window)
+    rng = torch.Generator().manual_seed(0)
+    z = torch.randn(2, generator.style_dim, generator=rng)
+    noise = (generator.make_noise(2, generator=rng), generator.make_noise(2, generator=rng))
+    loss, parts = difa.difa_losses(generator, target, encoder, [clip], prepared, windows, z, noise, 3, config)
+    assert parts["ramp"] > 0 and parts["consistency"] > 0  # the consistency term is in the graph
+    loss.backward()
+    with_grad = {n for n, p in target.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert with_grad == set(trainable_names(target))
+    assert not any(n.startswith(("style.", "to_rgb")) for n in with_grad)
+    assert {n.split(".")[0] for n in with_grad} == {"input", "conv1", "convs"}
+    assert all(p.grad is None for p in generator.parameters())  # the source stays frozen
+    assert all(p.grad is None for p in clip.parameters())
+    assert all(p.grad is None for p in encoder.parameters())
+
+
+def test_consistency_term_is_off_while_the_window_fills(models):
+    generator, encoder, clip = models
+    config = replace(FAST, sliding_window=3)
+    prepared = difa._prepare(generator, encoder, [clip], reference(), config, None)
+    target = make_target(generator)
+    z = torch.randn(2, generator.style_dim)
+    noise = (generator.make_noise(2), generator.make_noise(2))
+    _, parts = difa.difa_losses(generator, target, encoder, [clip], prepared, CodeWindow(3), z, noise, 0, config)
+    assert parts["ramp"] == 0.0
+    assert parts["total"] == pytest.approx(parts["global"] + parts["local"], rel=1e-5)
+
+
+# -- whole runs ---------------------------------------------------------------------------------------
+def test_adapt_changes_only_trainable_tensors_and_leaves_the_base_alone(models, full_run):
+    generator, _, _ = models
+    assert full_run.base_fingerprint == state_fingerprint(generator)  # base untouched by the run
+    assert set(full_run.delta) == set(trainable_names(generator))
+    base_state = generator.state_dict()
+    changed = [n for n, v in full_run.delta.items() if not torch.equal(v, base_state[n])]
+    assert "conv1.conv.weight" in changed and len(changed) > len(full_run.delta) // 2
+    assert len(full_run.history) == FAST.iterations
+    adapted = full_run.apply(generator)
+    ws = generator.broadcast(generator.mapping(torch.randn(1, generator.style_dim)))
+    assert not torch.allclose(adapted.synthesis(ws), generator.synthesis(ws))
+
+
+def test_adapt_is_deterministic(models, full_run):
+    generator, encoder, clip = models
+    again = adapt(generator, encoder, [clip], reference(), FAST)
+    assert all(torch.equal(again.delta[n], full_run.delta[n]) for n in full_run.delta)
+    assert [h["total"] for h in again.history] == [h["total"] for h in full_run.history]
+
+
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(models, full_run, tmp_path):
+    generator, encoder, clip = models
+
+    def crash_at_3(done: int, total: int, losses: dict) -> None:
+        if done == 3:
+            raise RuntimeError("simulated worker crash")
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        adapt(generator, encoder, [clip], reference(), FAST, progress=crash_at_3, checkpoint_dir=tmp_path)
+    assert (tmp_path / CHECKPOINT_FILE).is_file()  # written at iteration 2
+    seen: list[int] = []
+    resumed = adapt(generator, encoder, [clip], reference(), FAST, checkpoint_dir=tmp_path,
+                    progress=lambda done, total, losses: seen.append(done))
+    assert resumed.resumed_from == 2 and seen == [3, 4, 5]
+    assert all(torch.equal(resumed.delta[n], full_run.delta[n]) for n in full_run.delta)
+    assert [h["total"] for h in resumed.history] == [h["total"] for h in full_run.history]
+
+
+def test_cancel_stops_cooperatively_and_the_run_can_resume(models, full_run, tmp_path):
+    generator, encoder, clip = models
+    polls: list[int] = []
+
+    def cancel_on_fourth_poll() -> bool:
+        polls.append(1)
+        return len(polls) == 4
+
+    with pytest.raises(AdaptationCancelled) as err:
+        adapt(generator, encoder, [clip], reference(), FAST, should_cancel=cancel_on_fourth_poll,
+              checkpoint_dir=tmp_path)
+    assert err.value.iteration == 3
+    resumed = adapt(generator, encoder, [clip], reference(), FAST, checkpoint_dir=tmp_path)
+    assert resumed.resumed_from == 3
+    assert all(torch.equal(resumed.delta[n], full_run.delta[n]) for n in full_run.delta)
+
+
+def test_a_checkpoint_from_another_run_is_refused(models, tmp_path):
+    generator, encoder, clip = models
+    with pytest.raises(AdaptationCancelled):
+        adapt(generator, encoder, [clip], reference(), FAST, should_cancel=lambda: True, checkpoint_dir=tmp_path)
+    with pytest.raises(CheckpointMismatchError) as err:
+        adapt(generator, encoder, [clip], reference(seed=9), FAST, checkpoint_dir=tmp_path)
+    assert CHECKPOINT_FILE in err.value.path
+    (tmp_path / CHECKPOINT_FILE).write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointFormatError) as err:
+        adapt(generator, encoder, [clip], reference(), FAST, checkpoint_dir=tmp_path)
+    assert CHECKPOINT_FILE in err.value.path
+
+
+def test_bad_reference_names_the_field(models):
+    generator, encoder, clip = models
+    for bad in (torch.zeros(2, 3, 32, 32), torch.full((1, 3, 32, 32), 3.0), torch.zeros(1, 1, 32, 32)):
+        with pytest.raises(InvalidInputError) as err:
+            adapt(generator, encoder, [clip], bad, FAST)
+        assert err.value.field == "reference_image"
+
+
+# -- mean source embedding cache ----------------------------------------------------------------------
+def test_source_clip_mean_is_computed_once_per_generator_and_clip(models, tmp_path, monkeypatch):
+    generator, _, clip = models
+    cache = DirectoryCache(tmp_path)
+    first = cached_source_clip_mean(generator, clip, FAST, cache)
+    assert first.shape == (TINY_CLIP["embed_dim"],) and 0 < first.norm() <= 1
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 1
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("recomputed despite the cache")
+
+    monkeypatch.setattr(difa, "source_clip_mean", must_not_run)
+    assert torch.equal(cached_source_clip_mean(generator, clip, FAST, cache), first)
+    with pytest.raises(AssertionError, match="recomputed"):  # another generator is another key
+        cached_source_clip_mean(tiny_generator(seed=5), clip, FAST, cache)
+
+
+# -- the delta file -----------------------------------------------------------------------------------
+def test_delta_round_trip_onto_its_base_only(models, full_run, tmp_path):
+    generator, _, _ = models
+    path = tmp_path / "adapted.safetensors"
+    full_run.save(path, generator, {"reference": "test"})
+    ckpt = read_checkpoint(path)
+    assert ckpt.kind == "generator-delta" and set(ckpt.generator) == set(full_run.delta)
+    assert path.stat().st_size < sum(v.numel() * 4 for v in generator.state_dict().values())
+    adapted = apply_delta(generator, path)
+    ws = generator.broadcast(generator.mapping(torch.randn(2, generator.style_dim)))
+    assert torch.equal(adapted.synthesis(ws), full_run.apply(generator).synthesis(ws))
+    with pytest.raises(CheckpointMismatchError) as err:
+        apply_delta(tiny_generator(seed=7), path)
+    assert str(path) == err.value.path
+    with pytest.raises(CheckpointError, match="delta"):  # load_generator needs the base as well
+        load_generator(path)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatchError):
+        apply_delta(generator, path)
+
+
+def test_adaptation_moves_held_out_samples_along_the_reference_direction(models, full_run):
+    generator, encoder, clip = models
+    prepared = difa._prepare(generator, encoder, [clip], reference(), FAST, None)
+    rng = torch.Generator().manual_seed(123)
+    z = torch.randn(16, generator.style_dim, generator=rng)
+    noise = (generator.make_noise(16, generator=rng), generator.make_noise(16, generator=rng))
+
+    def direction_loss(target: Generator) -> float:
+        with torch.no_grad():
+            ws = generator.broadcast(generator.mapping(z))
+            source_emb = clip.encode_image(generator.synthesis(ws, noise=noise[0]))
+            target_emb = clip.encode_image(target.synthesis(ws, noise=noise[1]))
+            return global_loss(target_emb, source_emb, prepared.directions[0]).item()
+
+    before, after = direction_loss(generator), direction_loss(full_run.apply(generator))
+    assert before == pytest.approx(1.0, abs=0.1)  # noise alone: no preferred direction
+    assert after < before - 0.2
