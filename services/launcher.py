@@ -73,15 +73,9 @@ def _redis_ready(url: str) -> bool:
 
 
 def _editor_serving(target: str) -> bool:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from services.editor.probe import check
 
-    with grpc.insecure_channel(target) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
+    return check(target, timeout_s=2)
 
 
 def base_env() -> dict[str, str]:

@@ -31,6 +31,8 @@ from faceedit.training.clip import (
     caption,
     contrastive_loss,
     export_clip,
+    fit_steps,
+    lr_at,
     train_clip,
     zero_shot_accuracy,
     zero_shot_tasks,
@@ -207,8 +209,11 @@ def test_zero_shot_labels_and_accuracy_on_a_perfect_toy_model(tiny):
     tasks = zero_shot_tasks(faces)
     assert tasks["style"][1].tolist() == [0, 1, 2, 3]
     assert tasks["smile"][1].tolist() == [0, 1, -1, 0]  # the middle one is ambiguous and skipped
+    assert tasks["photo_vs_sketch"][1].tolist() == [0, 1, -1, -1]  # only photos and sketches count
+    assert tasks["photo_vs_watercolor"][0] == ["a photo of a face", "a watercolor painting of a face"]
     results = zero_shot_accuracy(tiny, faces)
-    assert set(results) == {"style", "smile", "age", "glasses", "head_pose"}
+    assert set(results) == {"style", "smile", "age", "glasses", "head_pose", "photo_vs_sketch", "photo_vs_comic",
+                            "photo_vs_watercolor"}
     assert results["smile"]["faces"] == 3 and results["style"]["chance"] == 0.25
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in results.values() if r["faces"])
 
@@ -217,15 +222,73 @@ def test_train_clip_smoke_exports_a_loadable_model_with_a_card(tmp_path):
     config = ClipTrainConfig(faces_per_style=4, steps=2, batch_size=8, eval_faces_per_style=2, warmup_steps=1,
                              size=32, model_cfg=TINY_CLIP)
     clip, record = train_clip(config, log=lambda line: None)
-    assert record["steps_done"] == 2 and np.isfinite(record["final_loss"])
+    assert record["steps_done"] == 2 and record["stopped_by"] == "steps" and np.isfinite(record["final_loss"])
     out = tmp_path / "clip.safetensors"
-    card_path = export_clip(clip, out, config, record)
+    card_path = export_clip(clip, out, config, record, command="faceedit train clip --test")
     card = json.loads(card_path.read_text())
     assert card["model_cfg"] == TINY_CLIP and len(card["sha256"]) == 64
-    assert set(card["metrics"]["zero_shot_held_out"]) == {"style", "smile", "age", "glasses", "head_pose"}
+    assert {"style", "photo_vs_sketch", "glasses"} <= set(card["metrics"]["zero_shot_held_out"])
+    assert card["command"] == "faceedit train clip --test" and card["wall_seconds"] == record["wall_seconds"]
+    assert card["git_commit"] and ("CPU" in card["hardware"] or "CUDA" in card["hardware"])
     loaded = load_clip(ClipConfig(config_path=str(card_path), weights=str(out)))
     images = torch.rand(1, 3, 32, 32) * 2 - 1
     assert torch.allclose(loaded.encode_image(images), clip.encode_image(images), atol=1e-6)
+
+
+def test_fit_steps_only_shrinks_the_plan_to_what_the_measured_speed_allows():
+    assert fit_steps(done=10, elapsed_s=10.0, remaining_s=1000.0, planned=500) == 500  # time to spare: unchanged
+    assert fit_steps(done=10, elapsed_s=10.0, remaining_s=100.0, planned=500) == 10 + 95  # 1 s/step, 5 % margin
+    assert fit_steps(done=10, elapsed_s=10.0, remaining_s=-5.0, planned=500) == 11  # over time: one more at most
+    assert fit_steps(done=0, elapsed_s=0.0, remaining_s=1.0, planned=500) == 500  # nothing measured yet
+
+
+def test_learning_rate_warms_up_then_anneals_to_zero_at_the_planned_end():
+    config = ClipTrainConfig(faces_per_style=1, steps=100, warmup_steps=10, lr=1e-3, size=32, model_cfg=TINY_CLIP)
+    assert lr_at(0, 100, config) == pytest.approx(1e-4)
+    assert lr_at(9, 100, config) == pytest.approx(1e-3)
+    assert lr_at(55, 100, config) == pytest.approx(5e-4)
+    assert lr_at(99, 100, config) < 1e-6
+    assert lr_at(39, 40, config) < 1e-5  # a shortened plan still ends annealed
+    with pytest.raises(InvalidInputError) as err:
+        ClipTrainConfig(time_budget_s=-1, size=32, model_cfg=TINY_CLIP)
+    assert err.value.field == "time_budget_s"
+
+
+def test_a_run_too_slow_for_its_budget_plans_fewer_steps_and_still_anneals():
+    ticks = iter(range(10**6))  # a fake clock: every reading is one second later
+
+    config = ClipTrainConfig(faces_per_style=2, steps=400, batch_size=4, eval_faces_per_style=1, warmup_steps=2,
+                             size=32, model_cfg=TINY_CLIP, time_budget_s=70.0)
+    lines: list[str] = []
+    _, record = train_clip(config, log=lines.append, clock=lambda: float(next(ticks)))
+    assert record["steps_planned"] < 400 and record["steps_done"] <= record["steps_planned"]
+    assert record["steps_done"] > 10  # it trained as long as the budget allowed, not zero steps
+    assert record["stopped_by"] in ("steps", "time_budget")
+    assert any("planning" in line for line in lines)
+    if record["stopped_by"] == "steps":
+        assert record["final_lr"] < 0.05 * config.lr
+
+
+def test_train_clip_command_takes_a_time_budget(monkeypatch, tmp_path):
+    from faceedit.cli import build_parser
+    from faceedit.cli import adaptation as cli_adaptation
+
+    seen = {}
+
+    def fake_train(config, log=print):
+        seen["config"] = config
+        raise InvalidInputError("stop", "captured")
+
+    monkeypatch.setattr("faceedit.training.clip.train_clip", fake_train)
+    args = build_parser().parse_args(["train", "clip", "--time-budget-min", "12", "--steps", "50"])
+    with pytest.raises(InvalidInputError):
+        cli_adaptation.cmd_train_clip(args)
+    assert seen["config"].time_budget_s == 720 and seen["config"].steps == 50
+    args = build_parser().parse_args(["train", "clip", "--time-budget-min", "0"])
+    with pytest.raises(InvalidInputError):
+        cli_adaptation.cmd_train_clip(args)
+    assert seen["config"].time_budget_s is None
+    assert build_parser().parse_args(["train", "clip"]).time_budget_min == 15
 
 
 def test_eval_clip_command_updates_the_card(tiny, tmp_path, capsys):

@@ -209,6 +209,88 @@ def test_gradients_reach_only_the_trainable_generator_tensors(models):
     assert all(p.grad is None for p in encoder.parameters())
 
 
+@pytest.mark.parametrize("only", ["global", "local", "consistency"])
+def test_each_loss_alone_reaches_only_trainable_tensors(models, only):
+    generator, encoder, clip = models
+    weights = {"global": (1.0, 0.0, 0.0), "local": (0.0, 1.0, 0.0), "consistency": (0.0, 0.0, 6.0)}[only]
+    config = replace(FAST, iterations=4, sliding_window=1, lambda_global=weights[0], lambda_local=weights[1],
+                     consistency_weight=weights[2])
+    prepared = difa._prepare(generator, encoder, [clip], reference(), config, None)
+    target = make_target(generator)
+    with torch.no_grad():  # move the target off the source, so the global direction is defined
+        for name, param in target.named_parameters():
+            if param.requires_grad:
+                param.add_(0.01 * torch.randn_like(param))
+    rng = torch.Generator().manual_seed(4)
+    z = torch.randn(2, generator.style_dim, generator=rng)
+    noise = (generator.make_noise(2, generator=rng), generator.make_noise(2, generator=rng))
+    loss, parts = difa.difa_losses(generator, target, encoder, [clip], prepared, CodeWindow(1), z, noise, 3, config)
+    assert parts[only] > 0
+    loss.backward()
+    with_grad = {n for n, p in target.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert with_grad and with_grad <= set(trainable_names(target))
+    assert "conv1.conv.weight" in with_grad  # the first synthesis layer feeds every term
+    assert all(p.grad is None for p in generator.parameters())
+    assert all(p.grad is None for p in clip.parameters()) and all(p.grad is None for p in encoder.parameters())
+
+
+def test_loss_parts_on_tiny_models_are_the_losses_of_the_generated_images(models):
+    generator, encoder, clip = models
+    config = replace(FAST, iterations=4, sliding_window=1, lambda_local=1.5, consistency_weight=7.0)
+    prepared = difa._prepare(generator, encoder, [clip], reference(), config, None)
+    target = make_target(generator)
+    with torch.no_grad():
+        for name, param in target.named_parameters():
+            if param.requires_grad:
+                param.add_(0.01 * torch.randn_like(param))
+    rng = torch.Generator().manual_seed(5)
+    z = torch.randn(2, generator.style_dim, generator=rng)
+    noise = (generator.make_noise(2, generator=rng), generator.make_noise(2, generator=rng))
+    window = CodeWindow(1)
+    _, parts = difa.difa_losses(generator, target, encoder, [clip], prepared, window, z, noise, 3, config)
+    with torch.no_grad():  # the same terms, recomputed from the images by hand
+        ws = generator.broadcast(generator.mapping(z))
+        source_images = generator.synthesis(ws, noise=noise[0])
+        target_images = target.synthesis(ws, noise=noise[1])
+        expected_global = global_loss(clip.encode_image(target_images), clip.encode_image(source_images),
+                                      prepared.directions[0])
+        expected_local = local_loss(clip.tokens(target_images, config.clip_layer), prepared.reference_tokens[0])
+        source_codes = difa.encode_first_layers(encoder, source_images, config.num_keep_first)
+        target_codes = difa.encode_first_layers(encoder, target_images, config.num_keep_first)
+        mask = consistency_mask(source_codes.mean(0), target_codes.mean(0), config.psp_alpha)
+        expected_consistency = consistency_loss(target_codes, source_codes, mask)
+    assert parts["global"] == pytest.approx(float(expected_global), rel=1e-5)
+    assert parts["local"] == pytest.approx(float(expected_local), rel=1e-5)
+    assert parts["consistency"] == pytest.approx(float(expected_consistency), rel=1e-5)
+    ramp = consistency_ramp(3, 1, 4)
+    assert parts["ramp"] == ramp and 0 < ramp < 1
+    assert parts["total"] == pytest.approx(parts["global"] + 1.5 * parts["local"] + ramp * 7.0 * parts["consistency"],
+                                           rel=1e-5)
+
+
+def test_a_checkpoint_store_other_than_a_directory_resumes_the_same_run(models, full_run):
+    generator, encoder, clip = models
+
+    class Memory:
+        def __init__(self) -> None:
+            self.blobs: dict[str, bytes] = {}
+
+        def get(self, key: str) -> bytes | None:
+            return self.blobs.get(key)
+
+        def put(self, key: str, data: bytes) -> None:
+            self.blobs[key] = data
+
+    store = Memory()
+    with pytest.raises(AdaptationCancelled):
+        adapt(generator, encoder, [clip], reference(), FAST, should_cancel=lambda: len(store.blobs) > 0,
+              checkpoint_dir=store)
+    assert list(store.blobs) == [CHECKPOINT_FILE]
+    resumed = adapt(generator, encoder, [clip], reference(), FAST, checkpoint_dir=store)
+    assert resumed.resumed_from == FAST.checkpoint_every
+    assert all(torch.equal(resumed.delta[n], full_run.delta[n]) for n in full_run.delta)
+
+
 def test_consistency_term_is_off_while_the_window_fills(models):
     generator, encoder, clip = models
     config = replace(FAST, sliding_window=3)

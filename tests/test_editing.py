@@ -9,9 +9,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from faceedit.editing import (Boundary, Edit, apply_edits, check_generator_match, clamp_strengths, condition,
-                              edit_path, ganspace_edit, latent_path, layer_groups, load_direction, load_ganspace,
-                              resolve_layers, sample_scores, save_boundary, sefa_directions, train_boundary)
+from faceedit.editing import (Boundary, Edit, Samples, apply_edits, check_generator_match, clamp_strengths,
+                              condition, edit_path, ganspace_edit, latent_path, layer_groups, load_direction,
+                              load_ganspace, resolve_layers, sample_scores, save_boundary, sefa_directions,
+                              train_boundary)
+from faceedit.editing.boundary import train_boundaries
 from faceedit.errors import CheckpointFormatError, ChecksumMismatchError, InvalidInputError
 from faceedit.models.stylegan2 import Generator, GeneratorConfig
 from tests.reference import REFERENCE_DIR, REFERENCE_MISSING_REASON
@@ -278,6 +280,15 @@ def test_train_boundary_recovers_a_planted_direction() -> None:
     low, high = boundary.strength_range
     assert low < 0 < high
     assert boundary.metadata["chosen_per_class"] == 300
+    # The recommended range takes the median sample to the 1st / 99th percentile along the normal.
+    distances = (latents @ boundary.normal + boundary.offset).double().numpy()
+    q01, q50, q99 = np.quantile(distances, [0.01, 0.5, 0.99])
+    assert (low, high) == pytest.approx((q01 - q50, q99 - q50), abs=1e-4)
+    quantiles = list(boundary.metadata["score_distribution"]["quantiles"].values())
+    assert quantiles == sorted(quantiles) and quantiles[0] < 0 < quantiles[-1]
+    assert boundary.metadata["validation_accuracy"] == boundary.accuracy
+    # Upstream's count form: a ratio above 1 is a number of samples per class.
+    assert train_boundary(latents[:500], scores[:500], ratio=40).metadata["chosen_per_class"] == 40
 
 
 @pytest.mark.parametrize("latents, scores, kwargs, field", [
@@ -288,6 +299,9 @@ def test_train_boundary_recovers_a_planted_direction() -> None:
     (torch.randn(100, 8).index_fill(0, torch.tensor([3]), float("nan")), torch.randn(100), {}, "latents"),
     (torch.randn(100, 8), torch.randn(100), {"ratio": 0.01}, "ratio"),  # one per class: no validation
     (torch.randn(100, 8), torch.randn(100), {"split": 1.0}, "split"),
+    (torch.randn(100, 8), torch.randn(100).index_fill(0, torch.tensor([7]), float("inf")), {}, "scores"),
+    (torch.randn(100, 8), torch.randn(100), {"ratio": float("nan")}, "ratio"),
+    (torch.randint(0, 3, (100, 8)), torch.randn(100), {}, "latents"),  # integer latents
 ])
 def test_train_boundary_rejects_degenerate_input(latents, scores, kwargs, field: str) -> None:
     with pytest.raises(InvalidInputError) as err:
@@ -328,3 +342,30 @@ def test_sample_scores_validates_its_arguments(generator: Generator) -> None:
     with pytest.raises(InvalidInputError) as err:
         sample_scores(generator, lambda x: x.mean((1, 2, 3)), n=8, truncation=0.0)
     assert err.value.field == "truncation"
+
+
+def test_train_boundaries_reports_an_inseparable_attribute_and_keeps_the_others(tmp_path) -> None:
+    rng = torch.Generator().manual_seed(3)
+    latents = torch.randn(400, 16, generator=rng)
+    samples = Samples(latents=latents, scores={"smile": latents[:, 0], "flat": torch.zeros(400)}, truncation=0.7,
+                      seed=0)
+    trained, failed = train_boundaries(samples, ["flat", "smile"], tmp_path, "ab" * 32, ratio=0.1, layers=[0, 1])
+    assert list(trained) == ["smile"] and list(failed) == ["flat"] and failed["flat"].field == "scores"
+    assert not (tmp_path / "flat.safetensors").exists()
+    meta = json.loads((tmp_path / "smile.json").read_text())
+    assert (meta["attribute"], meta["space"], meta["layers"], meta["truncation"]) == ("smile", "W+", [0, 1], 0.7)
+    assert meta["generator_sha256"] == "ab" * 32 and meta["accuracy"] == trained["smile"].accuracy
+    assert float(trained["smile"].normal[0]) > 0.9  # the planted axis
+    with pytest.raises(InvalidInputError) as err:
+        train_boundaries(samples, ["age"], tmp_path, "")
+    assert err.value.field == "attributes"
+
+
+def test_boundary_without_a_recommended_range_is_refused_by_name() -> None:
+    bare = Boundary(normal=unit(D, seed=1), offset=0.0, accuracy=1.0, remaining_accuracy=None)
+    with pytest.raises(InvalidInputError) as err:
+        bare.strength_range
+    assert err.value.field == "recommended_strength"
+    bare.metadata["recommended_strength"] = [1.0, -1.0]
+    with pytest.raises(InvalidInputError):
+        bare.strength_range

@@ -10,15 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from faceedit.cli import CommandGroups
-from faceedit.cli.editing import register
+from faceedit.checkpoints import sha256_file
+from faceedit.cli import CommandGroups, main
+from faceedit.cli.editing import ZOO_COMMANDS, register
 from faceedit.editing import Boundary, Edit
 from faceedit.editing.media import edit_animation, edit_strip, strip_strengths
 from faceedit.images import to_pil
 from faceedit.editing.quality import evaluate_edits
 from faceedit.errors import InvalidInputError, NotFoundError
 from faceedit.models.stylegan2 import Generator, GeneratorConfig
-from faceedit.synth.scorer import Scorer, ScorerConfig, save_scorer
+from faceedit.synth.scorer import Scorer, ScorerConfig, default_scorer_path, load_scorer, save_scorer
 from faceedit import zoo
 
 D = 64
@@ -69,13 +70,36 @@ def test_evaluate_edits_measures_the_target_and_conditions_on_the_most_entangled
     table = report.table()
     assert table.count("\n| smile |") == 2 and "success (cond.)" in table
 
+    # Conditioning: the conditioned edit's effect on the condition is compared with the plain one.
+    effect = report.conditioning_effect()["smile"]
+    plain = [abs(report.find("smile", s, conditioned=False).entanglement["age"]) for s in (-2.0, 2.0)]
+    cond = [abs(report.find("smile", s, conditioned=True).entanglement["age"]) for s in (-2.0, 2.0)]
+    assert effect == {"condition": "age", "plain": pytest.approx(sum(plain) / 2),
+                      "conditioned": pytest.approx(sum(cond) / 2), "lowered": sum(cond) < sum(plain)}
+    assert "lowered its mean |Δ| for" in table
+    # The matrix: one row per edited attribute, a column per scorer attribute, the target on the diagonal.
+    matrix = [line for line in table.splitlines() if line.startswith("| smile +2.00 |")]
+    assert len(matrix) == 1 and matrix[0].count("|") == len(scorer.config.attribute_names) + 2
+    assert f"**{cell.target_change:+.3f}**" in matrix[0]
+    json.loads(json.dumps(report.to_dict(), allow_nan=False))  # strict JSON for the model card
+
 
 def test_evaluate_edits_rejects_unknown_attributes_and_bad_margins(generator, scorer) -> None:
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFoundError, match="charisma"):
         evaluate_edits(generator, scorer, {"charisma": boundary(1)}, n=4)
-    with pytest.raises(InvalidInputError) as err:
-        evaluate_edits(generator, scorer, {"smile": boundary(1)}, n=4, margin=2.0)
-    assert err.value.field == "margin"
+    foreign = Boundary(normal=torch.ones(D // 2) / (D // 2) ** 0.5, offset=0.0, accuracy=1.0, remaining_accuracy=None,
+                       metadata={"recommended_strength": [-1.0, 1.0]})
+    cases = [({"margin": 2.0}, {"smile": boundary(1)}, "margin"),
+             ({"fractions": (50.0,)}, {"smile": boundary(1)}, "fractions"),  # absurd strength
+             ({"fractions": (float("nan"),)}, {"smile": boundary(1)}, "fractions"),
+             ({"n": 0}, {"smile": boundary(1)}, "n"),
+             ({"truncation": 1.5}, {"smile": boundary(1)}, "truncation"),
+             ({}, {"smile": foreign}, "boundaries[smile]"),  # another latent space
+             ({}, {"smile": Boundary(boundary(1).normal, 0.0, 1.0, None)}, "recommended_strength")]
+    for kwargs, boundaries, field in cases:
+        with pytest.raises(InvalidInputError) as err:
+            evaluate_edits(generator, scorer, boundaries, **{"n": 4, **kwargs})
+        assert err.value.field == field
 
 
 def test_strip_and_animation(generator, tmp_path) -> None:
@@ -161,3 +185,70 @@ def test_eval_edits_refuses_boundaries_of_another_generator(trained, scorer, tmp
                                  common[-1], "--boundaries", str(root / "boundaries"), "--n", "4"])
     with pytest.raises(InvalidInputError, match="trained for generator"):
         args.run(args)
+
+
+def test_bad_command_arguments_fail_before_any_sampling(tmp_path, capsys) -> None:
+    missing = str(tmp_path / "no-generator.pt")  # never opened: the arguments are checked first
+    for argv, field in [(["--ratio", "0"], "ratio"), (["--split", "1.5"], "split"), (["--n", "3"], "--n"),
+                        (["--n", "100", "--ratio", "0.01"], "ratio")]:
+        assert main(["train", "boundary", "--generator", missing, *argv]) == 2
+        assert capsys.readouterr().err.startswith(f"error: {field}: ")
+    assert main(["eval", "edits", "--generator", missing, "--frames", "1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --frames: ")
+
+
+def test_zoo_flow_end_to_end_with_the_shipped_scorer(generator, tmp_path, monkeypatch, capsys) -> None:
+    """The documented sequence (`train boundary` then `eval edits`) on a tiny generator, default paths."""
+    monkeypatch.delenv(zoo.ZOO_ENV, raising=False)
+    shipped = default_scorer_path()
+    if not shipped.is_file():
+        pytest.skip(f"the shipped scorer is missing at {shipped}")
+    zoo_root = tmp_path / "zoo"
+    zoo_root.mkdir()
+    torch.save({"g_ema": generator.state_dict(), "latent_avg": generator.w_avg.clone()}, zoo_root / "generator.pt")
+    for name in (shipped.name, shipped.with_suffix(".json").name):  # linked, not copied
+        (zoo_root / name).symlink_to(shipped.parent / name)
+    monkeypatch.setenv(zoo.ZOO_ENV, str(zoo_root))
+    names = list(load_scorer().config.attribute_names)
+
+    assert main(["train", "boundary", "--n", "240", "--ratio", "0.1", "--threads", "1"]) == 0
+    files = zoo.boundaries()
+    assert sorted(files) == sorted(names)  # one boundary per attribute the scorer knows
+    generator_sha = sha256_file(zoo_root / "generator.pt")
+    accuracies = []
+    for name, path in files.items():
+        meta = json.loads(path.with_suffix(".json").read_text())
+        assert (meta["attribute"], meta["space"], meta["generator_sha256"]) == (name, "W", generator_sha)
+        assert meta["scorer_sha256"] == sha256_file(shipped) and meta["n_samples"] == 240
+        assert 0 <= meta["remaining_accuracy"] <= 1 and meta["chosen_per_class"] == 24
+        low, high = meta["recommended_strength"]
+        assert low < 0 < high
+        scores = meta["score_distribution"]
+        assert scores["min"] <= scores["quantiles"]["0.5"] <= scores["max"]
+        accuracies.append(meta["validation_accuracy"])
+    assert sum(accuracies) / len(accuracies) > 0.6  # better than chance on 8 + 8 held-out extremes each
+    capsys.readouterr()
+
+    docs, card = tmp_path / "docs", tmp_path / "edit_quality.json"
+    assert main(["eval", "edits", "--n", "12", "--record", "--json", str(card), "--docs", str(docs),
+                 "--strip-rows", "2", "--frames", "3", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert all(out.count(f"\n| {name} |") == 2 for name in names)
+    measured = json.loads(card.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in strict JSON"))
+    assert measured["generator_sha256"] == generator_sha
+    assert len(measured["measurements"]) == len(names) * 2 * 2  # x strengths x (plain, conditioned)
+    assert set(measured["conditioning_effect"]) == set(names)
+    for m in measured["measurements"]:
+        assert m["success_rate"] is None or 0 <= m["success_rate"] <= 1
+        assert 0 <= m["drift"] <= 4 and len(m["entanglement"]) == len(names) - 1
+    assert "edit_quality" in json.loads(files["age"].with_suffix(".json").read_text())
+
+    assert {p.name for p in docs.iterdir()} == {f"{n}.png" for n in names} | {"animation.gif", "README.md"}
+    with Image.open(docs / "age.png") as strip:  # 7 strengths x 2 faces of 32 px, 2 px padding, doubled
+        assert strip.size == ((7 * 34 + 2) * 2, (2 * 34 + 2) * 2)
+        pixels = np.asarray(strip.convert("RGB"), dtype=np.float32)
+    assert pixels.std() > 5  # faces, not a blank canvas
+    with Image.open(docs / "animation.gif") as gif:
+        assert gif.size == ((2 * 34 + 2) * 2, (34 + 2) * 2) and gif.n_frames > 3
+    readme = (docs / "README.md").read_text()
+    assert ZOO_COMMANDS in readme and "| age |" in readme and "age, smile, yaw, glasses" in readme

@@ -162,6 +162,30 @@ class ClipModel(nn.Module):
         return F.normalize(self.model.encode_text(self.tokenizer(list(captions)).to(device)), dim=-1)
 
 
+def parse_clip_spec(spec: str, field: str = "clips") -> tuple[ClipConfig, ...]:
+    """CLIP models named as "[open_clip architecture=]weights[,…]" → configs.
+
+    Without an architecture, the model config comes from the card JSON next to the weights (what
+    `faceedit train clip` writes); with one, e.g. "ViT-B-32-quickgelu=/clip/b32.safetensors", open_clip's.
+    """
+    from faceedit.checkpoints import sidecar_path
+
+    configs = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        architecture, sep, weights = (part.strip() for part in item.partition("="))
+        if not sep:
+            architecture, weights = "", item
+        elif not (architecture and weights):
+            raise InvalidInputError(field, f"expected '[architecture=]weights', got {item!r}")
+        if architecture:
+            configs.append(ClipConfig(architecture=architecture, weights=weights))
+        else:
+            configs.append(ClipConfig(config_path=str(sidecar_path(Path(weights))), weights=weights))
+    if not configs:
+        raise InvalidInputError(field, f"names no CLIP model: {spec!r}")
+    return tuple(configs)
+
+
 def read_model_config(config: ClipConfig) -> dict[str, Any]:
     """The open_clip model config (embed_dim, vision_cfg, text_cfg, …) that `config` names."""
     from faceedit.adaptation.torchvision_shim import import_open_clip

@@ -221,7 +221,8 @@ def encode_first_layers(encoder: Encoder, images: Tensor, keep: int) -> Tensor:
 
 # -- mean source embedding (cached) ----------------------------------------------------------------
 class BlobCache(Protocol):
-    """Where the mean source embeddings are kept between jobs (the artifact store, or a directory)."""
+    """Bytes by key, where mean source embeddings and checkpoints are kept between runs (the artifact
+    store, or a directory); `put` must replace atomically, so a reader never sees half an object."""
 
     def get(self, key: str) -> bytes | None: ...
 
@@ -237,6 +238,9 @@ class DirectoryCache:
     def get(self, key: str) -> bytes | None:
         path = self.root / key
         return path.read_bytes() if path.is_file() else None
+
+    def where(self, key: str) -> str:
+        return str(self.root / key)
 
     def put(self, key: str, data: bytes) -> None:
         path = self.root / key
@@ -390,7 +394,7 @@ def difa_losses(source: Generator, target: Generator, encoder: Encoder, clips: S
     return total, parts
 
 
-def _save_checkpoint(path: Path, iteration: int, target: Generator, optimizer: torch.optim.Optimizer,
+def _save_checkpoint(store: BlobCache, iteration: int, target: Generator, optimizer: torch.optim.Optimizer,
                      rng: torch.Generator, windows: CodeWindow, history: list[dict[str, float]],
                      run_key: str) -> None:
     trained = {name: p.detach().clone() for name, p in target.named_parameters() if p.requires_grad}
@@ -399,36 +403,43 @@ def _save_checkpoint(path: Path, iteration: int, target: Generator, optimizer: t
              "history": history}
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+    store.put(CHECKPOINT_FILE, buffer.getvalue())  # put is all-or-nothing: a crash keeps the previous one
 
 
-def _load_checkpoint(path: Path, run_key: str) -> dict[str, Any] | None:
-    if not path.is_file():
+def _load_checkpoint(store: BlobCache, run_key: str) -> dict[str, Any] | None:
+    blob = store.get(CHECKPOINT_FILE)
+    if blob is None:
         return None
+    where = _describe(store, CHECKPOINT_FILE)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointFormatError(path, f"unreadable DIFA checkpoint ({str(exc).splitlines()[0][:200]}); "
-                                          "delete it to start over") from None
+        raise CheckpointFormatError(where, f"unreadable DIFA checkpoint ({str(exc).splitlines()[0][:200]}); "
+                                           "delete it to start over") from None
     if not isinstance(state, dict) or state.get("run_key") != run_key:
-        raise CheckpointMismatchError(path, "belongs to a different adaptation run (settings, base generator, "
-                                            "CLIP models or reference differ); use another checkpoint_dir")
+        raise CheckpointMismatchError(where, "belongs to a different adaptation run (settings, base generator, "
+                                             "CLIP models or reference differ); use another checkpoint_dir")
     return state
+
+
+def _describe(store: BlobCache, key: str) -> str:
+    """Where `key` lives in `store`, for error messages (a path, or the key itself)."""
+    where = getattr(store, "where", None)
+    return where(key) if callable(where) else key
 
 
 def adapt(base_generator: Generator, encoder: Encoder, clip_models: Sequence[ClipModel], reference_image: Tensor,
           config: DifaConfig = DifaConfig(), progress: ProgressCallback | None = None,
-          should_cancel: Callable[[], bool] | None = None, checkpoint_dir: str | Path | None = None,
+          should_cancel: Callable[[], bool] | None = None, checkpoint_dir: str | Path | BlobCache | None = None,
           clip_mean_cache: BlobCache | None = None) -> AdaptationResult:
     """Adapt a copy of `base_generator` to the domain of `reference_image` ([1, 3, H, W] in [-1, 1]).
 
     `progress(done, total, losses)` is called after each iteration; `should_cancel()` is polled
-    before each one and raises AdaptationCancelled (after a checkpoint). With `checkpoint_dir`,
-    state is saved every `config.checkpoint_every` iterations and a later call resumes from it;
-    the caller removes the directory once it has stored the result. The base generator is left untouched; the encoder and CLIP models are frozen (requires_grad off).
+    before each one and raises AdaptationCancelled (after a checkpoint). With `checkpoint_dir` (a
+    directory, or any BlobCache such as a job's folder in the artifact store), state is saved as
+    CHECKPOINT_FILE every `config.checkpoint_every` iterations and a later call resumes from it;
+    the caller removes it once it has stored the result. The base generator is left untouched;
+    the encoder and CLIP models are frozen (requires_grad off).
     """
     if not clip_models:
         raise InvalidInputError("clip_models", "need at least one CLIP model")
@@ -450,8 +461,12 @@ def adapt(base_generator: Generator, encoder: Encoder, clip_models: Sequence[Cli
     windows = CodeWindow(config.sliding_window)
     history: list[dict[str, float]] = []
     start = 0
-    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
-    if ckpt_path is not None and (state := _load_checkpoint(ckpt_path, prepared.run_key)) is not None:
+    ckpt_store: BlobCache | None
+    if checkpoint_dir is None or isinstance(checkpoint_dir, (str, os.PathLike)):
+        ckpt_store = DirectoryCache(checkpoint_dir) if checkpoint_dir is not None else None
+    else:
+        ckpt_store = checkpoint_dir
+    if ckpt_store is not None and (state := _load_checkpoint(ckpt_store, prepared.run_key)) is not None:
         with torch.no_grad():
             for name, param in target.named_parameters():
                 if name in state["target"]:
@@ -464,8 +479,8 @@ def adapt(base_generator: Generator, encoder: Encoder, clip_models: Sequence[Cli
         start = int(state["iteration"])
 
     def checkpoint(done: int) -> None:
-        if ckpt_path is not None:
-            _save_checkpoint(ckpt_path, done, target, optimizer, rng, windows, history, prepared.run_key)
+        if ckpt_store is not None:
+            _save_checkpoint(ckpt_store, done, target, optimizer, rng, windows, history, prepared.run_key)
 
     device = next(source.parameters()).device
     for iteration in range(start, config.iterations):

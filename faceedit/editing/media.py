@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from faceedit.editing.boundary import DEFAULT_BATCH
 from faceedit.editing.ops import Edit, apply_edits, edit_path
 from faceedit.errors import InvalidInputError
 from faceedit.images import grid, to_pil, upscale
@@ -18,8 +19,9 @@ from faceedit.models.stylegan2 import Generator
 def _render(generator: Generator, frames: Tensor) -> list[Image.Image]:
     """frames [F, B, L, D] → F·B images in that order."""
     flat = frames.reshape(-1, *frames.shape[2:])  # [F·B, L, D]
+    step = DEFAULT_BATCH
     with torch.inference_mode():
-        images = torch.cat([generator.synthesis(flat[i:i + 64]) for i in range(0, flat.shape[0], 64)])
+        images = torch.cat([generator.synthesis(flat[i:i + step]) for i in range(0, flat.shape[0], step)])
     return to_pil(images)
 
 

@@ -56,5 +56,10 @@ def update_card(weights: Path, **sections: Any) -> Path:
     card = read_card(weights)
     for key in ("file", "sha256", "bytes"):
         card.pop(key, None)
-    card.update(sections)
+    for key, value in sections.items():
+        # One level deep, so `eval zoo` and `eval edits` can each add their part of "metrics".
+        if isinstance(value, dict) and isinstance(card.get(key), dict):
+            card[key] = {**card[key], **value}
+        else:
+            card[key] = value
     return write_card(weights, card)

@@ -76,18 +76,25 @@ def caption(attrs: Mapping[str, float], style: str) -> str:
 
 @dataclass(frozen=True)
 class ClipTrainConfig:
-    """How `faceedit train clip` trains the demo CLIP."""
+    """How `faceedit train clip` trains the demo CLIP.
 
-    faces_per_style: int = 4000
-    steps: int = 3000
+    The defaults fit a 15-minute budget on 2 CPU cores. Measured on this machine's CPU (one torch
+    thread, DEMO_CLIP_CONFIG): 8.6 ms per rendered 64 px face and 0.62 s per training step at batch
+    128, so ≈100 s of rendering + 1200 steps (≤ 750 s; two threads are faster) + ≈20 s of evaluation.
+    """
+
+    faces_per_style: int = 3000
+    steps: int = 1200
     batch_size: int = 128
     lr: float = 5e-4
     weight_decay: float = 0.1
-    warmup_steps: int = 100
+    warmup_steps: int = 60
     eval_faces_per_style: int = 200
     size: int = 64
     seed: int = 0
-    max_seconds: float | None = None  # stop early (smoke runs); the card says so
+    # Wall-clock limit for the whole run (rendering, training, evaluation). A run measured to be too
+    # slow for it shortens its schedule (see fit_steps) so it still ends annealed; None: no limit.
+    time_budget_s: float | None = 15 * 60
     model_cfg: dict[str, Any] = field(default_factory=lambda: DEMO_CLIP_CONFIG)
 
     def __post_init__(self) -> None:
@@ -95,6 +102,14 @@ class ClipTrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidInputError(name, f"must be a positive integer, got {value!r}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise InvalidInputError("warmup_steps", f"must be an integer >= 0, got {self.warmup_steps!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise InvalidInputError("lr", f"must be a positive number, got {self.lr!r}")
+        if self.time_budget_s is not None and not (isinstance(self.time_budget_s, (int, float))
+                                                   and math.isfinite(self.time_budget_s) and self.time_budget_s > 0):
+            raise InvalidInputError("time_budget_s", f"must be a positive number of seconds or None, "
+                                                     f"got {self.time_budget_s!r}")
         if self.size != self.model_cfg["vision_cfg"]["image_size"]:
             raise InvalidInputError("size", f"renders at {self.size} px but the model takes "
                                             f"{self.model_cfg['vision_cfg']['image_size']} px")
@@ -147,6 +162,7 @@ def zero_shot_tasks(faces: FaceSet) -> dict[str, tuple[list[str], np.ndarray]]:
     """Each task: its class prompts and the true class per face (−1 where the ground truth is ambiguous)."""
     a = faces.attrs
     n = len(faces.styles)
+    style_of = np.array(faces.styles)
 
     def classes(conditions: list[np.ndarray]) -> np.ndarray:
         label = np.full(n, -1)
@@ -164,6 +180,10 @@ def zero_shot_tasks(faces: FaceSet) -> dict[str, tuple[list[str], np.ndarray]]:
                     classes([a["glasses"] >= 0.5, a["glasses"] < 0.5])),
         "head_pose": (["{style} a person, head turned left", "{style} a person", "{style} a person, head turned right"],
                       classes([a["yaw"] < -0.4, np.abs(a["yaw"]) < 0.2, a["yaw"] > 0.4])),
+        # DIFA's global loss is a CLIP direction from photos to one artistic style: each pair must separate.
+        **{f"photo_vs_{style}": ([STYLE_PHRASES["photo"] + " a face", STYLE_PHRASES[style] + " a face"],
+                                 classes([style_of == "photo", style_of == style]))
+           for style in STYLES if style != "photo"},
     }
 
 
@@ -189,12 +209,53 @@ def zero_shot_accuracy(clip: ClipModel, faces: FaceSet, batch: int = 256) -> dic
     return results
 
 
-def train_clip(config: ClipTrainConfig, log: Callable[[str], None] = print) -> tuple[ClipModel, dict[str, Any]]:
-    """Train the demo CLIP from scratch; returns the model and a training record for the card."""
+# Steps between the first speed measurement and each later re-plan against the time budget.
+CALIBRATION_STEPS = 10
+REPLAN_EVERY = 50
+# Seconds kept free for the model file and card, on top of the estimated evaluation time.
+EXPORT_RESERVE_S = 10.0
+
+
+def fit_steps(done: int, elapsed_s: float, remaining_s: float, planned: int, margin: float = 0.95) -> int:
+    """Steps a run can plan in total when `done` steps took `elapsed_s` and `remaining_s` are left.
+
+    Only ever shrinks the plan (never below done + 1), so a run with time to spare keeps its
+    configured steps and stays deterministic; `margin` absorbs speed jitter.
+    """
+    if done <= 0 or elapsed_s <= 0:
+        return planned
+    affordable = done + int(max(0.0, remaining_s) * margin * done / elapsed_s)
+    return max(done + 1, min(planned, affordable))
+
+
+def lr_at(step: int, planned: int, config: ClipTrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 0 at step `planned` (the possibly shortened plan)."""
+    warmup = min(config.warmup_steps, planned // 5)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, planned - warmup)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_clip(config: ClipTrainConfig, log: Callable[[str], None] = print,
+               clock: Callable[[], float] = time.perf_counter) -> tuple[ClipModel, dict[str, Any]]:
+    """Train the demo CLIP from scratch; returns the model and a training record for the card.
+
+    With `config.time_budget_s`, the schedule is re-planned from the measured speed (after
+    CALIBRATION_STEPS, then every REPLAN_EVERY steps) so that training, held-out evaluation and
+    export end within the budget; a hard stop at the training deadline backs that up.
+    """
     torch.manual_seed(config.seed)
-    started = time.perf_counter()
+    started = clock()
     faces = render_set(config.faces_per_style, config.seed, config.size)
-    log(f"rendered {len(faces.styles)} training faces in {time.perf_counter() - started:.1f} s")
+    render_seconds = clock() - started
+    log(f"rendered {len(faces.styles)} training faces in {render_seconds:.1f} s")
+    deadline = None
+    if config.time_budget_s is not None:
+        # Evaluation renders its faces at the rate just measured; 1.5x covers embedding them.
+        eval_faces = len(STYLES) * config.eval_faces_per_style
+        reserve = 1.5 * render_seconds * eval_faces / len(faces.styles) + EXPORT_RESERVE_S
+        deadline = started + config.time_budget_s - reserve
     module = build_clip_module(config.model_cfg)
     clip = wrap_clip(module, config.model_cfg)
     tokens = clip.tokenizer(faces.captions)  # [N, context] int
@@ -206,23 +267,28 @@ def train_clip(config: ClipTrainConfig, log: Callable[[str], None] = print) -> t
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
 
-    def lr_at(step: int) -> float:
-        if step < config.warmup_steps:
-            return config.lr * (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
     rng = torch.Generator().manual_seed(config.seed)
     clip.train()
-    train_started = time.perf_counter()
-    step, loss_value = 0, float("nan")
-    for step in range(config.steps):
-        if config.max_seconds is not None and time.perf_counter() - train_started > config.max_seconds:
-            log(f"stopping at step {step}: max_seconds={config.max_seconds} reached")
-            break
+    train_started = clock()
+    planned, stopped_by, loss_value, lr = config.steps, "steps", float("nan"), 0.0
+    step = 0
+    while step < planned:
+        now = clock()
+        if deadline is not None:
+            if now >= deadline:
+                stopped_by = "time_budget"
+                log(f"stopping at step {step}/{planned}: the time budget of {config.time_budget_s:.0f} s is reached")
+                break
+            if step == CALIBRATION_STEPS or (step > CALIBRATION_STEPS and step % REPLAN_EVERY == 0):
+                fitted = fit_steps(step, now - train_started, deadline - now, planned)
+                if fitted < planned:
+                    log(f"step {step}: {(now - train_started) / step:.3f} s/step does not fit the time budget; "
+                        f"planning {fitted} steps instead of {planned}")
+                    planned = fitted
         index = torch.randint(len(faces.styles), (config.batch_size,), generator=rng)
+        lr = lr_at(step, planned, config)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = lr
         image_emb = clip.encode_image(faces.floats(index))  # [B, E]
         text_emb = F.normalize(module.encode_text(tokens[index]), dim=-1)  # [B, E]
         same = caption_ids[index][:, None] == caption_ids[index][None, :]  # [B, B]
@@ -232,29 +298,34 @@ def train_clip(config: ClipTrainConfig, log: Callable[[str], None] = print) -> t
         optimizer.step()
         loss_value = float(loss.detach())
         if step % 50 == 0:
-            log(f"step {step}/{config.steps} loss {loss_value:.4f} "
-                f"({(time.perf_counter() - train_started) / (step + 1):.3f} s/step)")
-    else:
-        step = config.steps
-    train_seconds = time.perf_counter() - train_started
+            log(f"step {step}/{planned} loss {loss_value:.4f} lr {lr:.2e} "
+                f"({(clock() - train_started) / (step + 1):.3f} s/step)")
+        step += 1
+    train_seconds = clock() - train_started
     clip.eval()
     held_out = render_set(config.eval_faces_per_style, config.seed + EVAL_SEED_OFFSET, config.size)
     metrics = zero_shot_accuracy(clip, held_out)
     steps_done = max(step, 1)
     record = {
         "steps_done": step,
+        "steps_planned": planned,
+        "stopped_by": stopped_by,
+        "final_lr": lr,
         "final_loss": round(loss_value, 4),
+        "render_seconds": round(render_seconds, 1),
         "train_seconds": round(train_seconds, 1),
         "seconds_per_step": round(train_seconds / steps_done, 4),
-        "estimated_full_run_seconds": round(train_seconds / steps_done * config.steps, 0),
+        "wall_seconds": round(clock() - started, 1),
         "zero_shot": metrics,
         "held_out_faces": len(held_out.styles),
     }
     return clip, record
 
 
-def export_clip(clip: ClipModel, out: Path, config: ClipTrainConfig, record: Mapping[str, Any]) -> Path:
-    """Write the weights as safetensors and the model card (config, metrics, sha256) next to them."""
+def export_clip(clip: ClipModel, out: Path, config: ClipTrainConfig, record: Mapping[str, Any],
+                command: str = "") -> Path:
+    """Write the weights as safetensors and the model card (command, config, wall time, metrics, hardware,
+    commit, sha256) next to them."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in clip.model.state_dict().items()}
@@ -268,6 +339,8 @@ def export_clip(clip: ClipModel, out: Path, config: ClipTrainConfig, record: Map
                        "std": list(clip.std.flatten().tolist())},
         "parameters": sum(p.numel() for p in clip.model.parameters()),
         "data": "faceedit.synth renders, all styles, captions from ground-truth attributes (faceedit.training.clip.caption)",
+        "command": command,
+        "wall_seconds": record.get("wall_seconds"),
         "training": {**settings, **{k: v for k, v in record.items() if k != "zero_shot"}},
         "metrics": {"zero_shot_held_out": record["zero_shot"]},
         "hardware": hardware(),

@@ -110,7 +110,7 @@ class EncoderTrainer:
         loss.backward()
         self.optimizer.step()
         self.step += 1
-        return {"loss": float(loss), "latent": float(latent_loss), "image": float(image_loss)}
+        return {"loss": loss.item(), "latent": latent_loss.item(), "image": image_loss.item()}
 
     def train(self, progress: bool = True, time_budget_s: float | None = None) -> Encoder:
         cfg = self.config

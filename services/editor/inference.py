@@ -52,8 +52,9 @@ class TorchServeInference:
         self.generator_model = generator_model
         self.encoder_model = encoder_model
         self.timeout_s = timeout_s
-        self._token = token
+        self._token = token  # a fixed key from the environment wins over the file
         self._key_file = key_file
+        self._file_token = ""  # the key last read from key_file; cleared when TorchServe refuses it
         self.channel = grpc.insecure_channel(target, options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -63,11 +64,13 @@ class TorchServeInference:
     def _metadata(self) -> list[tuple[str, str]]:
         token = self._token
         if not token and self._key_file:
-            # TorchServe regenerates keys on every start: re-read the file until it is there.
-            try:
-                token = self._token = read_inference_token(self._key_file)
-            except (OSError, KeyError, ValueError):
-                return []
+            if not self._file_token:
+                # TorchServe regenerates keys on every start: re-read the file until it is there.
+                try:
+                    self._file_token = read_inference_token(self._key_file)
+                except (OSError, KeyError, ValueError):
+                    return []
+            token = self._file_token
         return [("authorization", f"Bearer {token}")] if token else []
 
     def _call(self, model: str, body: bytes, what: str) -> bytes:
@@ -81,6 +84,10 @@ class TorchServeInference:
         try:
             response = self.stub.Predictions(request, timeout=timeout, metadata=self._metadata())
         except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                # A restarted TorchServe wrote new keys: read the file again on the next call
+                # instead of sending the stale key forever.
+                self._file_token = ""
             raise _translate(exc, model, what) from None
         return response.prediction
 

@@ -24,6 +24,7 @@ from services.editor.auth import ApiKeys
 from services.editor.config import EditorConfig
 from services.editor.inference import Inference, TorchServeInference
 from services.editor.metrics import EditorMetrics
+from services.editor.probe import LIVENESS_SERVICE
 from services.editor.servicer import AdaptationServicer, EditorServicer
 
 log = logging.getLogger("faceedit.editor")
@@ -182,6 +183,7 @@ class EditorServer:
         if not self.port:
             raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
         self.server.start()
+        self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self.monitor.start()
         if self.config.metrics_port:
             self.metrics.serve(self.config.host, self.config.metrics_port)
@@ -193,6 +195,7 @@ class EditorServer:
         return self.port
 
     def stop(self, grace: float = 5.0) -> None:
+        self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.monitor.stop()
         self.server.stop(grace).wait()
         self.inference.close()

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -77,6 +78,9 @@ def _token_auth(config: TorchServeConfig) -> bool:
     # Off on loopback: only processes of this machine can connect, and the editor would otherwise
     # have to read a key file TorchServe rewrites on every start. Listening beyond loopback (a
     # container network) keeps TorchServe's token auth on; the editor then sends the inference key.
+    # The container deployments set FACEEDIT_TS_TOKEN_AUTH=false and let the network policy decide
+    # who reaches the port instead: TorchServe's keys are random per process and expire after an
+    # hour, renewable only through the private management API (deploy/README.md).
     return (not config.loopback) if config.token_auth is None else config.token_auth
 
 
@@ -113,10 +117,12 @@ class TorchServe:
     """One TorchServe in its own process group, with its own pid file (TMPDIR) and working directory,
     so several can run side by side and `stop` ends exactly the processes this one started."""
 
-    def __init__(self, config: TorchServeConfig, env: Mapping[str, str] | None = None):
+    def __init__(self, config: TorchServeConfig, env: Mapping[str, str] | None = None, log_to_stdout: bool = False):
         self.config = config.with_ports()
         self.workdir = Path(self.config.workdir).resolve()
         self.extra_env = dict(env or {})
+        # In a container the runtime collects stdout; on a workstation the log goes to the workdir.
+        self.log_to_stdout = log_to_stdout
         self.process: subprocess.Popen | None = None
         self.pgid: int | None = None
 
@@ -155,14 +161,16 @@ class TorchServe:
         (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)
         properties = self.workdir / "config.properties"
         properties.write_text(config_properties(self.config))
-        log = open(self.workdir / "torchserve.log", "ab")
+        log = None if self.log_to_stdout else open(self.workdir / "torchserve.log", "ab")
         # --foreground keeps the launcher as the parent of Java: the whole tree shares our new
         # session, which `stop` can sweep. --ncs: no config snapshots.
         self.process = subprocess.Popen(
             [self._torchserve(), "--start", "--foreground", "--ncs", "--ts-config", str(properties),
              "--model-store", self.config.model_store, "--log-config", str(LOG_CONFIG)],
-            cwd=self.workdir, env=self._env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+            cwd=self.workdir, env=self._env(), stdout=log, stderr=subprocess.STDOUT if log else None,
+            start_new_session=True)
+        if log is not None:
+            log.close()
         self.pgid = self.process.pid
         (self.workdir / "server.json").write_text(json.dumps({"pgid": self.process.pid, **asdict(self.config)}))
         try:
@@ -194,6 +202,10 @@ class TorchServe:
                 pending.pop(0)
             else:
                 time.sleep(0.25)
+
+    def healthy(self) -> bool:
+        """Every model answers a probe now (the container health check and readiness probe)."""
+        return all(self._probe(m) for m in self.config.models.split(",") if m)
 
     def _probe(self, model: str) -> bool:
         request = urllib.request.Request(f"{self.http_url}/predictions/{model}", data=b'{"v": 1, "probe": true}',
@@ -248,11 +260,46 @@ def _sweep(pgid: int) -> None:
             time.sleep(0.1)
 
 
-def main(argv: list[str] | None = None) -> None:
+def serve(config: TorchServeConfig, timeout: float = 300.0) -> int:
+    """Run TorchServe in the foreground until SIGTERM/SIGINT (a container's main process): stop it
+    cleanly on a signal, and exit non-zero when it dies by itself so the orchestrator restarts us."""
+    server = TorchServe(config, log_to_stdout=True)
+    stopping = threading.Event()
+    ready = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        if ready:
+            stopping.set()
+        else:  # still in start(): unwind through its cleanup, which stops what it started
+            raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    code = 0
+    try:
+        server.start(timeout)
+        ready = True
+        print(json.dumps({"grpc": server.grpc_target, "http": server.http_url, "pgid": server.pgid}), flush=True)
+        while not stopping.wait(1.0):
+            if server.process is not None and server.process.poll() is not None:
+                code = server.process.returncode or 1
+                print(json.dumps({"event": "torchserve exited", "code": server.process.returncode}), flush=True)
+                break
+    except KeyboardInterrupt:
+        pass  # a signal before TorchServe was ready: a normal stop
+    finally:
+        server.stop()  # a no-op when start() already cleaned up after itself
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="start in the background, return once every model answers")
     start.add_argument("--timeout", type=float, default=300.0)
+    run = sub.add_parser("serve", help="start and stay in the foreground until SIGTERM (a container's command)")
+    run.add_argument("--timeout", type=float, default=300.0)
+    sub.add_parser("health", help="exit 0 when the TorchServe of FACEEDIT_TS_WORKDIR answers for every model")
     sub.add_parser("stop", help="stop the TorchServe started from FACEEDIT_TS_WORKDIR")
     sub.add_parser("config", help="print the config.properties the current env would produce")
     args = parser.parse_args(argv)
@@ -262,13 +309,19 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "start":
         server = TorchServe(config).start(args.timeout)
         print(json.dumps({"grpc": server.grpc_target, "http": server.http_url, "pgid": server.pgid}))
+    elif args.command == "serve":
+        return serve(config, args.timeout)
+    elif args.command == "health":
+        running = TorchServe.attach(config.workdir)
+        return 0 if running is not None and running.healthy() else 1
     else:
         server = TorchServe.attach(config.workdir)
         if server is None:
             print("not running")
         else:
             server.stop()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,20 +1,24 @@
-"""The adaptation job: lease, resume, fine-tune, store the delta, finish the job record — exactly once per job."""
+"""The adaptation job: lease, resume, adapt the generator (DIFA), store the delta, finish the job record — exactly once per job."""
 
 from __future__ import annotations
 
 import io
+import json
 import logging
+import math
 import os
 import socket
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import redis
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from faceedit.adaptation.clip import ClipConfig, ClipModel, load_clip, parse_clip_spec
+from faceedit.adaptation.difa import CHECKPOINT_FILE, AdaptationCancelled, DifaConfig, adapt
 from faceedit.adaptation.finetune import FinetuneConfig, FinetuneState, finetune
 from faceedit.errors import CheckpointError, FaceEditError, InvalidInputError, NotFoundError
 from faceedit.images import from_pil
@@ -26,6 +30,52 @@ from services.inference.handler_support import center_square
 from services.worker.config import WorkerConfig
 
 log = logging.getLogger(__name__)
+
+# Where the mean source CLIP embeddings live in the artifact store (one per generator and CLIP weights).
+CLIP_MEAN_PREFIX = "cache"
+FINETUNE_STATE_FILE = "finetune-state.safetensors"
+# What a job may set, with bounds; everything else about DIFA is the operator's (difa_settings).
+JOB_SETTINGS: dict[str, tuple[type, float, float]] = {
+    "iterations": (int, 1, 10_000),
+    "lr": (float, 1e-6, 1.0),
+    "batch_size": (int, 1, 16),
+    "seed": (int, 0, 2**31 - 1),
+    "lambda_global": (float, 0.0, 100.0),
+    "lambda_local": (float, 0.0, 100.0),
+    "consistency_weight": (float, 0.0, 100.0),
+    "psp_alpha": (float, 0.01, 1.0),
+    "sliding_window": (int, 1, 10_000),
+}
+
+
+class WorkerSetupError(FaceEditError):
+    """The worker lacks a model or has a bad setting (not the job's fault): the job fails FAILED_PRECONDITION."""
+
+    def __init__(self, setting: str, problem: str):
+        self.setting = setting
+        super().__init__(f"worker setting {setting}: {problem}")
+
+
+class StoreFolder:
+    """A folder of the artifact store as DIFA's BlobCache: a missing key reads as None."""
+
+    def __init__(self, store: ArtifactStore, prefix: str):
+        self.store, self.prefix = store, prefix.strip("/")
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}"
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self.store.get(self._key(key))
+        except NotFoundError:
+            return None
+
+    def put(self, key: str, data: bytes) -> None:
+        self.store.put(self._key(key), data)
+
+    def where(self, key: str) -> str:
+        return self.store.path_hint(self._key(key))
 
 
 class LeaseBusy(Exception):
@@ -48,6 +98,7 @@ class Runtime:
     device: torch.device = field(default_factory=lambda: torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     _bases: dict[str, Generator] = field(default_factory=dict)
     _encoders: dict[str, Encoder | None] = field(default_factory=dict)
+    _clips: list[ClipModel] | None = None
 
     @classmethod
     def open(cls, config: WorkerConfig) -> "Runtime":
@@ -72,6 +123,60 @@ class Runtime:
             self._encoders[base_id] = (load_encoder(path, device=self.device)
                                        if path is not None and path.is_file() else None)
         return self._encoders[base_id]
+
+    def clip_configs(self) -> tuple[ClipConfig, ...]:
+        return clip_configs(self.config.clips)
+
+    def clips(self) -> list[ClipModel]:
+        """DIFA's CLIP models, loaded once per process; a missing or broken file is the worker's problem."""
+        if self._clips is None:
+            try:
+                self._clips = [load_clip(c, self.device) for c in self.clip_configs()]
+            except WorkerSetupError:
+                raise
+            except FaceEditError as exc:
+                raise WorkerSetupError("clips", str(exc)) from None
+        return self._clips
+
+
+def clip_configs(spec: str) -> tuple[ClipConfig, ...]:
+    """FACEEDIT_CLIPS ("[architecture=]weights,…"; empty: the zoo's demo CLIP) → CLIP configs."""
+    from faceedit.zoo import FILES, zoo_dir
+
+    if spec.strip():
+        try:
+            return parse_clip_spec(spec)
+        except InvalidInputError as exc:
+            raise WorkerSetupError("clips", exc.problem) from None
+    weights = zoo_dir() / FILES["clip"]
+    if not weights.is_file():
+        raise WorkerSetupError("clips", f"no CLIP configured and the zoo has none at {weights}: train it "
+                                        "(faceedit train clip), set FACEEDIT_CLIPS, or select the fallback "
+                                        "FACEEDIT_ADAPTATION=finetune")
+    return parse_clip_spec(str(weights))
+
+
+def difa_config(config: WorkerConfig, clips: tuple[ClipConfig, ...], params: Mapping[str, Any]) -> DifaConfig:
+    """The job's DifaConfig: upstream defaults < the worker's settings < the job's own (bounded) parameters."""
+    try:
+        operator = json.loads(config.difa_settings) if config.difa_settings.strip() else {}
+        if not isinstance(operator, dict):
+            raise ValueError("not a JSON object")
+        base = {"iterations": config.iterations, "checkpoint_every": config.checkpoint_every, **operator,
+                "clips": [c.to_dict() for c in clips]}
+        DifaConfig.from_dict(base)
+    except (ValueError, TypeError) as exc:  # InvalidInputError is a ValueError too
+        raise WorkerSetupError("difa_settings", str(exc)) from None
+    for key, value in params.items():
+        if key not in JOB_SETTINGS:
+            raise InvalidInputError(f"params.{key}", f"is not an adaptation parameter; a job may set "
+                                                     f"{', '.join(sorted(JOB_SETTINGS))}")
+        kind, low, high = JOB_SETTINGS[key]
+        number_ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not number_ok or (kind is int and not isinstance(value, int)) or not low <= value <= high:
+            raise InvalidInputError(key, f"must be {'an integer' if kind is int else 'a number'} in "
+                                         f"[{low:g}, {high:g}], got {value!r}")
+    return DifaConfig.from_dict({**base, **params})
 
 
 class LeaseKeeper:
@@ -109,8 +214,13 @@ def generator_id_for(job_id: str) -> str:
     return "gen-" + job_id.removeprefix("job-")
 
 
-def state_key(job_id: str) -> str:
-    return f"jobs/{job_id}/finetune-state.safetensors"
+def job_folder(job_id: str) -> str:
+    return f"jobs/{job_id}"
+
+
+def state_key(job_id: str, method: str = "difa") -> str:
+    """Artifact key of the job's resume state (DIFA's checkpoint, or the fallback's fine-tuning state)."""
+    return f"{job_folder(job_id)}/{CHECKPOINT_FILE if method == 'difa' else FINETUNE_STATE_FILE}"
 
 
 def run_adaptation(job_id: str, rt: Runtime, on_progress: Callable[[float, str], None] | None = None) -> dict[str, Any]:
@@ -129,6 +239,10 @@ def run_adaptation(job_id: str, rt: Runtime, on_progress: Callable[[float, str],
             return {"status": rt.jobs.get(job_id).state}
         try:
             return _adapt(job, rt, keeper, on_progress)
+        except WorkerSetupError as exc:
+            log.error("adaptation job %s cannot run: %s", job_id, exc)
+            rt.jobs.fail(job_id, "FAILED_PRECONDITION", str(exc))
+            return {"status": "FAILED", "error": str(exc)}
         except (InvalidInputError, NotFoundError) as exc:
             rt.jobs.fail(job_id, "INVALID_ARGUMENT", str(exc))
             return {"status": "FAILED", "error": str(exc)}
@@ -150,6 +264,66 @@ def _adapt(job: Job, rt: Runtime, keeper: LeaseKeeper, on_progress: Callable[[fl
     except NotFoundError:
         pass
     base = rt.base(job.base_generator)
+    if rt.config.adaptation == "finetune":
+        return _finetune_job(job, rt, keeper, on_progress, base, generator_id)
+    return _difa_job(job, rt, keeper, on_progress, base, generator_id)
+
+
+def _difa_job(job: Job, rt: Runtime, keeper: LeaseKeeper, on_progress: Callable[[float, str], None] | None,
+              base: Generator, generator_id: str) -> dict:
+    """DIFA on the base with the worker's CLIP models and the base's e4e encoder; resumes from the job's checkpoint."""
+    encoder = rt.encoder(job.base_generator)
+    if encoder is None:
+        raise WorkerSetupError("encoders", f"no e4e encoder file for base {job.base_generator!r}: DIFA's "
+                                           "consistency loss needs one")
+    config = difa_config(rt.config, rt.clip_configs(), job.params)  # bad job parameters fail before any loading
+    clips = rt.clips()
+    # The reference only goes through CLIP: read it at the largest size any model looks at.
+    reference = load_target(rt, job, max([base.config.size, *(clip.image_size for clip in clips)]))
+    rt.jobs.set_progress(job.id, job.progress, "preparing: reference features and the mean source CLIP embedding")
+
+    def progress(done: int, total: int, losses: dict[str, float]) -> None:
+        fraction = done / total
+        rt.jobs.set_progress(job.id, fraction * 0.95, f"iteration {done}/{total}, loss {losses['total']:.4f}")
+        if on_progress is not None:
+            on_progress(fraction, f"iteration {done}/{total}")
+
+    def should_cancel() -> bool:
+        return keeper.lost or rt.jobs.get(job.id).cancel_requested
+
+    checkpoints = StoreFolder(rt.store, job_folder(job.id))
+    run = dict(progress=progress, should_cancel=should_cancel, checkpoint_dir=checkpoints,
+               clip_mean_cache=StoreFolder(rt.store, CLIP_MEAN_PREFIX))
+    try:
+        try:
+            result = adapt(base, encoder, clips, reference.to(rt.device), config, **run)
+        except CheckpointError as exc:
+            if exc.path != checkpoints.where(CHECKPOINT_FILE):
+                raise
+            # Left by a delivery that ran other settings or models (the worker was reconfigured) or
+            # cut short mid-write: it cannot be resumed, so the job starts over.
+            log.warning("job %s: discarding its checkpoint (%s)", job.id, exc.problem)
+            rt.store.delete(state_key(job.id))
+            result = adapt(base, encoder, clips, reference.to(rt.device), config, **run)
+    except AdaptationCancelled as cancelled:
+        if keeper.lost:  # not ours any more: leave the record (and checkpoint) to the worker that owns it
+            return {"status": "LEASE_LOST"}
+        rt.jobs.cancelled(job.id, f"cancelled after {cancelled.iteration} iterations")
+        rt.store.delete(state_key(job.id))
+        return {"status": "CANCELLED", "iterations": cancelled.iteration}
+    record = save_adapted_generator(rt.store, rt.index, job.tenant, job.base_generator, result.delta,
+                                    base=base, generator_id=generator_id, job_id=job.id)
+    rt.jobs.succeed(job.id, record.id)
+    rt.store.delete(state_key(job.id))
+    loss = result.history[-1]["total"] if result.history else float("nan")
+    return {"status": "SUCCEEDED", "generator_id": record.id, "method": "difa", "iterations": result.iterations,
+            "resumed_from": result.resumed_from, "loss": loss, "seconds": round(result.seconds, 2)}
+
+
+def _finetune_job(job: Job, rt: Runtime, keeper: LeaseKeeper, on_progress: Callable[[float, str], None] | None,
+                  base: Generator, generator_id: str) -> dict:
+    """The fallback (FACEEDIT_ADAPTATION=finetune) for a worker without CLIP weights: fits the synthesis
+    convolutions to the target at its inverted latent. Not DIFA: other samples drift rather than take the style."""
     params = {"iterations": rt.config.iterations, "checkpoint_every": rt.config.checkpoint_every, **job.params}
     config = FinetuneConfig.from_dict(params)
     target = load_target(rt, job, base.config.size)
@@ -166,22 +340,22 @@ def _adapt(job: Job, rt: Runtime, keeper: LeaseKeeper, on_progress: Callable[[fl
         return keeper.lost or rt.jobs.get(job.id).cancel_requested
 
     def checkpoint(state: FinetuneState) -> None:
-        rt.store.put(state_key(job.id), state.to_bytes())
+        rt.store.put(state_key(job.id, "finetune"), state.to_bytes())
 
     result = finetune(base, target, ws, config, progress=progress, should_cancel=should_cancel,
                       resume=resume, checkpoint=checkpoint)
     resumed_from = resume.iteration if resume is not None else 0
     if result.cancelled:
-        if keeper.lost:  # not ours any more: leave the record to the worker that owns it
+        if keeper.lost:
             return {"status": "LEASE_LOST"}
         rt.jobs.cancelled(job.id, f"cancelled after {result.iterations} iterations")
-        rt.store.delete(state_key(job.id))
+        rt.store.delete(state_key(job.id, "finetune"))
         return {"status": "CANCELLED", "iterations": result.iterations}
     record = save_adapted_generator(rt.store, rt.index, job.tenant, job.base_generator, result.tensors,
                                     base=base, generator_id=generator_id, job_id=job.id)
     rt.jobs.succeed(job.id, record.id)
-    rt.store.delete(state_key(job.id))
-    return {"status": "SUCCEEDED", "generator_id": record.id, "iterations": result.iterations,
+    rt.store.delete(state_key(job.id, "finetune"))
+    return {"status": "SUCCEEDED", "generator_id": record.id, "method": "finetune", "iterations": result.iterations,
             "resumed_from": resumed_from, "loss": result.loss}
 
 
@@ -207,7 +381,7 @@ def target_latent(rt: Runtime, base_id: str, base: Generator, target: torch.Tens
 
 def _resume_state(rt: Runtime, job_id: str, config: FinetuneConfig) -> FinetuneState | None:
     try:
-        state = FinetuneState.from_bytes(rt.store.get(state_key(job_id)))
+        state = FinetuneState.from_bytes(rt.store.get(state_key(job_id, "finetune")))
     except NotFoundError:
         return None
     except CheckpointError as exc:

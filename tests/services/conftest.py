@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
 import pytest
 import redis
 import torch
+from safetensors.torch import save_file
 
 from faceedit.models import Encoder, EncoderConfig, Generator, GeneratorConfig
 from faceedit.training.encoder import export_e4e
@@ -15,6 +17,14 @@ from faceedit.training.generator import export_rosinality
 from services.common.redis_server import RedisServer
 
 TINY_CHANNELS = {4: 32, 8: 32, 16: 16, 32: 16}
+# A 4-block ViT, so DIFA's default token block (3) exists; the text tower is never used by DIFA.
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 4, "head_width": 16},
+    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+}
+# DIFA settings a worker uses in tests: a small source sample for the CLIP mean, a short code window.
+TINY_DIFA_SETTINGS = {"clip_mean_samples": 4, "clip_mean_batch": 4, "sliding_window": 2}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -52,7 +62,8 @@ def tiny_generator(seed: int = 0) -> Generator:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """A seeded 32 px generator (rosinality .pt) and a matching e4e encoder, written once per session."""
+    """A seeded 32 px generator (rosinality .pt), a matching e4e encoder and a tiny CLIP (safetensors + card),
+    written once per session."""
     root = tmp_path_factory.mktemp("tiny-models")
     generator = tiny_generator()
     export_rosinality(generator, root / "generator.pt", n_w_avg=2000)
@@ -62,4 +73,10 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
                                     se_reduction=4)).eval()
     encoder.set_latent_avg(generator.w_avg.clone())
     export_e4e(encoder, generator, root / "encoder.pt")
-    return {"generator": root / "generator.pt", "encoder": root / "encoder.pt"}
+    from faceedit.adaptation.clip import build_clip_module
+
+    torch.manual_seed(2)
+    clip = build_clip_module(TINY_CLIP)
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(root / "clip.safetensors"))
+    (root / "clip.json").write_text(json.dumps({"model": "tiny test CLIP", "model_cfg": TINY_CLIP}))
+    return {"generator": root / "generator.pt", "encoder": root / "encoder.pt", "clip": root / "clip.safetensors"}

@@ -20,7 +20,9 @@ from faceedit.proto import editor_pb2, editor_pb2_grpc
 from services.common.registry import GeneratorRecord
 from services.editor import core
 from services.editor.config import EditorConfig
+from services.editor import probe
 from services.editor.errors import UnavailableError
+from services.editor.probe import LIVENESS_SERVICE
 from services.editor.server import EditorServer
 
 pytestmark = pytest.mark.integration
@@ -206,15 +208,26 @@ class TestOperations:
     def test_health_follows_dependencies(self, server):
         channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
         health = health_pb2_grpc.HealthStub(channel)
+        target = f"127.0.0.1:{server.port}"
         server.inference.healthy = False
         server.monitor.check()
         for service in ("", "faceedit.v1.Editor", "faceedit.v1.Adaptation"):
             reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
             assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        # A dependency is down, the process is fine: not ready, but alive (no restart by a liveness probe).
+        reply = health.Check(health_pb2.HealthCheckRequest(service=LIVENESS_SERVICE), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert probe.main([target]) == 1 and probe.main([target, "--service", LIVENESS_SERVICE]) == 0
         server.inference.healthy = True
         server.monitor.check()
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        assert probe.main([target]) == 0
         channel.close()
+
+    def test_the_probe_fails_when_nothing_listens(self):
+        from services.common.redis_server import free_port
+
+        assert probe.main([f"127.0.0.1:{free_port()}", "--service", LIVENESS_SERVICE, "--timeout", "1"]) == 1
 
     def test_reflection_lists_the_services(self, server):
         channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")

@@ -26,10 +26,13 @@ class FakeTorchServe(inference_pb2_grpc.InferenceAPIsServiceServicer):
         self.abort_with: grpc.StatusCode | None = None
         self.block = threading.Event()
         self.hold = False
+        self.key: str | None = None  # when set, calls without `Bearer <key>` are refused like TorchServe does
 
     def Predictions(self, request, context):
         metadata = dict(context.invocation_metadata())
         self.requests.append((request.model_name, metadata, context.time_remaining()))
+        if self.key is not None and metadata.get("authorization") != f"Bearer {self.key}":
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "Token Authorization failed")
         if self.hold:
             self.block.wait(30)
         if self.abort_with is not None:
@@ -69,6 +72,33 @@ def test_synthesize_sends_the_protocol_body_and_the_token(fake, tmp_path):
     model, metadata, _ = servicer.requests[0]
     assert model == "gen" and metadata["authorization"] == "Bearer abc123"
     assert client.ping()
+    client.close()
+
+
+def test_a_restarted_torchserves_new_key_is_read_again(fake, tmp_path):
+    """TorchServe writes new keys on every start: after a refusal the editor reads the key file again."""
+    servicer, target = fake
+    key_file = tmp_path / "key_file.json"
+    key_file.write_text(json.dumps({"inference": {"key": "first"}}))
+    servicer.key = "first"
+    client = TorchServeInference(target, key_file=str(key_file))
+    assert len(client.synthesize("demo", "", ws(1)).images) == 1
+    servicer.key = "second"  # the restart
+    key_file.write_text(json.dumps({"inference": {"key": "second"}}))
+    with pytest.raises(UnavailableError):  # the call in flight with the old key fails, retryable
+        client.synthesize("demo", "", ws(1))
+    assert len(client.synthesize("demo", "", ws(1)).images) == 1
+    assert servicer.requests[-1][1]["authorization"] == "Bearer second"
+    client.close()
+
+
+def test_a_fixed_token_is_sent_as_is(fake, tmp_path):
+    servicer, target = fake
+    key_file = tmp_path / "key_file.json"
+    key_file.write_text(json.dumps({"inference": {"key": "from-file"}}))
+    client = TorchServeInference(target, token="from-env", key_file=str(key_file))
+    client.synthesize("demo", "", ws(1))
+    assert servicer.requests[-1][1]["authorization"] == "Bearer from-env"
     client.close()
 
 

@@ -97,8 +97,20 @@ def test_editor_rpcs_through_real_torchserve(client):
     assert {a.name for a in client.list_attributes()} == {"age", "smile"}
 
 
+def _png_of_size(width: int, height: int) -> bytes:
+    """A valid PNG with many pixels but few bytes (one colour): a decompression bomb's shape."""
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize("call, code, field", [
     (lambda c: c.invert(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10), grpc.StatusCode.INVALID_ARGUMENT, "image.data"),
+    # Huge: over the byte limit (16 MiB by default), and a small file that decodes to 25 Mpx.
+    (lambda c: c.invert(b"\x89PNG\r\n\x1a\n" + bytes(17 << 20)), grpc.StatusCode.RESOURCE_EXHAUSTED, "image.data"),
+    (lambda c: c.invert(_png_of_size(5000, 5000)), grpc.StatusCode.RESOURCE_EXHAUSTED, "image.data"),
+    (lambda c: c.create_adaptation(b"not an image", idempotency_key="bad-upload"), grpc.StatusCode.INVALID_ARGUMENT,
+     "style_image.data"),
     (lambda c: c.edit([], latent=np.zeros((8, 63), np.float32)), grpc.StatusCode.INVALID_ARGUMENT, "latent.inline"),
     (lambda c: c.edit([], latent=np.full((8, 64), np.nan, np.float32)), grpc.StatusCode.INVALID_ARGUMENT,
      "latent.inline"),
@@ -106,13 +118,23 @@ def test_editor_rpcs_through_real_torchserve(client):
     (lambda c: c.generate([1], generator_id="gen-missing"), grpc.StatusCode.NOT_FOUND, "gen-missing"),
 ])
 def test_bad_input_through_the_stack(client, call, code, field):
+    jobs_before = [j.name for j in client.list_adaptations()[0]]
     with pytest.raises(FaceEditError) as info:
         call(client)
     assert info.value.code == code and field in info.value.message
+    # Nothing crashed and no half-made job is left behind: the same stack keeps answering.
+    assert [j.name for j in client.list_adaptations()[0]] == jobs_before
+    assert client.generate([3])[0].image.data
 
 
-def test_missing_key_is_unauthenticated(stack):
+def test_missing_or_unknown_key_is_unauthenticated(stack):
+    from faceedit.proto import editor_pb2, editor_pb2_grpc
+
     started, _ = stack
+    with grpc.insecure_channel(started.editor_target) as channel:  # no authorization metadata at all
+        with pytest.raises(grpc.RpcError) as raw:
+            editor_pb2_grpc.EditorStub(channel).ListGenerators(editor_pb2.ListGeneratorsRequest(), timeout=30)
+    assert raw.value.code() == grpc.StatusCode.UNAUTHENTICATED and "authorization" in raw.value.details()
     with FaceEditClient(started.editor_target, "not-a-key-0000000000") as c:
         with pytest.raises(FaceEditError) as info:
             c.list_generators()

@@ -4,12 +4,14 @@ completes exactly once after a restart, resuming from its checkpoint."""
 from __future__ import annotations
 
 import io
+import json
 import time
 import uuid
 
 import pytest
 import redis
 import torch
+from conftest import TINY_DIFA_SETTINGS
 
 from faceedit.images import to_pil
 from services.common.artifacts import LocalArtifactStore
@@ -40,6 +42,8 @@ def setup(broker, tiny_models, tmp_path):
     env = {"FACEEDIT_REDIS_URL": broker.url, "FACEEDIT_ARTIFACT_STORE_URL": f"file://{tmp_path / 'artifacts'}",
            "FACEEDIT_REDIS_NAMESPACE": namespace, "FACEEDIT_BASE_GENERATORS": f"tiny={tiny_models['generator']}",
            "FACEEDIT_ENCODERS": f"tiny={tiny_models['encoder']}", "FACEEDIT_ITERATIONS": "30",
+           # DIFA with the tiny CLIP, sized for a test.
+           "FACEEDIT_CLIPS": str(tiny_models["clip"]), "FACEEDIT_DIFA_SETTINGS": json.dumps(TINY_DIFA_SETTINGS),
            "FACEEDIT_CHECKPOINT_EVERY": "5",
            # Short, so that a killed worker's job comes back within the test: the message after
            # the visibility timeout, the job after the lease ttl.
@@ -96,7 +100,8 @@ def test_a_job_is_polled_to_completion(setup):
     assert job.state == SUCCEEDED and job.attempts == 1
     assert progress == sorted(progress)  # progress only moves forward
     assert [r.id for r in index.list("acme")] == [job.result_generator_id]
-    assert app.AsyncResult(task_id).get(timeout=30)["generator_id"] == job.result_generator_id
+    result = app.AsyncResult(task_id).get(timeout=30)
+    assert result["generator_id"] == job.result_generator_id and result["method"] == "difa"
 
 
 def test_a_job_whose_worker_is_killed_completes_exactly_once(setup):

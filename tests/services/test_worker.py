@@ -1,22 +1,31 @@
-"""The adaptation job in-process on a real Redis: success, exactly-once reruns, resume, cancel, leases, bad input."""
+"""The adaptation job in-process on a real Redis: DIFA success, exactly-once reruns, resume, cancel, leases, bad input."""
 
 from __future__ import annotations
 
 import io
+import json
+from dataclasses import replace
 
 import pytest
 import torch
+from conftest import TINY_DIFA_SETTINGS
 from PIL import Image
 
-from faceedit.adaptation.finetune import FinetuneConfig, finetune
+from faceedit.adaptation import difa
+from faceedit.adaptation.clip import ClipConfig, load_clip
+from faceedit.adaptation.delta import trainable_names
 from faceedit.images import to_pil
 from faceedit.models import load_generator
+from faceedit.zoo import ZOO_ENV
 from services.common.artifacts import LocalArtifactStore
-from services.common.jobs import CANCELLED, FAILED, QUEUED, SUCCEEDED, JobStore
+from services.common.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 from services.common.registry import GeneratorIndex, load_adapted_generator, save_adapted_generator
 from services.worker.adapt import (
+    CLIP_MEAN_PREFIX,
     LeaseBusy,
     Runtime,
+    WorkerSetupError,
+    clip_configs,
     generator_id_for,
     load_target,
     run_adaptation,
@@ -32,15 +41,20 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture
-def runtime(redis_client, redis_server, namespace, tiny_models, tmp_path) -> Runtime:
-    config = WorkerConfig(redis_url=redis_server.url, artifact_store_url=f"file://{tmp_path}/artifacts",
-                          redis_namespace=namespace, base_generators=f"tiny={tiny_models['generator']}",
-                          encoders=f"tiny={tiny_models['encoder']}", iterations=12, checkpoint_every=4,
-                          lease_ttl=30)
+def make_runtime(redis_client, redis_server, namespace, tiny_models, tmp_path, **overrides) -> Runtime:
+    settings = dict(redis_url=redis_server.url, artifact_store_url=f"file://{tmp_path}/artifacts",
+                    redis_namespace=namespace, base_generators=f"tiny={tiny_models['generator']}",
+                    encoders=f"tiny={tiny_models['encoder']}", clips=str(tiny_models["clip"]),
+                    difa_settings=json.dumps(TINY_DIFA_SETTINGS), iterations=12, checkpoint_every=4, lease_ttl=30)
+    config = WorkerConfig(**{**settings, **overrides})
     store = LocalArtifactStore(tmp_path / "artifacts")
     return Runtime(config, JobStore(redis_client, namespace), GeneratorIndex(redis_client, store, namespace),
                    store, worker_id="test-worker")
+
+
+@pytest.fixture
+def runtime(redis_client, redis_server, namespace, tiny_models, tmp_path) -> Runtime:
+    return make_runtime(redis_client, redis_server, namespace, tiny_models, tmp_path)
 
 
 @pytest.fixture
@@ -58,28 +72,74 @@ def new_job(rt: Runtime, target: bytes, params: dict | None = None, base: str = 
     return job
 
 
-def test_job_succeeds_with_one_indexed_generator_that_fits_the_target(runtime, target_png, tiny_models):
-    job = new_job(runtime, target_png, {"iterations": 30, "lr": 0.005})
+class SimulatedCrash(BaseException):
+    """What a SIGKILL looks like from inside: nothing after it runs (not even the job's failure record)."""
+
+
+def adapted_of(rt: Runtime, generator_id: str, base_path) -> torch.nn.Module:
+    return load_adapted_generator(rt.store, rt.index.get(generator_id, "acme"), load_generator(base_path))
+
+
+# -- DIFA jobs ------------------------------------------------------------------------------------------
+def test_difa_job_stores_a_delta_that_moves_samples_towards_the_reference(runtime, target_png, tiny_models,
+                                                                          tmp_path):
+    job = new_job(runtime, target_png, {"iterations": 8})
     seen = []
     result = run_adaptation(job.id, runtime, lambda fraction, message: seen.append(fraction))
     done = runtime.jobs.get(job.id)
+    assert result["method"] == "difa" and result["iterations"] == 8 and result["resumed_from"] == 0
     assert done.state == SUCCEEDED and done.progress == 1.0 and done.result_generator_id == result["generator_id"]
-    assert seen[-1] == 1.0 and len(seen) == 30
+    assert seen[-1] == 1.0 and len(seen) == 8
     assert [r.id for r in runtime.index.list("acme")] == [done.result_generator_id]
     assert not runtime.store.exists(state_key(job.id)) and runtime.jobs.lease_holder(job.id) is None
-    # The adapted generator reproduces the target better than the base does, from the same latent.
+
     base = load_generator(tiny_models["generator"])
-    adapted = load_adapted_generator(runtime.store, runtime.index.get(done.result_generator_id, "acme"), base)
-    image = load_target(runtime, job, 32)
+    record = runtime.index.get(done.result_generator_id, "acme")
+    # The stored object is a library delta: only DIFA's trainable tensors, loadable by load_generator(base=…).
+    delta_file = tmp_path / "delta.safetensors"
+    delta_file.write_bytes(runtime.store.get(record.artifact_key))
+    from safetensors import safe_open
+
+    with safe_open(str(delta_file), "pt") as f:
+        assert set(f.keys()) == set(trainable_names(base))
+    served = adapted_of(runtime, done.result_generator_id, tiny_models["generator"])
+    loaded = load_generator(delta_file, base=tiny_models["generator"])
+    ws = base.broadcast(base.mapping(torch.randn(4, base.style_dim, generator=torch.Generator().manual_seed(5))))
     with torch.no_grad():
-        ws = target_latent(runtime, "tiny", base, image)
-        base_err = (base.synthesis(ws) - image).abs().mean()
-        adapted_err = (adapted.synthesis(ws) - image).abs().mean()
-    assert adapted_err < 0.8 * base_err
+        assert torch.equal(served.synthesis(ws, noise_mode="const"), loaded.synthesis(ws, noise_mode="const"))
+        base_images = base.synthesis(ws, noise_mode="const")
+        adapted_images = served.synthesis(ws, noise_mode="const")
+    assert not torch.allclose(adapted_images, base_images)
+
+    # The adapted samples moved, in the worker's CLIP, along the direction from the source mean to the reference.
+    clip = load_clip(ClipConfig(config_path=str(tiny_models["clip"].with_suffix(".json")),
+                                weights=str(tiny_models["clip"])))
+    reference = load_target(runtime, job, 32)
+    with torch.no_grad():
+        mean = difa.source_clip_mean(base, clip, TINY_DIFA_SETTINGS["clip_mean_samples"],
+                                     TINY_DIFA_SETTINGS["clip_mean_batch"])
+        direction = difa.reference_direction(clip.encode_image(reference), mean)
+        moved = clip.encode_image(adapted_images) - clip.encode_image(base_images)  # [4, E]
+    assert float((torch.nn.functional.normalize(moved, dim=-1) @ direction).mean()) > 0.3
+
+
+def test_the_mean_source_embedding_is_computed_once_per_generator_and_clip(runtime, target_png, monkeypatch):
+    first = new_job(runtime, target_png, {"iterations": 2})
+    assert run_adaptation(first.id, runtime)["status"] == SUCCEEDED
+    cached = sorted((runtime.store.root / CLIP_MEAN_PREFIX).rglob("*.safetensors"))
+    assert len(cached) == 1 and cached[0].parent.name == "clip-mean"
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the mean source CLIP embedding was recomputed")
+
+    monkeypatch.setattr(difa, "source_clip_mean", must_not_run)
+    second = new_job(runtime, target_png, {"iterations": 2, "seed": 7})
+    assert run_adaptation(second.id, runtime)["status"] == SUCCEEDED
+    assert len(runtime.index.list("acme")) == 2
 
 
 def test_a_rerun_of_a_finished_job_does_nothing(runtime, target_png):
-    job = new_job(runtime, target_png)
+    job = new_job(runtime, target_png, {"iterations": 2})
     first = run_adaptation(job.id, runtime)
     again = run_adaptation(job.id, runtime)
     assert again == {"status": SUCCEEDED, "generator_id": first["generator_id"]}
@@ -98,21 +158,38 @@ def test_generator_stored_before_a_crash_finishes_the_job_without_training(runti
     assert len(runtime.index.list("acme")) == 1
 
 
-def test_a_redelivered_job_resumes_from_its_checkpoint(runtime, target_png):
+def test_a_job_redelivered_after_a_crash_resumes_and_ends_as_an_uninterrupted_one(runtime, target_png,
+                                                                                   tiny_models):
+    def crash_after_8(fraction: float, message: str) -> None:
+        if message.startswith("iteration 8/"):
+            raise SimulatedCrash()
+
     job = new_job(runtime, target_png)
-    # What a worker killed after iteration 8 leaves behind: a checkpoint and a RUNNING job.
-    config = FinetuneConfig(iterations=12, checkpoint_every=4)
-    runtime.jobs.start(job.id)
-    base = runtime.base("tiny")
-    target = load_target(runtime, job, 32)
-    states = []
-    finetune(base, target, target_latent(runtime, "tiny", base, target), config,
-             checkpoint=lambda s: (states.append(s), runtime.store.put(state_key(job.id), s.to_bytes())),
-             should_cancel=lambda: len(states) == 2)
+    with pytest.raises(SimulatedCrash):
+        run_adaptation(job.id, runtime, crash_after_8)
+    crashed = runtime.jobs.get(job.id)
+    assert crashed.state == RUNNING and runtime.store.exists(state_key(job.id))  # checkpoint of iteration 8
+
     result = run_adaptation(job.id, runtime)
     assert result["status"] == SUCCEEDED and result["resumed_from"] == 8 and result["iterations"] == 12
     job_after = runtime.jobs.get(job.id)
     assert job_after.attempts == 2 and job_after.state == SUCCEEDED
+    assert not runtime.store.exists(state_key(job.id))
+
+    # Same settings and reference, never interrupted: the same weights (DIFA is deterministic on CPU).
+    other = new_job(runtime, target_png)
+    straight = run_adaptation(other.id, runtime)
+    resumed_g = adapted_of(runtime, result["generator_id"], tiny_models["generator"])
+    straight_g = adapted_of(runtime, straight["generator_id"], tiny_models["generator"])
+    for (name, a), (_, b) in zip(resumed_g.state_dict().items(), straight_g.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_a_checkpoint_that_cannot_be_resumed_is_discarded_and_the_job_starts_over(runtime, target_png):
+    job = new_job(runtime, target_png, {"iterations": 3})
+    runtime.store.put(state_key(job.id), b"PK\x03\x04 cut short")
+    result = run_adaptation(job.id, runtime)
+    assert result["status"] == SUCCEEDED and result["resumed_from"] == 0 and result["iterations"] == 3
 
 
 def test_cooperative_cancel_stops_the_job_without_a_generator(runtime, target_png):
@@ -125,6 +202,7 @@ def test_cooperative_cancel_stops_the_job_without_a_generator(runtime, target_pn
     result = run_adaptation(job.id, runtime, cancel_at_third)
     assert result == {"status": CANCELLED, "iterations": 3}
     assert runtime.jobs.get(job.id).state == CANCELLED and runtime.index.list("acme") == []
+    assert not runtime.store.exists(state_key(job.id))
 
 
 def test_a_job_leased_by_another_worker_is_retried_later(runtime, target_png):
@@ -140,12 +218,73 @@ def test_a_job_leased_by_another_worker_is_retried_later(runtime, target_png):
     (b"\x89PNG\r\n\x1a\nbroken", None, "tiny", "target"),
     (None, None, "unknown-base", "base_generator"),
     (None, {"iterations": -1}, "tiny", "iterations"),
-    (None, {"speed": 9}, "tiny", "params"),
+    (None, {"iterations": 2.5}, "tiny", "iterations"),
+    (None, {"batch_size": 500}, "tiny", "batch_size"),
+    (None, {"speed": 9}, "tiny", "params.speed"),
+    # Which files a worker reads is the operator's choice, never a job's.
+    (None, {"clips": [{"weights": "/etc/passwd"}]}, "tiny", "params.clips"),
 ])
 def test_bad_jobs_fail_with_the_field_named(runtime, target_png, target, params, base, field):
     job = new_job(runtime, target or target_png, params, base)
     result = run_adaptation(job.id, runtime)
     failed = runtime.jobs.get(job.id)
     assert result["status"] == FAILED and failed.state == FAILED
-    assert failed.error_code == "INVALID_ARGUMENT" and failed.error_message.startswith(field)
+    assert failed.error_code == "INVALID_ARGUMENT" and failed.error_message.startswith(field + ":")
     assert runtime.jobs.lease_holder(job.id) is None
+
+
+@pytest.mark.parametrize("overrides, setting", [
+    ({"clips": "/nowhere/clip.safetensors"}, "clips"),
+    ({"encoders": "tiny=/nowhere/encoder.pt"}, "encoders"),
+    ({"difa_settings": '{"psp_alpha": 7}'}, "difa_settings"),
+    ({"difa_settings": "[1, 2]"}, "difa_settings"),
+])
+def test_a_worker_missing_a_model_or_setting_fails_jobs_as_a_precondition(redis_client, redis_server, namespace,
+                                                                          tiny_models, tmp_path, target_png,
+                                                                          overrides, setting):
+    rt = make_runtime(redis_client, redis_server, namespace, tiny_models, tmp_path, **overrides)
+    job = new_job(rt, target_png, {"iterations": 2})
+    assert run_adaptation(job.id, rt)["status"] == FAILED
+    failed = rt.jobs.get(job.id)
+    assert failed.error_code == "FAILED_PRECONDITION" and f"worker setting {setting}:" in failed.error_message
+
+
+def test_clip_settings_name_the_zoo_clip_by_default_or_mounted_weights(tmp_path, monkeypatch, tiny_models):
+    monkeypatch.setenv(ZOO_ENV, str(tmp_path / "empty-zoo"))
+    with pytest.raises(WorkerSetupError, match="faceedit train clip"):
+        clip_configs("")
+    monkeypatch.setenv(ZOO_ENV, str(tiny_models["clip"].parent))
+    (zoo_clip,) = clip_configs("")
+    assert zoo_clip.weights == str(tiny_models["clip"]) and zoo_clip.config_path.endswith("clip.json")
+    b32, card = clip_configs("ViT-B-32-quickgelu=/clip/b32.safetensors, /zoo/clip.safetensors")
+    assert (b32.architecture, b32.weights, b32.config_path) == ("ViT-B-32-quickgelu", "/clip/b32.safetensors", None)
+    assert (card.weights, card.config_path) == ("/zoo/clip.safetensors", "/zoo/clip.json")
+    with pytest.raises(WorkerSetupError) as err:
+        clip_configs("=/clip/b32.safetensors")
+    assert err.value.setting == "clips"
+
+
+def test_config_refuses_an_unknown_adaptation_method():
+    from faceedit.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError) as err:
+        WorkerConfig(adaptation="nada")
+    assert err.value.field == "adaptation"
+    assert WorkerConfig.from_env({"FACEEDIT_ADAPTATION": "finetune"}).adaptation == "finetune"
+
+
+# -- the fallback without CLIP ---------------------------------------------------------------------------
+def test_the_finetune_fallback_fits_the_target_when_selected(runtime, target_png, tiny_models):
+    runtime.config = replace(runtime.config, adaptation="finetune", clips="/nowhere/clip.safetensors")
+    job = new_job(runtime, target_png, {"iterations": 30, "lr": 0.005})
+    result = run_adaptation(job.id, runtime)
+    assert result["status"] == SUCCEEDED and result["method"] == "finetune"
+    base = load_generator(tiny_models["generator"])
+    adapted = adapted_of(runtime, result["generator_id"], tiny_models["generator"])
+    image = load_target(runtime, job, 32)
+    with torch.no_grad():
+        ws = target_latent(runtime, "tiny", base, image)
+        base_err = (base.synthesis(ws) - image).abs().mean()
+        adapted_err = (adapted.synthesis(ws) - image).abs().mean()
+    assert adapted_err < 0.8 * base_err
+    assert not runtime.store.exists(state_key(job.id, "finetune"))
