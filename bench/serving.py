@@ -57,19 +57,25 @@ def throughput(target: str, key: str, latent_id: str, steps: list[Step], clients
     errors: list[BaseException] = []
 
     def run() -> None:
-        with FaceEditClient(target, key, timeout_s=120) as client:
-            client.edit(steps, latent_id=latent_id)  # connect before the clock starts
-            barrier.wait()
-            try:
+        try:
+            with FaceEditClient(target, key, timeout_s=120) as client:
+                client.edit(steps, latent_id=latent_id)  # connect before the clock starts
+                barrier.wait()
                 for _ in range(per_client):
                     client.edit(steps, latent_id=latent_id)
-            except BaseException as exc:  # noqa: BLE001 - reported after the run
-                errors.append(exc)
+        except threading.BrokenBarrierError:
+            pass  # another client failed its warm-up; its error is the one reported
+        except BaseException as exc:  # noqa: BLE001 - reported after the run
+            errors.append(exc)
+            barrier.abort()  # a failed warm-up must not leave the others (and us) waiting forever
 
     threads = [threading.Thread(target=run) for _ in range(clients)]
     for t in threads:
         t.start()
-    barrier.wait()
+    try:
+        barrier.wait()
+    except threading.BrokenBarrierError:
+        pass
     start = time.perf_counter()
     for t in threads:
         t.join()

