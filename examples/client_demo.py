@@ -139,13 +139,17 @@ def main(argv: list[str] | None = None) -> int:
                                            display_name="comic style", steps=args.adapt_steps)
             done = client.wait_for_adaptation(job.name, timeout_s=1800, poll_s=1.0, on_progress=progress)
         print(f"adapted generator: {done.generator_id}")
+        # As in the report: the artwork is inverted with the base encoder, then rendered and edited
+        # on the generator adapted to it (the same boundaries apply).
+        with timed("Invert the artwork"):
+            artwork = client.invert(style)
         with timed("Edit with the adapted generator"):
-            adapted = [client.edit([], latent_id=inversion.latent_id, generator_id=done.generator_id)]
+            adapted = [client.edit([], latent_id=artwork.latent_id, generator_id=done.generator_id)]
             if chosen:
                 adapted.append(client.edit([Step(chosen[0].name, 0.9 * chosen[0].recommended_max)],
-                                           latent_id=inversion.latent_id, generator_id=done.generator_id))
+                                           latent_id=artwork.latent_id, generator_id=done.generator_id))
         images = [_save(out, f"adapted_{i}.png", r.image.data, written) for i, r in enumerate(adapted)]
-        _sheet([_pil(style), _pil(inversion.reconstruction.data), *images], out, "adapted.png", written)
+        _sheet([_pil(style), _pil(artwork.reconstruction.data), *images], out, "adapted.png", written)
 
     print("\nsummary")
     for label, seconds in timings:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from faceedit.models.encoders import Encoder, EncoderConfig
 from faceedit.models.stylegan2 import Generator
+from faceedit.training.state import ResumableTrainer
 
 # n → real-domain images [n, 3, H, W] in [-1, 1] (the renderer), for inversion of non-samples.
 RealImagesFn = Callable[[int, int], Tensor]
@@ -46,7 +47,7 @@ class EncoderTrainingConfig:
                              stage_channels=tuple(self.stage_channels), se_reduction=self.se_reduction)
 
 
-class EncoderTrainer:
+class EncoderTrainer(ResumableTrainer):
     """Trains `Encoder` so that generator.synthesis(encoder.encode(x)) ≈ x."""
 
     def __init__(self, config: EncoderTrainingConfig, generator: Generator, work_dir: Path,
@@ -64,28 +65,8 @@ class EncoderTrainer:
         self.history: list[dict] = []
         self.rng = torch.Generator().manual_seed(config.seed + 1)
 
-    @property
-    def state_path(self) -> Path:
-        return self.work_dir / "train_state.pt"
-
-    def save_state(self) -> None:
-        state = {"step": self.step, "encoder": self.encoder.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "rng": self.rng.get_state(),
-                 "history": json.dumps(self.history), "config": json.dumps(asdict(self.config))}
-        tmp = self.state_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.state_path)
-
-    def resume(self) -> bool:
-        if not self.state_path.is_file():
-            return False
-        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
-        self.encoder.load_state_dict(state["encoder"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.rng.set_state(state["rng"])
-        self.history = json.loads(state["history"])
-        self.step = int(state["step"])
-        return True
+    def state_modules(self) -> dict[str, torch.nn.Module]:
+        return {"encoder": self.encoder}
 
     def sample_codes(self, n: int) -> Tensor:
         """W+ codes near the generator's W manifold: w per sample plus a small per-layer jitter."""

@@ -11,7 +11,6 @@ code of the attributes, which is what InterfaceGAN needs.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from faceedit.models.stylegan2 import Generator, GeneratorConfig
+from faceedit.training.state import ResumableTrainer
 
 # z [B, style_dim] → target images [B, 3, size, size] in [-1, 1].
 TargetFn = Callable[[Tensor], Tensor]
@@ -85,7 +85,7 @@ def _ema_update(ema: Generator, live: Generator, decay: float) -> None:
             b_ema.copy_(b)
 
 
-class GeneratorTrainer:
+class GeneratorTrainer(ResumableTrainer):
     """Owns the live and EMA generators, the optimiser and the resumable training state."""
 
     def __init__(self, config: GeneratorTrainingConfig, target_fn: TargetFn, work_dir: Path):
@@ -108,30 +108,8 @@ class GeneratorTrainer:
         self.history: list[dict] = []
         self.rng = torch.Generator().manual_seed(config.seed + 1)
 
-    @property
-    def state_path(self) -> Path:
-        return self.work_dir / "train_state.pt"
-
-    def save_state(self) -> None:
-        state = {"step": self.step, "generator": self.generator.state_dict(),
-                 "generator_ema": self.generator_ema.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "rng": self.rng.get_state(),
-                 "history": json.dumps(self.history), "config": json.dumps(asdict(self.config))}
-        tmp = self.state_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.state_path)  # atomic: a crash never leaves half a checkpoint
-
-    def resume(self) -> bool:
-        if not self.state_path.is_file():
-            return False
-        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
-        self.generator.load_state_dict(state["generator"])
-        self.generator_ema.load_state_dict(state["generator_ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.rng.set_state(state["rng"])
-        self.history = json.loads(state["history"])
-        self.step = int(state["step"])
-        return True
+    def state_modules(self) -> dict[str, torch.nn.Module]:
+        return {"generator": self.generator, "generator_ema": self.generator_ema}
 
     def lr_factor(self) -> float:
         """Linear warm-up, then cosine decay to final_lr_fraction: sharper samples at the end."""
