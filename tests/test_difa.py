@@ -17,6 +17,7 @@ from faceedit.adaptation.difa import (
     CodeWindow,
     DifaConfig,
     DirectoryCache,
+    MemoryCache,
     adapt,
     cached_source_clip_mean,
     consistency_loss,
@@ -271,17 +272,7 @@ def test_loss_parts_on_tiny_models_are_the_losses_of_the_generated_images(models
 def test_a_checkpoint_store_other_than_a_directory_resumes_the_same_run(models, full_run):
     generator, encoder, clip = models
 
-    class Memory:
-        def __init__(self) -> None:
-            self.blobs: dict[str, bytes] = {}
-
-        def get(self, key: str) -> bytes | None:
-            return self.blobs.get(key)
-
-        def put(self, key: str, data: bytes) -> None:
-            self.blobs[key] = data
-
-    store = Memory()
+    store = MemoryCache()
     with pytest.raises(AdaptationCancelled):
         adapt(generator, encoder, [clip], reference(), FAST, should_cancel=lambda: len(store.blobs) > 0,
               checkpoint_dir=store)

@@ -229,6 +229,19 @@ class BlobCache(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
 
 
+class MemoryCache:
+    """A BlobCache in memory: for one process's runs (an evaluation over several styles, tests)."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+
+    def get(self, key: str) -> bytes | None:
+        return self.blobs.get(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        self.blobs[key] = data
+
+
 class DirectoryCache:
     """A BlobCache on a local directory (the artifact store's default backend)."""
 
@@ -523,6 +536,7 @@ __all__ = [
     "CodeWindow",
     "DifaConfig",
     "DirectoryCache",
+    "MemoryCache",
     "adapt",
     "cached_source_clip_mean",
     "consistency_loss",

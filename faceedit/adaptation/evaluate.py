@@ -13,7 +13,7 @@ from PIL import Image
 from torch import Tensor
 
 from faceedit.adaptation.clip import ClipModel
-from faceedit.adaptation.difa import AdaptationResult, DifaConfig, adapt, cached_source_clip_mean
+from faceedit.adaptation.difa import AdaptationResult, DifaConfig, MemoryCache, adapt, cached_source_clip_mean
 from faceedit.editing.boundary import Boundary
 from faceedit.editing.quality import evaluate_edits
 from faceedit.errors import InvalidInputError
@@ -126,19 +126,6 @@ class AdaptationEvalReport:
                 "base_diversity": self.base_diversity, "random_pair_faithfulness": self.random_pair_faithfulness,
                 "base_edit_success": self.base_edit_success, "clip_mean_seconds": self.clip_mean_seconds,
                 "notes": self.notes, "results": [asdict(r) for r in self.results]}
-
-
-class MemoryCache:
-    """A BlobCache in memory: one evaluation computes the mean source embedding once for all its styles."""
-
-    def __init__(self) -> None:
-        self.blobs: dict[str, bytes] = {}
-
-    def get(self, key: str) -> bytes | None:
-        return self.blobs.get(key)
-
-    def put(self, key: str, data: bytes) -> None:
-        self.blobs[key] = data
 
 
 # -- measurements ----------------------------------------------------------------------------------

@@ -269,6 +269,23 @@ def _adapt(job: Job, rt: Runtime, keeper: LeaseKeeper, on_progress: Callable[[fl
     return _difa_job(job, rt, keeper, on_progress, base, generator_id)
 
 
+def _job_callbacks(job: Job, rt: Runtime, keeper: LeaseKeeper, on_progress: Callable[[float, str], None] | None
+                   ) -> tuple[Callable[[int, int, float], None], Callable[[], bool]]:
+    """What every adaptation method reports through: progress (the last 5 % is kept for storing the
+    result) and the cooperative cancel check (a cancel request, or the lease lost to another worker)."""
+
+    def progress(done: int, total: int, loss: float) -> None:
+        fraction = done / total
+        rt.jobs.set_progress(job.id, fraction * 0.95, f"iteration {done}/{total}, loss {loss:.4f}")
+        if on_progress is not None:
+            on_progress(fraction, f"iteration {done}/{total}")
+
+    def should_cancel() -> bool:
+        return keeper.lost or rt.jobs.get(job.id).cancel_requested
+
+    return progress, should_cancel
+
+
 def _difa_job(job: Job, rt: Runtime, keeper: LeaseKeeper, on_progress: Callable[[float, str], None] | None,
               base: Generator, generator_id: str) -> dict:
     """DIFA on the base with the worker's CLIP models and the base's e4e encoder; resumes from the job's checkpoint."""
@@ -282,14 +299,10 @@ def _difa_job(job: Job, rt: Runtime, keeper: LeaseKeeper, on_progress: Callable[
     reference = load_target(rt, job, max([base.config.size, *(clip.image_size for clip in clips)]))
     rt.jobs.set_progress(job.id, job.progress, "preparing: reference features and the mean source CLIP embedding")
 
-    def progress(done: int, total: int, losses: dict[str, float]) -> None:
-        fraction = done / total
-        rt.jobs.set_progress(job.id, fraction * 0.95, f"iteration {done}/{total}, loss {losses['total']:.4f}")
-        if on_progress is not None:
-            on_progress(fraction, f"iteration {done}/{total}")
+    report, should_cancel = _job_callbacks(job, rt, keeper, on_progress)
 
-    def should_cancel() -> bool:
-        return keeper.lost or rt.jobs.get(job.id).cancel_requested
+    def progress(done: int, total: int, losses: dict[str, float]) -> None:
+        report(done, total, losses["total"])
 
     checkpoints = StoreFolder(rt.store, job_folder(job.id))
     run = dict(progress=progress, should_cancel=should_cancel, checkpoint_dir=checkpoints,
@@ -330,14 +343,7 @@ def _finetune_job(job: Job, rt: Runtime, keeper: LeaseKeeper, on_progress: Calla
     ws = target_latent(rt, job.base_generator, base, target)
     resume = _resume_state(rt, job.id, config)
 
-    def progress(done: int, total: int, loss: float) -> None:
-        fraction = done / total
-        rt.jobs.set_progress(job.id, fraction * 0.95, f"iteration {done}/{total}, loss {loss:.4f}")
-        if on_progress is not None:
-            on_progress(fraction, f"iteration {done}/{total}")
-
-    def should_cancel() -> bool:
-        return keeper.lost or rt.jobs.get(job.id).cancel_requested
+    progress, should_cancel = _job_callbacks(job, rt, keeper, on_progress)
 
     def checkpoint(state: FinetuneState) -> None:
         rt.store.put(state_key(job.id, "finetune"), state.to_bytes())
