@@ -22,12 +22,16 @@ def _budget(minutes: float | None) -> float | None:
 
 
 def cmd_train_generator(args: argparse.Namespace) -> int:
+    from faceedit.synth import load_scorer
     from faceedit.training.generator import GeneratorTrainingConfig, train_demo_generator
     from faceedit.zoo import zoo_dir
 
-    config = GeneratorTrainingConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, threads=args.threads)
+    weights = {} if args.perceptual_weight is None else {"perceptual_weight": args.perceptual_weight}
+    config = GeneratorTrainingConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, threads=args.threads,
+                                     **weights)
     out = Path(args.out) if args.out else zoo_dir() / "generator.pt"
-    train_demo_generator(config, Path(args.work_dir), out, time_budget_s=_budget(args.time_budget_min))
+    scorer = load_scorer(args.scorer) if config.perceptual_weight else None
+    train_demo_generator(config, Path(args.work_dir), out, time_budget_s=_budget(args.time_budget_min), scorer=scorer)
     print(f"wrote {out} and its model card {out.with_suffix('.json').name}")
     return 0
 
@@ -83,8 +87,11 @@ def cmd_eval_zoo(args: argparse.Namespace) -> int:
 
 def register(commands: "CommandGroups") -> None:
     p = commands.train.add_parser("generator", help="distil the face renderer into the demo StyleGAN2 (resumable)")
-    p.add_argument("--steps", type=int, default=7000)
+    p.add_argument("--steps", type=int, default=4500)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--scorer", default=None, help="perceptual critic (default: the zoo's scorer)")
+    p.add_argument("--perceptual-weight", type=float, default=None,
+                   help="weight of the scorer's feature and attribute distances (0: pixels only; default: the config's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--work-dir", default="runs/generator", help="training state, resumed from if present")

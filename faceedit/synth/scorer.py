@@ -163,6 +163,14 @@ class Scorer(nn.Module):
     def _features(self, x: Tensor) -> Tensor:
         return F.silu(self.embed(self.stages(self.stem(x)).flatten(1)))
 
+    def activations(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Prepared images → (the stem's and each stage's feature maps, attribute logits [B, n_attr]).
+        For perceptual losses, where the full-resolution maps see 1-2 px details (eyelids, smiles)."""
+        maps = [self.stem(x)]
+        for stage in self.stages:
+            maps.append(stage(maps[-1]))
+        return maps, self.attr_head(F.silu(self.embed(maps[-1].flatten(1))))
+
     def features(self, images: Tensor) -> Tensor:
         """Penultimate embedding [B, feature_dim], for KID/FID-style statistics and perceptual distances."""
         return self._features(self.prepare(images))

@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,9 @@ from tqdm.auto import tqdm
 
 from faceedit.models.stylegan2 import Generator, GeneratorConfig
 from faceedit.training.state import ResumableTrainer
+
+if TYPE_CHECKING:
+    from faceedit.synth.scorer import Scorer
 
 # z [B, style_dim] → target images [B, 3, size, size] in [-1, 1].
 TargetFn = Callable[[Tensor], Tensor]
@@ -48,6 +51,11 @@ class GeneratorTrainingConfig:
     ema_half_life_images: float = 2_000.0
     multiscale_weights: tuple[float, ...] = (1.0, 0.5, 0.25)
     gradient_weight: float = 1.0
+    # The shipped scorer as a perceptual critic (None/0 turns it off): L2 alone learns hair, skin and
+    # background (most of the pixel variance) and leaves eyes, mouths and glasses for last; the
+    # scorer's feature maps and attribute outputs weigh them as much as they weigh identity.
+    perceptual_weight: float = 0.5
+    attribute_weight: float = 1.0
     warmup_steps: int = 100
     final_lr_fraction: float = 0.1  # cosine decay to this fraction of lr by the last step
     checkpoint_every: int = 250
@@ -77,6 +85,18 @@ def reconstruction_loss(fake: Tensor, real: Tensor, weights: tuple[float, ...], 
     return loss
 
 
+def scorer_guidance_loss(scorer: "Scorer", fake: Tensor, real: Tensor, attribute_weight: float) -> Tensor:
+    """LPIPS-style distance in the scorer's feature maps (channel-normalised, averaged over levels)
+    plus the squared difference of its attribute outputs; gradients flow into `fake` only."""
+    fake_maps, fake_attributes = scorer.activations(scorer.prepare(fake))
+    with torch.no_grad():
+        real_maps, real_attributes = scorer.activations(scorer.prepare(real))
+    loss = fake.new_zeros(())
+    for f, r in zip(fake_maps, real_maps):  # [B, C, h, w] each, from full resolution down to 4 px
+        loss = loss + (F.normalize(f, dim=1) - F.normalize(r, dim=1)).pow(2).sum(dim=1).mean() / len(fake_maps)
+    return loss + attribute_weight * (fake_attributes.sigmoid() - real_attributes.sigmoid()).pow(2).mean()
+
+
 def _ema_update(ema: Generator, live: Generator, decay: float) -> None:
     with torch.no_grad():
         for p_ema, p in zip(ema.parameters(), live.parameters()):
@@ -88,9 +108,11 @@ def _ema_update(ema: Generator, live: Generator, decay: float) -> None:
 class GeneratorTrainer(ResumableTrainer):
     """Owns the live and EMA generators, the optimiser and the resumable training state."""
 
-    def __init__(self, config: GeneratorTrainingConfig, target_fn: TargetFn, work_dir: Path):
+    def __init__(self, config: GeneratorTrainingConfig, target_fn: TargetFn, work_dir: Path,
+                 scorer: "Scorer | None" = None):
         self.config = config
         self.target_fn = target_fn
+        self.scorer = scorer.eval().requires_grad_(False) if scorer is not None and config.perceptual_weight else None
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
@@ -127,6 +149,8 @@ class GeneratorTrainer(ResumableTrainer):
             group["lr"] = base * self.lr_factor()
         fake = self.generator.synthesis(self.generator.broadcast(self.generator.mapping(z)))
         loss = reconstruction_loss(fake, target, cfg.multiscale_weights, cfg.gradient_weight)
+        if self.scorer is not None:
+            loss = loss + cfg.perceptual_weight * scorer_guidance_loss(self.scorer, fake, target, cfg.attribute_weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -222,14 +246,16 @@ def renderer_attributes(z: Tensor) -> dict[str, Tensor]:
 
 
 def train_demo_generator(config: GeneratorTrainingConfig, work_dir: Path, out: Path,
-                         time_budget_s: float | None = None, progress: bool = True) -> Path:
-    """Train (resuming from work_dir if a state is there), export to `out` with its model card."""
+                         time_budget_s: float | None = None, progress: bool = True,
+                         scorer: "Scorer | None" = None) -> Path:
+    """Train (resuming from work_dir if a state is there), export to `out` with its model card.
+    `scorer` is the perceptual critic (see GeneratorTrainingConfig.perceptual_weight)."""
     from faceedit.images import grid, to_pil
     from faceedit.training.cards import git_commit, hardware, write_card
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    trainer = GeneratorTrainer(config, renderer_target(config.size, config.identity_dims), work_dir)
+    trainer = GeneratorTrainer(config, renderer_target(config.size, config.identity_dims), work_dir, scorer=scorer)
     resumed = trainer.resume()
     preview_z = torch.randn(16, config.style_dim, generator=torch.Generator().manual_seed(7))
 
@@ -245,8 +271,8 @@ def train_demo_generator(config: GeneratorTrainingConfig, work_dir: Path, out: P
         "model": "demo generator (StyleGAN2, rosinality layout)",
         "config": generator.config.to_dict(),
         "training": {"objective": "renderer distillation: synthesis(mapping(z)) ≈ render_from_uniform(Φ(z)) (identity from "
-                                  f"{config.identity_dims} z dims), "
-                                  "multiscale L2 + L2 of finite differences (the first 2,500 steps with multiscale L1)",
+                                  f"{config.identity_dims} z dims); multiscale L2 + L2 of finite differences"
+                                  + (" + the scorer's feature-map and attribute distances" if trainer.scorer else ""),
                      "config": asdict(config), "steps": trainer.step, "resumed": resumed,
                      "wall_time_s_this_run": round(time.monotonic() - started, 1),
                      "loss_history": trainer.history[-20:],
