@@ -9,6 +9,7 @@ from faceedit.checkpoints import sha256_file
 from faceedit.models import load_encoder, load_generator
 from faceedit.synth import ATTRIBUTES, load_scorer
 from faceedit.training.cards import read_card
+from faceedit.training.generator import renderer_attributes
 from faceedit.zoo import boundaries, paths
 
 SHIPPED_LIMIT_BYTES = 25 * 1024 * 1024
@@ -50,6 +51,19 @@ def test_generator_samples_are_photo_faces_that_cover_the_attributes(generator):
         spec = ATTRIBUTES[name]
         spread = scores[name].std() / (spec.high - spec.low)
         assert spread > 0.1, f"{name} barely varies across samples (std {spread:.3f} of its range)"
+
+
+def test_generator_draws_the_facial_features_its_z_asks_for(generator):
+    """Distillation gives every z a ground-truth face: the scorer must read the features it decides
+    off the samples (eyes, mouths and glasses were missing from an earlier, pixel-loss-only zoo)."""
+    scorer = load_scorer()
+    z = torch.randn(96, generator.style_dim, generator=torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        scores = scorer.score(generator(z, truncation_psi=1.0).clamp(-1, 1))
+    wanted = renderer_attributes(z)
+    for name in ("smile", "mouth_open", "eyes_open", "glasses", "beard"):
+        correlation = torch.corrcoef(torch.stack([scores[name], wanted[name]]))[0, 1].item()
+        assert correlation > 0.7, f"{name}: samples follow z with correlation {correlation:.2f}"
 
 
 def test_encoder_inverts_generator_samples(zoo, generator):

@@ -87,7 +87,7 @@ def cmd_eval_zoo(args: argparse.Namespace) -> int:
 
 def register(commands: "CommandGroups") -> None:
     p = commands.train.add_parser("generator", help="distil the face renderer into the demo StyleGAN2 (resumable)")
-    p.add_argument("--steps", type=int, default=4500)
+    p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--scorer", default=None, help="perceptual critic (default: the zoo's scorer)")
     p.add_argument("--perceptual-weight", type=float, default=None,

@@ -40,7 +40,7 @@ class GeneratorTrainingConfig:
     channels: dict[int, int] = field(default_factory=lambda: {4: 256, 8: 256, 16: 128, 32: 128, 64: 64})
     identity_dims: int = 4  # directions of z that decide the identity (see renderer_target)
     batch_size: int = 16
-    steps: int = 12_000
+    steps: int = 6_000
     # Regression tolerates (and needs) a larger step than StyleGAN's GAN settings (2e-3, β1 = 0):
     # with those, 500 steps did not beat a constant image; with these, 125 steps reach it.
     lr: float = 1e-2
@@ -51,9 +51,10 @@ class GeneratorTrainingConfig:
     ema_half_life_images: float = 2_000.0
     multiscale_weights: tuple[float, ...] = (1.0, 0.5, 0.25)
     gradient_weight: float = 1.0
-    # The shipped scorer as a perceptual critic (None/0 turns it off): L2 alone learns hair, skin and
-    # background (most of the pixel variance) and leaves eyes, mouths and glasses for last; the
-    # scorer's feature maps and attribute outputs weigh them as much as they weigh identity.
+    # The scorer handed to the trainer as a perceptual critic (weight 0 or no scorer: pixels only).
+    # Pixel losses learn hair, skin and background (most of the pixel variance) and leave eyes,
+    # mouths and glasses for last: 3,250 pixel-only steps drew none; the critic's feature maps and
+    # attribute outputs (smile, eyes, glasses, ...) count those few pixels as much as the rest.
     perceptual_weight: float = 0.5
     attribute_weight: float = 1.0
     warmup_steps: int = 100
