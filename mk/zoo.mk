@@ -6,7 +6,7 @@ ZOO_BIN := $(BIN)/faceedit
 
 zoo: install
 	$(ZOO_BIN) train generator --steps 6000 --threads 2 --work-dir runs/generator
-	$(ZOO_BIN) train encoder --work-dir runs/encoder32 --time-budget-min 18
+	$(ZOO_BIN) train encoder --work-dir runs/encoder --time-budget-min 18
 	$(ZOO_BIN) train clip --threads 1 --time-budget-min 16
 	$(ZOO_BIN) train boundary --n 20000
 	$(MAKE) zoo-eval

@@ -31,7 +31,8 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
                                      **weights)
     out = Path(args.out) if args.out else zoo_dir() / "generator.pt"
     scorer = load_scorer(args.scorer) if config.perceptual_weight else None
-    train_demo_generator(config, Path(args.work_dir), out, time_budget_s=_budget(args.time_budget_min), scorer=scorer)
+    train_demo_generator(config, Path(args.work_dir), out, time_budget_s=_budget(args.time_budget_min), scorer=scorer,
+                         command=_command_line())
     print(f"wrote {out} and its model card {out.with_suffix('.json').name}")
     return 0
 
@@ -43,7 +44,8 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
     config = EncoderTrainingConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
     generator = Path(args.generator) if args.generator else zoo_dir() / "generator.pt"
     out = Path(args.out) if args.out else zoo_dir() / "encoder.pt"
-    train_demo_encoder(config, generator, Path(args.work_dir), out, time_budget_s=_budget(args.time_budget_min))
+    train_demo_encoder(config, generator, Path(args.work_dir), out, time_budget_s=_budget(args.time_budget_min),
+                       command=_command_line())
     print(f"wrote {out} and its model card {out.with_suffix('.json').name}")
     return 0
 

@@ -131,9 +131,9 @@ def export_e4e(encoder: Encoder, generator: Generator, path: Path) -> None:
 
 
 def train_demo_encoder(config: EncoderTrainingConfig, generator_path: Path, work_dir: Path, out: Path,
-                       time_budget_s: float | None = None, progress: bool = True) -> Path:
+                       time_budget_s: float | None = None, progress: bool = True, command: str | None = None) -> Path:
     """Train the zoo encoder for the generator at `generator_path` (resuming if a state is in work_dir),
-    export it in the e4e layout to `out` with its model card."""
+    export it in the e4e layout to `out` with its model card (`command`: what the user typed)."""
     from faceedit.checkpoints import sha256_file
     from faceedit.models import load_generator
     from faceedit.synth import render_faces
@@ -156,8 +156,8 @@ def train_demo_encoder(config: EncoderTrainingConfig, generator_path: Path, work
                      "config": asdict(config), "steps": trainer.step, "resumed": resumed,
                      "wall_time_s_this_run": round(time.monotonic() - started, 1),
                      "loss_history": trainer.history[-20:],
-                     "command": f"faceedit train encoder --generator {generator_path} --work-dir {work_dir} "
-                                f"--out {out} --steps {config.steps}",
+                     "command": command or (f"faceedit train encoder --generator {generator_path} --work-dir {work_dir} "
+                                           f"--out {out} --steps {config.steps}"),
                      "commit": git_commit(), "hardware": hardware()},
     })
     return Path(out)

@@ -248,9 +248,10 @@ def renderer_attributes(z: Tensor) -> dict[str, Tensor]:
 
 def train_demo_generator(config: GeneratorTrainingConfig, work_dir: Path, out: Path,
                          time_budget_s: float | None = None, progress: bool = True,
-                         scorer: "Scorer | None" = None) -> Path:
+                         scorer: "Scorer | None" = None, command: str | None = None) -> Path:
     """Train (resuming from work_dir if a state is there), export to `out` with its model card.
-    `scorer` is the perceptual critic (see GeneratorTrainingConfig.perceptual_weight)."""
+    `scorer` is the perceptual critic (see GeneratorTrainingConfig.perceptual_weight); `command`
+    is what the user typed, for the card."""
     from faceedit.images import grid, to_pil
     from faceedit.training.cards import git_commit, hardware, write_card
 
@@ -277,7 +278,7 @@ def train_demo_generator(config: GeneratorTrainingConfig, work_dir: Path, out: P
                      "config": asdict(config), "steps": trainer.step, "resumed": resumed,
                      "wall_time_s_this_run": round(time.monotonic() - started, 1),
                      "loss_history": trainer.history[-20:],
-                     "command": f"faceedit train generator --work-dir {work_dir} --out {out} --steps {config.steps}",
+                     "command": command or f"faceedit train generator --work-dir {work_dir} --out {out} --steps {config.steps}",
                      "commit": git_commit(), "hardware": hardware()},
     })
     return Path(out)
