@@ -190,6 +190,9 @@ def test_eval_zoo_prints_the_metrics_and_records_them(tiny_zoo, tmp_path, capsys
     assert "KID" in out and "pixel MSE" in out
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["samples"]["n"] == 24 and 0 <= metrics["inversion"]["pixel_mse"] <= 1
+    # The independent KID (the shipped CLIP's features): untrained samples sit far above the floor.
+    samples = metrics["samples"]
+    assert "CLIP" in out and samples["kid_independent"] > samples["kid_independent_floor"] + 3 * samples["kid_independent_std"]
     assert (tmp_path / "docs" / "samples.png").is_file() and (tmp_path / "docs" / "inversion.png").is_file()
     card = read_card(generator_path)
     assert card["metrics"]["samples"]["kid"] == pytest.approx(metrics["samples"]["kid"])

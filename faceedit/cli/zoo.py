@@ -56,6 +56,17 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
     return scorer.run(args, _command_line())
 
 
+def _independent_embedder(weights: str | Path | None):
+    """The demo CLIP's image encoder (trained on renders, never seen by the generator's training), or None."""
+    if weights is None:
+        return None
+    from faceedit.adaptation.clip import ClipConfig, load_clip
+    from faceedit.checkpoints import sidecar_path
+
+    clip = load_clip(ClipConfig(config_path=str(sidecar_path(Path(weights))), weights=str(weights)))
+    return clip.encode_image
+
+
 def cmd_eval_zoo(args: argparse.Namespace) -> int:
     from faceedit.models import load_encoder, load_generator
     from faceedit.synth import load_scorer
@@ -70,7 +81,7 @@ def cmd_eval_zoo(args: argparse.Namespace) -> int:
     encoder = load_encoder(encoder_path) if encoder_path else None
     scorer = load_scorer(args.scorer)
     config = ZooEvalConfig(n_samples=args.n_samples, n_inversion=args.n_inversion, seed=args.seed)
-    sample = sample_quality(generator, scorer, config)
+    sample = sample_quality(generator, scorer, config, independent=_independent_embedder(args.clip or files.get("clip")))
     inversion = inversion_quality(generator, encoder, scorer, config) if encoder is not None else None
     print(format_report(sample, inversion))
     if args.docs:
@@ -121,6 +132,7 @@ def register(commands: "CommandGroups") -> None:
     p.add_argument("--generator", default=None)
     p.add_argument("--encoder", default=None)
     p.add_argument("--scorer", default=None)
+    p.add_argument("--clip", default=None, help="CLIP weights for the independent KID (default: the zoo's CLIP)")
     p.add_argument("--n-samples", type=int, default=2000)
     p.add_argument("--n-inversion", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)

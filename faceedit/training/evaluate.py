@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -65,8 +65,17 @@ def attribute_distance(a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, 
     return out
 
 
-def sample_quality(generator: Generator, scorer: Scorer, config: ZooEvalConfig, progress: bool = True) -> dict[str, Any]:
-    """Generator samples vs renders, both seen through the scorer, with renders vs renders as the floor."""
+# images [B, 3, H, W] in [-1, 1] → embeddings [B, D]
+Embedder = Callable[[Tensor], Tensor]
+
+
+def sample_quality(generator: Generator, scorer: Scorer, config: ZooEvalConfig, progress: bool = True,
+                   independent: Embedder | None = None) -> dict[str, Any]:
+    """Generator samples vs renders, both seen through the scorer, with renders vs renders as the floor.
+
+    The demo generator trains with the scorer as its critic, so the scorer's KID is not an
+    independent judge; `independent` (the demo CLIP's image encoder) adds a KID in features the
+    generator never saw."""
     size = generator.config.size
     z = torch.randn(config.n_samples, generator.style_dim, generator=torch.Generator().manual_seed(config.seed))
     fakes = _batched(lambda c: generator(c, truncation_psi=config.truncation), z, config.batch_size,
@@ -79,13 +88,20 @@ def sample_quality(generator: Generator, scorer: Scorer, config: ZooEvalConfig, 
     kid, kid_std = kernel_inception_distance(f_fake, f_ref)
     kid_floor, kid_floor_std = kernel_inception_distance(f_floor, f_ref)
     w_fake, w_floor = attribute_distance(s_fake, s_ref), attribute_distance(s_floor, s_ref)
+    independent_kid = {}
+    if independent is not None:
+        e_fake, e_ref, e_floor = (_batched(independent, images, config.batch_size, "independent features", progress)
+                                  for images in (fakes, reference, floor))
+        (k, k_std), (kf, kf_std) = kernel_inception_distance(e_fake, e_ref), kernel_inception_distance(e_floor, e_ref)
+        independent_kid = {"kid_independent": k, "kid_independent_std": k_std,
+                           "kid_independent_floor": kf, "kid_independent_floor_std": kf_std}
     # The generator was taught render(Φ(z)): how well does each sample show the attributes its z asked for?
     truth = renderer_attributes(z)
     fidelity = {name: float((s_fake[name] - truth[name]).abs().mean() / (spec.high - spec.low))
                 for name, spec in ATTRIBUTES.items()}
     return {
         "n": config.n_samples,
-        "kid": kid, "kid_std": kid_std, "kid_floor": kid_floor, "kid_floor_std": kid_floor_std,
+        "kid": kid, "kid_std": kid_std, "kid_floor": kid_floor, "kid_floor_std": kid_floor_std, **independent_kid,
         "attribute_w1": w_fake, "attribute_w1_floor": w_floor,
         "attribute_w1_mean": sum(w_fake.values()) / len(w_fake),
         "attribute_w1_floor_mean": sum(w_floor.values()) / len(w_floor),
@@ -150,6 +166,9 @@ def format_report(sample: dict[str, Any] | None, inversion: dict[str, Any] | Non
         lines += [f"sample quality (n={sample['n']}, scorer features/scores; floor = renders vs renders)",
                   f"  KID x1000       generator {1000 * sample['kid']:.2f} ± {1000 * sample['kid_std']:.2f}"
                   f"   floor {1000 * sample['kid_floor']:.2f} ± {1000 * sample['kid_floor_std']:.2f}",
+                  *([f"  KID x1000 (CLIP, independent of training) generator {1000 * sample['kid_independent']:.2f}"
+                     f" ± {1000 * sample['kid_independent_std']:.2f}   floor {1000 * sample['kid_independent_floor']:.2f}"
+                     f" ± {1000 * sample['kid_independent_floor_std']:.2f}"] if "kid_independent" in sample else []),
                   f"  glasses rate    generator {sample['glasses_rate']:.3f}   renders {sample['glasses_rate_renders']:.3f}",
                   f"  {'attribute':<12} {'W1/range':>9} {'floor':>7} {'fidelity MAE/range':>19}"]
         for name in ATTRIBUTES:
