@@ -166,9 +166,10 @@ def format_report(sample: dict[str, Any] | None, inversion: dict[str, Any] | Non
         lines += [f"sample quality (n={sample['n']}, scorer features/scores; floor = renders vs renders)",
                   f"  KID x1000       generator {1000 * sample['kid']:.2f} ± {1000 * sample['kid_std']:.2f}"
                   f"   floor {1000 * sample['kid_floor']:.2f} ± {1000 * sample['kid_floor_std']:.2f}",
-                  *([f"  KID x1000 (CLIP, independent of training) generator {1000 * sample['kid_independent']:.2f}"
-                     f" ± {1000 * sample['kid_independent_std']:.2f}   floor {1000 * sample['kid_independent_floor']:.2f}"
-                     f" ± {1000 * sample['kid_independent_floor_std']:.2f}"] if "kid_independent" in sample else []),
+                  # Unit-norm CLIP embeddings give small kernel values: three decimals.
+                  *([f"  KID x1000 (CLIP, independent of training) generator {1000 * sample['kid_independent']:.3f}"
+                     f" ± {1000 * sample['kid_independent_std']:.3f}   floor {1000 * sample['kid_independent_floor']:.3f}"
+                     f" ± {1000 * sample['kid_independent_floor_std']:.3f}"] if "kid_independent" in sample else []),
                   f"  glasses rate    generator {sample['glasses_rate']:.3f}   renders {sample['glasses_rate_renders']:.3f}",
                   f"  {'attribute':<12} {'W1/range':>9} {'floor':>7} {'fidelity MAE/range':>19}"]
         for name in ATTRIBUTES:
