@@ -138,6 +138,21 @@ class TestTrainers:
         second.train(progress=False)
         assert second.step == 3
 
+    def test_a_run_paused_and_extended_replays_step_for_step(self, tmp_path):
+        """The zoo's schedule: planned for N steps, paused at k, resumed for M > N. A replay with
+        stop_at_step must land on exactly the same weights (what makes `make zoo` reproduce the card)."""
+        def run(work_dir):
+            first = GeneratorTrainer(GeneratorTrainingConfig(steps=4, **TINY_GENERATOR), renderer_target(32), work_dir)
+            first.train(progress=False, stop_at_step=2)
+            assert first.step == 2
+            second = GeneratorTrainer(GeneratorTrainingConfig(steps=5, **TINY_GENERATOR), renderer_target(32), work_dir)
+            assert second.resume() and second.step == 2
+            second.train(progress=False)
+            return second
+        a, b = run(tmp_path / "a"), run(tmp_path / "b")
+        assert a.step == b.step == 5
+        assert all(torch.equal(p, q) for p, q in zip(a.generator_ema.parameters(), b.generator_ema.parameters()))
+
     def test_the_loss_goes_down_on_a_fixed_target(self, tmp_path):
         config = GeneratorTrainingConfig(steps=30, **{**TINY_GENERATOR, "checkpoint_every": 100})
         target = renderer_target(32)

@@ -32,7 +32,7 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else zoo_dir() / "generator.pt"
     scorer = load_scorer(args.scorer) if config.perceptual_weight else None
     train_demo_generator(config, Path(args.work_dir), out, time_budget_s=_budget(args.time_budget_min), scorer=scorer,
-                         command=_command_line())
+                         command=_command_line(), stop_at_step=args.stop_at_step)
     print(f"wrote {out} and its model card {out.with_suffix('.json').name}")
     return 0
 
@@ -110,6 +110,8 @@ def register(commands: "CommandGroups") -> None:
     p.add_argument("--work-dir", default="runs/generator", help="training state, resumed from if present")
     p.add_argument("--out", default=None, help="default: the zoo's generator.pt")
     p.add_argument("--time-budget-min", type=float, default=None, help="stop (resumably) after this long")
+    p.add_argument("--stop-at-step", type=int, default=None,
+                   help="stop (resumably) at this step of the --steps schedule; resume later, maybe with more --steps")
     p.set_defaults(run=cmd_train_generator)
 
     p = commands.train.add_parser("encoder", help="train the demo e4e encoder for a generator (resumable)")

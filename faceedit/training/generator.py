@@ -161,13 +161,17 @@ class GeneratorTrainer(ResumableTrainer):
         return loss.item()
 
     def train(self, progress: bool = True, time_budget_s: float | None = None,
-              on_checkpoint: Callable[["GeneratorTrainer"], None] | None = None) -> Generator:
-        """Run until `steps` (or the time budget) is reached, checkpointing as it goes."""
+              on_checkpoint: Callable[["GeneratorTrainer"], None] | None = None,
+              stop_at_step: int | None = None) -> Generator:
+        """Run until `steps` (or the time budget, or `stop_at_step`) is reached, checkpointing as it goes.
+        `stop_at_step` pauses resumably inside the schedule, so a run that was extended mid-way
+        (the zoo's was) can be replayed step for step."""
         cfg = self.config
+        last = cfg.steps if stop_at_step is None else min(cfg.steps, stop_at_step)
         started = time.monotonic()
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="generator", unit="step")
         running = None
-        while self.step < cfg.steps:
+        while self.step < last:
             loss = self.train_step()
             running = loss if running is None else 0.98 * running + 0.02 * loss
             bar.update(1)
@@ -179,8 +183,8 @@ class GeneratorTrainer(ResumableTrainer):
                 if on_checkpoint is not None:
                     on_checkpoint(self)
             if time_budget_s is not None and time.monotonic() - started > time_budget_s:
-                self.save_state()
                 break
+        self.save_state()
         bar.close()
         return self.generator_ema
 
@@ -248,7 +252,8 @@ def renderer_attributes(z: Tensor) -> dict[str, Tensor]:
 
 def train_demo_generator(config: GeneratorTrainingConfig, work_dir: Path, out: Path,
                          time_budget_s: float | None = None, progress: bool = True,
-                         scorer: "Scorer | None" = None, command: str | None = None) -> Path:
+                         scorer: "Scorer | None" = None, command: str | None = None,
+                         stop_at_step: int | None = None) -> Path:
     """Train (resuming from work_dir if a state is there), export to `out` with its model card.
     `scorer` is the perceptual critic (see GeneratorTrainingConfig.perceptual_weight); `command`
     is what the user typed, for the card."""
@@ -267,7 +272,8 @@ def train_demo_generator(config: GeneratorTrainingConfig, work_dir: Path, out: P
         grid(to_pil(torch.cat([images, t.target_fn(preview_z)])), columns=16).save(t.work_dir / "preview.png")
 
     started = time.monotonic()
-    generator = trainer.train(progress=progress, time_budget_s=time_budget_s, on_checkpoint=preview)
+    generator = trainer.train(progress=progress, time_budget_s=time_budget_s, on_checkpoint=preview,
+                              stop_at_step=stop_at_step)
     export_rosinality(generator, Path(out))
     write_card(Path(out), {
         "model": "demo generator (StyleGAN2, rosinality layout)",
