@@ -153,6 +153,19 @@ class TestTrainers:
         assert a.step == b.step == 5
         assert all(torch.equal(p, q) for p, q in zip(a.generator_ema.parameters(), b.generator_ema.parameters()))
 
+    def test_an_encoder_run_stopped_at_a_step_replays_exactly(self, tiny_zoo, tmp_path):
+        from faceedit.training.encoder import EncoderTrainer
+
+        _, generator_path, _ = tiny_zoo
+        runs = []
+        for name in ("a", "b"):
+            trainer = EncoderTrainer(EncoderTrainingConfig(steps=4, **TINY_ENCODER), load_generator(generator_path),
+                                     tmp_path / name)
+            trainer.train(progress=False, stop_at_step=2)
+            runs.append(trainer)
+        assert runs[0].step == runs[1].step == 2
+        assert all(torch.equal(p, q) for p, q in zip(runs[0].encoder.parameters(), runs[1].encoder.parameters()))
+
     def test_the_loss_goes_down_on_a_fixed_target(self, tmp_path):
         config = GeneratorTrainingConfig(steps=30, **{**TINY_GENERATOR, "checkpoint_every": 100})
         target = renderer_target(32)

@@ -45,7 +45,7 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
     generator = Path(args.generator) if args.generator else zoo_dir() / "generator.pt"
     out = Path(args.out) if args.out else zoo_dir() / "encoder.pt"
     train_demo_encoder(config, generator, Path(args.work_dir), out, time_budget_s=_budget(args.time_budget_min),
-                       command=_command_line())
+                       command=_command_line(), stop_at_step=args.stop_at_step)
     print(f"wrote {out} and its model card {out.with_suffix('.json').name}")
     return 0
 
@@ -121,7 +121,8 @@ def register(commands: "CommandGroups") -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", default="runs/encoder")
     p.add_argument("--out", default=None, help="default: the zoo's encoder.pt")
-    p.add_argument("--time-budget-min", type=float, default=None)
+    p.add_argument("--time-budget-min", type=float, default=None, help="stop (resumably) after this long")
+    p.add_argument("--stop-at-step", type=int, default=None, help="stop (resumably) at this step of the --steps schedule")
     p.set_defaults(run=cmd_train_encoder)
 
     from faceedit.training.scorer import add_arguments

@@ -97,12 +97,16 @@ class EncoderTrainer(ResumableTrainer):
         self.step += 1
         return {"loss": loss.item(), "latent": latent_loss.item(), "image": image_loss.item()}
 
-    def train(self, progress: bool = True, time_budget_s: float | None = None) -> Encoder:
+    def train(self, progress: bool = True, time_budget_s: float | None = None,
+              stop_at_step: int | None = None) -> Encoder:
+        """Run until `steps`, the time budget or `stop_at_step` (a resumable pause that replays a
+        budget-stopped run step for step), checkpointing as it goes."""
         cfg = self.config
+        last = cfg.steps if stop_at_step is None else min(cfg.steps, stop_at_step)
         started = time.monotonic()
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="encoder", unit="step")
         running: dict[str, float] = {}
-        while self.step < cfg.steps:
+        while self.step < last:
             losses = self.train_step()
             running = {k: v if k not in running else 0.98 * running[k] + 0.02 * v for k, v in losses.items()}
             bar.update(1)
@@ -112,8 +116,8 @@ class EncoderTrainer(ResumableTrainer):
                                      "elapsed_s": round(time.monotonic() - started, 1)})
                 self.save_state()
             if time_budget_s is not None and time.monotonic() - started > time_budget_s:
-                self.save_state()
                 break
+        self.save_state()
         bar.close()
         return self.encoder.eval()
 
@@ -131,7 +135,8 @@ def export_e4e(encoder: Encoder, generator: Generator, path: Path) -> None:
 
 
 def train_demo_encoder(config: EncoderTrainingConfig, generator_path: Path, work_dir: Path, out: Path,
-                       time_budget_s: float | None = None, progress: bool = True, command: str | None = None) -> Path:
+                       time_budget_s: float | None = None, progress: bool = True, command: str | None = None,
+                       stop_at_step: int | None = None) -> Path:
     """Train the zoo encoder for the generator at `generator_path` (resuming if a state is in work_dir),
     export it in the e4e layout to `out` with its model card (`command`: what the user typed)."""
     from faceedit.checkpoints import sha256_file
@@ -145,7 +150,7 @@ def train_demo_encoder(config: EncoderTrainingConfig, generator_path: Path, work
                              real_images=lambda n, seed: render_faces(n, seed, size=size)[0])
     resumed = trainer.resume()
     started = time.monotonic()
-    encoder = trainer.train(progress=progress, time_budget_s=time_budget_s)
+    encoder = trainer.train(progress=progress, time_budget_s=time_budget_s, stop_at_step=stop_at_step)
     export_e4e(encoder, generator, Path(out))
     write_card(Path(out), {
         "model": "demo encoder (e4e layout, small backbone)",
