@@ -56,15 +56,14 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
     return scorer.run(args, _command_line())
 
 
-def _independent_embedder(weights: str | Path | None):
-    """The demo CLIP's image encoder (trained on renders, never seen by the generator's training), or None."""
-    if weights is None:
+def _independent_embedder(spec: str | Path | None):
+    """The image encoder of the CLIP that `spec` names ("[architecture=]weights"; the demo CLIP was
+    trained on renders and never seen by the generator's training), or None."""
+    if spec is None:
         return None
-    from faceedit.adaptation.clip import ClipConfig, load_clip
-    from faceedit.checkpoints import sidecar_path
+    from faceedit.adaptation.clip import load_clip, parse_clip_spec
 
-    clip = load_clip(ClipConfig(config_path=str(sidecar_path(Path(weights))), weights=str(weights)))
-    return clip.encode_image
+    return load_clip(parse_clip_spec(str(spec), field="clip")[0]).encode_image
 
 
 def cmd_eval_zoo(args: argparse.Namespace) -> int:

@@ -161,7 +161,10 @@ class Scorer(nn.Module):
 
     # -- network ------------------------------------------------------------------------------
     def _features(self, x: Tensor) -> Tensor:
-        return F.silu(self.embed(self.stages(self.stem(x)).flatten(1)))
+        return self._embedding(self.stages(self.stem(x)))
+
+    def _embedding(self, last_map: Tensor) -> Tensor:
+        return F.silu(self.embed(last_map.flatten(1)))
 
     def activations(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         """Prepared images → (the stem's and each stage's feature maps, attribute logits [B, n_attr]).
@@ -169,7 +172,7 @@ class Scorer(nn.Module):
         maps = [self.stem(x)]
         for stage in self.stages:
             maps.append(stage(maps[-1]))
-        return maps, self.attr_head(F.silu(self.embed(maps[-1].flatten(1))))
+        return maps, self.attr_head(self._embedding(maps[-1]))
 
     def features(self, images: Tensor) -> Tensor:
         """Penultimate embedding [B, feature_dim], for KID/FID-style statistics and perceptual distances."""
