@@ -134,7 +134,7 @@ def register(commands: "CommandGroups") -> None:
     p.add_argument("--generator", default=None)
     p.add_argument("--encoder", default=None)
     p.add_argument("--scorer", default=None)
-    p.add_argument("--clip", default=None, help="CLIP weights for the independent KID (default: the zoo's CLIP)")
+    p.add_argument("--clip", default=None, help="CLIP for the independent KID, \"[architecture=]weights\" (default: the zoo's CLIP)")
     p.add_argument("--n-samples", type=int, default=2000)
     p.add_argument("--n-inversion", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
