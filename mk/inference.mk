@@ -1,9 +1,9 @@
 # TorchServe model directories and the inference server (services/inference). Included by the Makefile.
-ZOO_DIR ?= model_store/demo
 MAR_DIR ?= model_store
 MAR_STAMP := $(MAR_DIR)/.mar-built
-MAR_INPUTS := $(ZOO_DIR)/generator.pt $(ZOO_DIR)/encoder.pt \
-	$(wildcard services/inference/*.py services/inference/config/*)
+# The archives hold handler code and settings only: the handlers load the weights that the model
+# configuration names (FACEEDIT_MODELS, `make demo MODELS=...`), so they need no rebuild for other weights.
+MAR_INPUTS := $(wildcard services/inference/*.py services/inference/config/*)
 SERVICE_TEST_ARGS ?=
 # The inference, state and worker tests (the editor's tests in tests/services run under test-editor).
 INFERENCE_TESTS := $(addprefix tests/services/,test_protocol.py test_artifacts.py test_registry.py \
@@ -16,12 +16,8 @@ INFERENCE_TESTS := $(addprefix tests/services/,test_protocol.py test_artifacts.p
 mar: $(MAR_STAMP)
 
 $(MAR_STAMP): $(MAR_INPUTS) | $(STAMP)
-	$(BIN)/python -m services.inference.archive --generator $(ZOO_DIR)/generator.pt \
-		--encoder $(ZOO_DIR)/encoder.pt --export $(MAR_DIR)
+	$(BIN)/python -m services.inference.archive --export $(MAR_DIR)
 	@touch $@
-
-$(ZOO_DIR)/generator.pt $(ZOO_DIR)/encoder.pt:
-	@echo "$@ is missing: train the demo zoo first (see README)" >&2; exit 1
 
 # TorchServe on loopback, in the background; ports and paths from FACEEDIT_TS_* (random ports by default).
 inference-start: mar

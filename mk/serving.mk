@@ -4,6 +4,9 @@ PROTO_STAMP := $(PROTO_GEN)/.stamp
 PROTO_SRC := $(wildcard protos/faceedit/v1/*.proto)
 RUN_DIR ?= run
 DEMO_OUT ?= out
+# The model configuration every service reads (services/common/models.py); empty: the demo zoo's.
+MODELS ?=
+MODELS_ARG := $(if $(MODELS),--models $(abspath $(MODELS)))
 
 .PHONY: protos demo stop demo-up test-editor
 
@@ -20,11 +23,11 @@ test: protos
 # Start everything on loopback, run examples/client_demo.py, leave the stack up for `make stop`.
 # Ctrl-C (or a failure) while it runs stops every process it started.
 demo: install protos mar
-	nice -n 10 $(BIN)/python -m services.launcher up --run-root $(RUN_DIR) --model-store $(MAR_DIR) --demo --out $(DEMO_OUT)
+	nice -n 10 $(BIN)/python -m services.launcher up --run-root $(RUN_DIR) --model-store $(MAR_DIR) $(MODELS_ARG) --demo --out $(DEMO_OUT)
 
 # The stack without the client session.
 demo-up: install protos mar
-	$(BIN)/python -m services.launcher up --run-root $(RUN_DIR) --model-store $(MAR_DIR)
+	$(BIN)/python -m services.launcher up --run-root $(RUN_DIR) --model-store $(MAR_DIR) $(MODELS_ARG)
 
 stop:
 	@test -x $(BIN)/python && $(BIN)/python -m services.launcher down --run-root $(RUN_DIR) || true

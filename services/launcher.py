@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from faceedit.errors import FaceEditError
 from services.common.redis_server import free_port, redis_executable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +58,9 @@ def _wait(check, what: str, process: subprocess.Popen | None, log: Path, timeout
     deadline = time.monotonic() + timeout
     while not check():
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}; see {log}")
+            last = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
+            raise RuntimeError(f"{what} exited with {process.returncode}; see {log}"
+                               + (f"; its last line: {last[0][:500]}" if last else ""))
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not ready after {timeout:.0f} s; see {log}")
         time.sleep(0.2)
@@ -87,9 +90,15 @@ def base_env() -> dict[str, str]:
 
 
 def up(run_root: Path, model_store: Path, editor_port: int = 0, worker: bool = True,
-       timeout: float = 300.0, extra_keys: dict[str, str] | None = None) -> Stack:
-    """Start the stack; on any failure stop what was started and re-raise."""
+       timeout: float = 300.0, extra_keys: dict[str, str] | None = None, models: Path | None = None) -> Stack:
+    """Start the stack; on any failure stop what was started and re-raise. `models`: the model
+    configuration every process reads (default: $FACEEDIT_MODELS, else the demo zoo's)."""
+    from services.common.models import ENV as MODELS_ENV
+    from services.common.models import load_model_config
     from services.inference.server import TorchServe, TorchServeConfig
+
+    # Checked before anything starts: a bad file is one clear message, not four failed processes.
+    model_config = load_model_config(models)
 
     run_root.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("demo-%Y%m%d-%H%M%S")
@@ -120,7 +129,8 @@ def up(run_root: Path, model_store: Path, editor_port: int = 0, worker: bool = T
 
         artifacts = str(run_dir / "artifacts")
         shared = {"FACEEDIT_REDIS_URL": stack.redis_url, "FACEEDIT_ARTIFACT_STORE_URL": artifacts,
-                  "FACEEDIT_REDIS_NAMESPACE": "faceedit"}
+                  "FACEEDIT_REDIS_NAMESPACE": "faceedit", MODELS_ENV: str(model_config.source)}
+        _log(f"models     {model_config.source} (default generator {model_config.default_generator!r})")
         env.update(shared)
 
         # TorchServe, loopback only, token auth off on loopback (see services.inference.server._token_auth).
@@ -250,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     start = sub.add_parser("up", help="start the stack (and with --demo run the client session)")
     start.add_argument("--run-root", type=Path, default=REPO / "run")
     start.add_argument("--model-store", type=Path, default=REPO / "model_store")
+    start.add_argument("--models", type=Path, default=None,
+                       help="model configuration (services/common/models.py) for every service; "
+                            "default: $FACEEDIT_MODELS, else the demo zoo's models.yaml")
     start.add_argument("--editor-port", type=int, default=int(os.environ.get("FACEEDIT_DEMO_PORT", "0")))
     start.add_argument("--no-worker", action="store_true")
     start.add_argument("--demo", action="store_true", help="run examples/client_demo.py against the stack")
@@ -269,9 +282,12 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"a stack is already running ({current.resolve()}); `make stop` first")
         return 1
     try:
-        stack = up(args.run_root, args.model_store, args.editor_port, worker=not args.no_worker)
+        stack = up(args.run_root, args.model_store, args.editor_port, worker=not args.no_worker, models=args.models)
     except KeyboardInterrupt:
         return 130  # up() already stopped what it had started
+    except FaceEditError as exc:  # a bad model configuration, before anything started
+        _log(f"cannot start: {exc}")
+        return 2
     code = 0
     try:
         if args.demo:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 from dataclasses import replace
 
 import pytest
 import torch
 
-from faceedit.adaptation import difa
+from faceedit.adaptation import clip_mean, difa
 from faceedit.adaptation.clip import ClipModel, build_clip_module, wrap_clip
 from faceedit.adaptation.delta import apply_delta, state_fingerprint, trainable_names
 from faceedit.adaptation.difa import (
@@ -27,7 +29,9 @@ from faceedit.adaptation.difa import (
     local_loss,
     make_target,
     reference_direction,
+    source_clip_mean,
 )
+from faceedit.adaptation.clip_mean import has_source_mean, prepare_source_mean, source_mean_key
 from faceedit.checkpoints import read_checkpoint
 from faceedit.errors import (
     CheckpointError,
@@ -335,16 +339,12 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(models, full_run,
 
 def test_cancel_stops_cooperatively_and_the_run_can_resume(models, full_run, tmp_path):
     generator, encoder, clip = models
-    polls: list[int] = []
-
-    def cancel_on_fourth_poll() -> bool:
-        polls.append(1)
-        return len(polls) == 4
+    done: list[int] = []  # should_cancel is polled during the source mean too, so count iterations
 
     with pytest.raises(AdaptationCancelled) as err:
-        adapt(generator, encoder, [clip], reference(), FAST, should_cancel=cancel_on_fourth_poll,
-              checkpoint_dir=tmp_path)
-    assert err.value.iteration == 3
+        adapt(generator, encoder, [clip], reference(), FAST, progress=lambda d, total, losses: done.append(d),
+              should_cancel=lambda: len(done) == 3, checkpoint_dir=tmp_path)
+    assert err.value.iteration == 3 and not err.value.preparing
     resumed = adapt(generator, encoder, [clip], reference(), FAST, checkpoint_dir=tmp_path)
     assert resumed.resumed_from == 3
     assert all(torch.equal(resumed.delta[n], full_run.delta[n]) for n in full_run.delta)
@@ -352,8 +352,11 @@ def test_cancel_stops_cooperatively_and_the_run_can_resume(models, full_run, tmp
 
 def test_a_checkpoint_from_another_run_is_refused(models, tmp_path):
     generator, encoder, clip = models
+    means = MemoryCache()
+    cached_source_clip_mean(generator, clip, FAST, means)  # so the first poll is before iteration 1, not a batch
     with pytest.raises(AdaptationCancelled):
-        adapt(generator, encoder, [clip], reference(), FAST, should_cancel=lambda: True, checkpoint_dir=tmp_path)
+        adapt(generator, encoder, [clip], reference(), FAST, should_cancel=lambda: True, checkpoint_dir=tmp_path,
+              clip_mean_cache=means)
     with pytest.raises(CheckpointMismatchError) as err:
         adapt(generator, encoder, [clip], reference(seed=9), FAST, checkpoint_dir=tmp_path)
     assert CHECKPOINT_FILE in err.value.path
@@ -382,10 +385,130 @@ def test_source_clip_mean_is_computed_once_per_generator_and_clip(models, tmp_pa
     def must_not_run(*args, **kwargs):
         raise AssertionError("recomputed despite the cache")
 
-    monkeypatch.setattr(difa, "source_clip_mean", must_not_run)
+    monkeypatch.setattr(clip_mean, "source_clip_means", must_not_run)
     assert torch.equal(cached_source_clip_mean(generator, clip, FAST, cache), first)
     with pytest.raises(AssertionError, match="recomputed"):  # another generator is another key
         cached_source_clip_mean(tiny_generator(seed=5), clip, FAST, cache)
+
+
+def _mean_the_old_way(generator: Generator, clip: ClipModel, samples: int, batch: int) -> torch.Tensor:
+    """The loop the cached means were computed with before progress existed: the numbers must not move."""
+    z_all = torch.randn(samples, generator.style_dim, generator=torch.Generator().manual_seed(0))
+    rng = torch.Generator().manual_seed(0)
+    total = None
+    with torch.no_grad():
+        for z in z_all.split(batch):
+            ws = generator.broadcast(generator.truncate(generator.mapping(z), 1.0))
+            emb = clip.encode_image(generator.synthesis(ws, noise=generator.make_noise(z.shape[0], generator=rng)))
+            total = emb.sum(0) if total is None else total + emb.sum(0)
+    return total / samples
+
+
+def test_source_mean_reports_samples_done_after_each_batch_and_keeps_its_numbers(models):
+    generator, _, clip = models
+    seen: list[tuple[int, int]] = []
+    mean = source_clip_mean(generator, clip, samples=5, batch=2,
+                            progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(0, 5), (2, 5), (4, 5), (5, 5)]  # 0 first: computing starts; then after each batch
+    assert torch.equal(mean, _mean_the_old_way(generator, clip, 5, 2))
+    with pytest.raises(InvalidInputError) as err:
+        source_clip_mean(generator, clip, samples=0)
+    assert err.value.field == "samples"
+
+
+def test_several_clips_share_one_pass_and_each_gets_its_own_mean(models):
+    generator, _, clip = models
+    other = tiny_clip(seed=8)
+    calls: list[int] = []
+    both = clip_mean.source_clip_means(generator, [clip, other], samples=4, batch=2,
+                                       progress=lambda done, total: calls.append(done))
+    assert calls == [0, 2, 4]  # one pass over the source samples, not one per CLIP
+    assert torch.equal(both[0], _mean_the_old_way(generator, clip, 4, 2))
+    assert torch.equal(both[1], _mean_the_old_way(generator, other, 4, 2))
+
+
+def test_prepare_computes_only_the_missing_means_and_a_second_call_nothing(models):
+    generator, _, clip = models
+    other = tiny_clip(seed=8)
+    cache = MemoryCache()
+    assert not has_source_mean(generator, [clip], FAST, cache)
+    cached_source_clip_mean(generator, clip, FAST, cache)
+    assert has_source_mean(generator, [clip], FAST, cache) and not has_source_mean(generator, [clip, other], FAST,
+                                                                                    cache)
+    counts: list[int] = []
+    keys = prepare_source_mean(generator, [clip, other], FAST, cache, lambda done, total: counts.append(done))
+    assert list(keys.values()) == [False, True] and counts == [0, FAST.clip_mean_samples]
+    assert list(keys) == [source_mean_key(generator, c, FAST) for c in (clip, other)]
+    assert set(cache.blobs) == set(keys) and has_source_mean(generator, [clip, other], FAST, cache)
+    counts.clear()
+    again = prepare_source_mean(generator, [clip, other], FAST, cache, lambda done, total: counts.append(done))
+    assert again == dict.fromkeys(keys, False) and counts == []
+    # The key is the one caches were written under before: existing caches stay valid.
+    gen_fp, clip_fp = state_fingerprint(generator), state_fingerprint(clip.model)
+    assert list(keys)[0] == f"clip-mean/{gen_fp[:24]}-{clip_fp[:24]}-32-n4-t1.safetensors"
+    cache.blobs[list(keys)[0]] = b"damaged"  # unreadable: counts as missing and is rewritten
+    assert prepare_source_mean(generator, [clip], FAST, cache) == {list(keys)[0]: True}
+
+
+def test_adapt_reports_preparing_only_when_it_computes_the_mean(models):
+    generator, encoder, clip = models
+    config = replace(FAST, iterations=1, clip_mean_batch=2)
+    cache = MemoryCache()
+    prepared: list[int] = []
+    adapt(generator, encoder, [clip], reference(), config, clip_mean_cache=cache,
+          prepare_progress=lambda done, total: prepared.append(done))
+    assert prepared == [0, 2, 4]
+    prepared.clear()
+    adapt(generator, encoder, [clip], reference(), config, clip_mean_cache=cache,
+          prepare_progress=lambda done, total: prepared.append(done))
+    assert prepared == []
+
+
+def test_cancel_while_preparing_stops_before_any_iteration_and_caches_nothing(models, tmp_path):
+    generator, encoder, clip = models
+    config = replace(FAST, clip_mean_batch=2)
+    cache = MemoryCache()
+    prepared: list[int] = []
+    with pytest.raises(AdaptationCancelled) as err:
+        adapt(generator, encoder, [clip], reference(), config, clip_mean_cache=cache, checkpoint_dir=tmp_path,
+              prepare_progress=lambda done, total: prepared.append(done), should_cancel=lambda: prepared[-1] >= 2)
+    assert err.value.preparing and err.value.iteration == 0 and "preparing" in str(err.value)
+    assert prepared == [0, 2] and cache.blobs == {} and not (tmp_path / CHECKPOINT_FILE).exists()
+
+
+def test_prepare_clip_mean_command_writes_the_key_once(models, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from faceedit.adaptation.clip import ClipConfig, load_clip
+    from faceedit.cli import main
+    from faceedit.training.generator import export_rosinality
+
+    generator, _, clip = models
+    export_rosinality(copy.deepcopy(generator), tmp_path / "generator.pt", n_w_avg=100)
+    save_file({k: v.contiguous() for k, v in clip.model.state_dict().items()}, str(tmp_path / "clip.safetensors"))
+    (tmp_path / "clip.json").write_text(json.dumps({"model_cfg": TINY_CLIP}))
+    cache_dir = tmp_path / "cache"
+    argv = ["prepare", "clip-mean", "--generator", str(tmp_path / "generator.pt"),
+            "--clip", str(tmp_path / "clip.safetensors"), "--cache", str(cache_dir), "--samples", "4",
+            "--batch-size", "2", "--device", "cpu"]
+    assert main(argv) == 0
+    first = capsys.readouterr()
+    (written,) = [p.relative_to(cache_dir).as_posix() for p in cache_dir.rglob("*.safetensors")]
+    assert f"wrote {written}" in first.out and "nothing to do" not in first.out
+    assert "4/4" in first.err  # the progress bar
+    # The key is the one an adaptation with these models and settings looks up.
+    loaded = load_generator(tmp_path / "generator.pt")
+    loaded_clip = load_clip(ClipConfig(config_path=str(tmp_path / "clip.json"),
+                                       weights=str(tmp_path / "clip.safetensors")))
+    assert written == source_mean_key(loaded, loaded_clip, replace(FAST, clip_mean_samples=4))
+    stamp = (cache_dir / written).stat().st_mtime_ns
+
+    assert main(argv) == 0
+    second = capsys.readouterr()
+    assert f"cached {written}" in second.out and "nothing to do" in second.out and "4/4" not in second.err
+    assert (cache_dir / written).stat().st_mtime_ns == stamp
+    assert main([*argv[:-2], "--device", "tpu-9"]) == 2 and "--device" in capsys.readouterr().err
+    assert main([*argv, "--samples", "0"]) == 2 and "--samples" in capsys.readouterr().err
 
 
 # -- the delta file -----------------------------------------------------------------------------------

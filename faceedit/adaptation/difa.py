@@ -17,12 +17,17 @@ from typing import Any, Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors_bytes
-from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor
 
 from faceedit.adaptation.clip import ClipConfig, ClipModel
+# cached_source_clip_mean and source_clip_mean are re-exported: callers import them from here.
+from faceedit.adaptation.clip_mean import (
+    MeanProgress,
+    SourceMeanCancelled,
+    cached_source_clip_mean,
+    source_clip_mean,
+    source_means,
+)
 from faceedit.adaptation.delta import save_delta, state_fingerprint, trainable_names, with_tensors
 from faceedit.errors import CheckpointFormatError, CheckpointMismatchError, FaceEditError, InvalidInputError
 from faceedit.models.encoders import Encoder
@@ -99,11 +104,15 @@ class DifaConfig:
 
 
 class AdaptationCancelled(FaceEditError):
-    """`should_cancel` asked to stop; the run's checkpoint (if any) lets it resume."""
+    """`should_cancel` asked to stop; the run's checkpoint (if any) lets it resume.
 
-    def __init__(self, iteration: int):
-        self.iteration = iteration
-        super().__init__(f"adaptation cancelled after {iteration} iterations")
+    `preparing`: it stopped while computing the mean source CLIP embedding, before any iteration.
+    """
+
+    def __init__(self, iteration: int, preparing: bool = False):
+        self.iteration, self.preparing = iteration, preparing
+        when = "while preparing the mean source CLIP embedding" if preparing else f"after {iteration} iterations"
+        super().__init__(f"adaptation cancelled {when}")
 
 
 @dataclass
@@ -219,7 +228,7 @@ def encode_first_layers(encoder: Encoder, images: Tensor, keep: int) -> Tensor:
     return codes[:, :keep].reshape(codes.shape[0], -1)  # [B, keep·D]
 
 
-# -- mean source embedding (cached) ----------------------------------------------------------------
+# -- where means and checkpoints are kept ----------------------------------------------------------
 class BlobCache(Protocol):
     """Bytes by key, where mean source embeddings and checkpoints are kept between runs (the artifact
     store, or a directory); `put` must replace atomically, so a reader never sees half an object."""
@@ -263,50 +272,6 @@ class DirectoryCache:
         os.replace(tmp, path)  # readers never see half a file
 
 
-def _z_batches(total: int, batch: int, dim: int, seed: int) -> list[Tensor]:
-    rng = torch.Generator().manual_seed(seed)
-    z = torch.randn(total, dim, generator=rng)
-    return list(z.split(batch))
-
-
-@torch.no_grad()
-def source_clip_mean(generator: Generator, clip: ClipModel, samples: int = 512, batch: int = 16,
-                     truncation: float = 1.0, seed: int = 0) -> Tensor:
-    """Mean of the unit CLIP embeddings of `samples` source-generator images (random noise): [E]."""
-    total: Tensor | None = None
-    device = next(generator.parameters()).device
-    rng = torch.Generator().manual_seed(seed)
-    for z in _z_batches(samples, batch, generator.style_dim, seed):
-        ws = generator.broadcast(generator.truncate(generator.mapping(z.to(device)), truncation))
-        noise = generator.make_noise(z.shape[0], generator=rng)
-        emb = clip.encode_image(generator.synthesis(ws, noise=noise))  # [b, E]
-        total = emb.sum(0) if total is None else total + emb.sum(0)
-    assert total is not None
-    return total / samples
-
-
-def cached_source_clip_mean(generator: Generator, clip: ClipModel, config: DifaConfig, cache: BlobCache | None,
-                            generator_fingerprint: str | None = None, clip_fingerprint: str | None = None) -> Tensor:
-    """`source_clip_mean`, computed once per (generator weights, CLIP weights, sampling settings)."""
-    if cache is None:
-        return source_clip_mean(generator, clip, config.clip_mean_samples, config.clip_mean_batch,
-                                config.truncation)
-    gen_fp = generator_fingerprint or state_fingerprint(generator)
-    clip_fp = clip_fingerprint or state_fingerprint(clip.model)
-    settings = f"n{config.clip_mean_samples}-t{config.truncation:g}"
-    key = f"clip-mean/{gen_fp[:24]}-{clip_fp[:24]}-{clip.image_size}-{settings}.safetensors"
-    blob = cache.get(key)
-    if blob is not None:
-        try:
-            return load_safetensors_bytes(blob)["mean"]
-        except (SafetensorError, KeyError):
-            pass  # a damaged cache entry is recomputed and overwritten, not fatal
-    mean = source_clip_mean(generator, clip, config.clip_mean_samples, config.clip_mean_batch,
-                            config.truncation)
-    cache.put(key, save_safetensors_bytes({"mean": mean.contiguous()}))
-    return mean
-
-
 # -- training --------------------------------------------------------------------------------------
 def _check_reference(reference: Tensor) -> Tensor:
     if not isinstance(reference, Tensor):
@@ -343,18 +308,17 @@ class _Prepared:
 
 
 def _prepare(base: Generator, encoder: Encoder, clips: Sequence[ClipModel], reference: Tensor,
-             config: DifaConfig, cache: BlobCache | None) -> _Prepared:
+             config: DifaConfig, cache: BlobCache | None, progress: MeanProgress | None = None,
+             should_cancel: Callable[[], bool] | None = None) -> _Prepared:
     base_fp = state_fingerprint(base)
     weights = config.weights_for(len(clips))
-    directions, ref_tokens, clip_fps = [], [], []
     device = next(base.parameters()).device
-    for clip in clips:
-        with torch.no_grad():
-            ref_emb, tokens = clip.features(reference.to(device), config.clip_layer)  # [1, E], [1, M, W]
-        clip_fps.append(state_fingerprint(clip.model))
-        mean = cached_source_clip_mean(base, clip, config, cache, base_fp, clip_fps[-1])
-        directions.append(reference_direction(ref_emb, mean))
-        ref_tokens.append(tokens)
+    with torch.no_grad():
+        features = [clip.features(reference.to(device), config.clip_layer) for clip in clips]  # [1, E], [1, M, W]
+    clip_fps = [state_fingerprint(clip.model) for clip in clips]
+    means = source_means(base, clips, config, cache, progress, should_cancel, base_fp, clip_fps)
+    directions = [reference_direction(ref_emb, m.mean) for (ref_emb, _), m in zip(features, means)]
+    ref_tokens = [tokens for _, tokens in features]
     # A checkpoint belongs to one run: same settings, base, CLIP models and reference image.
     reference_sha = hashlib.sha256(reference.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()
     # CLIP models are identified by their weights, not by where the config says they were mounted.
@@ -444,11 +408,16 @@ def _describe(store: BlobCache, key: str) -> str:
 def adapt(base_generator: Generator, encoder: Encoder, clip_models: Sequence[ClipModel], reference_image: Tensor,
           config: DifaConfig = DifaConfig(), progress: ProgressCallback | None = None,
           should_cancel: Callable[[], bool] | None = None, checkpoint_dir: str | Path | BlobCache | None = None,
-          clip_mean_cache: BlobCache | None = None) -> AdaptationResult:
+          clip_mean_cache: BlobCache | None = None,
+          prepare_progress: MeanProgress | None = None) -> AdaptationResult:
     """Adapt a copy of `base_generator` to the domain of `reference_image` ([1, 3, H, W] in [-1, 1]).
 
     `progress(done, total, losses)` is called after each iteration; `should_cancel()` is polled
-    before each one and raises AdaptationCancelled (after a checkpoint). With `checkpoint_dir` (a
+    before each one and raises AdaptationCancelled (after a checkpoint). Before the first, the mean
+    source CLIP embedding is read from `clip_mean_cache` or computed (minutes at 1024 px) and stored
+    there; only while it is computed, `prepare_progress(samples_done, samples)` is called with 0 and
+    after each batch of source samples, and `should_cancel()` is polled before each batch
+    (AdaptationCancelled with `preparing` set). With `checkpoint_dir` (a
     directory, or any BlobCache such as a job's folder in the artifact store), state is saved as
     CHECKPOINT_FILE every `config.checkpoint_every` iterations and a later call resumes from it;
     the caller removes it once it has stored the result. The base generator is left untouched;
@@ -465,7 +434,11 @@ def adapt(base_generator: Generator, encoder: Encoder, clip_models: Sequence[Cli
     encoder.eval().requires_grad_(False)
     for clip in clip_models:
         clip.eval().requires_grad_(False)
-    prepared = _prepare(source, encoder, clip_models, reference, config, clip_mean_cache)
+    try:
+        prepared = _prepare(source, encoder, clip_models, reference, config, clip_mean_cache, prepare_progress,
+                            should_cancel)
+    except SourceMeanCancelled:
+        raise AdaptationCancelled(0, preparing=True) from None
 
     target = make_target(source)
     params = [p for p in target.parameters() if p.requires_grad]

@@ -1,4 +1,4 @@
-"""`faceedit train clip`, `faceedit eval clip` and `faceedit eval adaptation`: the demo CLIP, and DIFA measured on the zoo."""
+"""`faceedit train clip | eval clip | eval adaptation | prepare clip-mean`: the demo CLIP, DIFA on the zoo, its source mean."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import torch
+
     from faceedit.cli import CommandGroups
 
 
@@ -136,6 +138,66 @@ def cmd_eval_adaptation(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare_clip_mean(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from faceedit.adaptation.clip import load_clip, parse_clip_spec
+    from faceedit.adaptation.clip_mean import prepare_source_mean
+    from faceedit.adaptation.difa import DifaConfig, DirectoryCache
+    from faceedit.errors import InvalidInputError
+    from faceedit.models import load_generator
+
+    device = _device(args.device)
+    generator_path = Path(args.generator) if args.generator else _zoo_file("generator")
+    if not generator_path.is_file():
+        raise InvalidInputError("--generator", f"{generator_path} does not exist; train the demo zoo or pass "
+                                               "--generator PATH")
+    clip_configs = parse_clip_spec(",".join(args.clip) if args.clip else str(_zoo_file("clip")), field="--clip")
+    flags = {"clip_mean_samples": "--samples", "clip_mean_batch": "--batch-size"}
+    try:
+        config = DifaConfig(clips=clip_configs, clip_mean_samples=args.samples, clip_mean_batch=args.batch_size,
+                            truncation=args.truncation)
+    except InvalidInputError as exc:
+        raise InvalidInputError(flags.get(exc.field, exc.field), exc.problem) from None
+    generator = load_generator(generator_path, device=device)
+    clips = [load_clip(c, device) for c in clip_configs]
+    cache = DirectoryCache(args.cache)
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:  # only once something is computed: a cached run shows no bar
+            bar = tqdm(total=total, unit="sample", desc="source CLIP mean")
+        bar.update(done - bar.n)
+
+    try:
+        keys = prepare_source_mean(generator, clips, config, cache, progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    for key, computed in keys.items():
+        print(f"{'wrote' if computed else 'cached'} {key} (in {cache.root})")
+    if not any(keys.values()):
+        print("nothing to do: the cache already holds every mean")
+    return 0
+
+
+def _device(name: str | None) -> "torch.device":
+    import torch
+
+    from faceedit.errors import InvalidInputError
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise InvalidInputError("--device", f"not a torch device ({exc})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError("--device", f"{name}: CUDA is not available here")
+    return device
+
+
 def register(commands: "CommandGroups") -> None:
     from faceedit.training.clip import ClipTrainConfig
 
@@ -187,3 +249,25 @@ def register(commands: "CommandGroups") -> None:
     p.add_argument("--json", default=None, help="default: <docs>/adaptation.json")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.set_defaults(run=cmd_eval_adaptation)
+
+    from faceedit.adaptation.difa import DifaConfig
+
+    difa = DifaConfig()
+    prepare = commands.top.add_parser("prepare", help="compute what later runs reuse").add_subparsers(
+        dest="what", required=True)
+    p = prepare.add_parser("clip-mean", help="cache DIFA's mean source CLIP embedding (minutes at 1024 px) before "
+                                             "any adaptation needs it; does nothing when it is cached already")
+    p.add_argument("--generator", default=None, help="base generator (default: the zoo's generator.pt)")
+    p.add_argument("--clip", action="append", default=None,
+                   help="CLIP weights, '[architecture=]weights[,…]', repeatable (default: the zoo's "
+                        "clip.safetensors)")
+    p.add_argument("--cache", required=True,
+                   help="folder the means are kept in; the adaptation worker's is <artifact store>/cache (with the "
+                        "default file:// store, run/artifacts/cache), so pointing this there warms the worker")
+    p.add_argument("--samples", type=int, default=difa.clip_mean_samples,
+                   help="source samples (part of the key: match the worker's clip_mean_samples)")
+    p.add_argument("--batch-size", type=int, default=difa.clip_mean_batch)
+    p.add_argument("--truncation", type=float, default=difa.truncation,
+                   help="part of the key: match the worker's truncation")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
+    p.set_defaults(run=cmd_prepare_clip_mean)

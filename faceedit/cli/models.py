@@ -50,12 +50,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from faceedit.images import grid, to_pil
     from faceedit.models import load_generator
+    from faceedit.models.precision import autocast_dtype, resolve_device, synthesis_precision
     from faceedit.sampling import parse_seeds, sample_images
 
     seeds = parse_seeds(args.seeds)
-    generator = load_generator(args.checkpoint)
-    images = sample_images(generator, seeds, truncation=args.truncation, noise_mode=args.noise_mode,
-                           batch_size=args.batch_size, progress=True)
+    device = resolve_device(args.device)
+    autocast_dtype(args.precision, device)  # fp16 on CPU fails here, before the checkpoint loads
+    generator = load_generator(args.checkpoint, device=device)
+    with synthesis_precision(args.precision):  # synthesis only: the mapping stays fp32
+        images = sample_images(generator, seeds, truncation=args.truncation, noise_mode=args.noise_mode,
+                               batch_size=args.batch_size, progress=True)
     sheet = grid(to_pil(images), columns=args.columns)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +105,10 @@ def register(commands: "CommandGroups") -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--columns", type=int, default=None)
     p.add_argument("--out", default="grid.png")
+    # Checked by resolve_device when the command runs, so a bad or missing device is a typed error.
+    p.add_argument("--device", default="auto", help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="synthesis precision: bf16/fp16 autocast the convolutions (fp16: CUDA only)")
     p.set_defaults(run=cmd_sample)
 
     p = sub.add_parser("align", help="FFHQ-style aligned crop of the largest face in a photo")

@@ -1,6 +1,8 @@
 """InterfaceGAN editing engine: boundary training, direction files, SeFa, and latent arithmetic on W+."""
 
 from faceedit.editing.boundary import Boundary, Samples, sample_scores, train_boundary
+from faceedit.editing.boundary_set import (BoundarySet, BoundarySetError, BoundarySetSpec, DirectionEntry,
+                                           attribute_name, load_boundary_set)
 from faceedit.editing.directions import (PCABasis, check_direction, check_generator_match, load_boundary_file,
                                          load_direction, load_ganspace, save_boundary)
 from faceedit.editing.layers import GROUP_NAMES, layer_groups, resolve_layers
@@ -10,12 +12,17 @@ from faceedit.editing.sefa import sefa_directions
 
 __all__ = [
     "Boundary",
+    "BoundarySet",
+    "BoundarySetError",
+    "BoundarySetSpec",
+    "DirectionEntry",
     "Edit",
     "GROUP_NAMES",
     "MAX_STRENGTH",
     "PCABasis",
     "Samples",
     "apply_edits",
+    "attribute_name",
     "check_direction",
     "check_generator_match",
     "clamp_strengths",
@@ -25,6 +32,7 @@ __all__ = [
     "latent_path",
     "layer_groups",
     "load_boundary_file",
+    "load_boundary_set",
     "load_direction",
     "load_ganspace",
     "resolve_layers",

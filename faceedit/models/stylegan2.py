@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field, replace
 from typing import Literal, Sequence
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from faceedit.errors import InvalidInputError
+from faceedit.models.precision import Precision, autocast_dtype, default_precision
 
 NoiseMode = Literal["const", "random", "none"]
 
@@ -97,6 +99,19 @@ class GeneratorConfig:
 
     def with_channels(self, channels: dict[int, int]) -> "GeneratorConfig":
         return replace(self, channels=channels)
+
+
+def _autocast_dtype(x: Tensor) -> torch.dtype | None:
+    """The reduced dtype autocast runs convs in here, or None outside autocast (plain fp32 path)."""
+    device_type = x.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
+def _full_precision(x: Tensor) -> contextlib.AbstractContextManager:
+    """Leave autocast for a precision-sensitive step; outside autocast a no-op, so fp32 is untouched."""
+    if _autocast_dtype(x) is None:
+        return contextlib.nullcontext()
+    return torch.autocast(x.device.type, enabled=False)
 
 
 def _blur_kernel(scale: float) -> Tensor:
@@ -192,20 +207,27 @@ class ModulatedConv2d(nn.Module):
         bias and noise in one pass over the activations.
         """
         batch = x.shape[0]
-        style = self.modulation(w)  # [B, in]
-        weight = self.weight[0] * self.scale  # [out, in, k, k]
+        with _full_precision(x):
+            # Under autocast the style linear and the demodulation's matmul would run in bf16/fp16;
+            # the rsqrt of a sum of squares is where that costs the most, and both are tiny.
+            style = self.modulation(w)  # [B, in]
+            weight = self.weight[0] * self.scale  # [out, in, k, k]
+            out_scale = self.demodulation(style, weight) if self.demodulate else None
         if batch == 1:
             # One sample: scaling the small weight is cheaper than scaling the activation.
             weight_in = weight * style.reshape(1, self.in_ch, 1, 1)
         else:
             weight_in = weight
+            low = _autocast_dtype(x)
+            if low is not None:
+                # Scale in the conv's dtype: one half-width pass, not an fp32 product and a cast.
+                x, style = x.to(low), style.to(low)
             x = x * style.reshape(batch, self.in_ch, 1, 1)
         if self.upsample:
             x = F.conv_transpose2d(x, weight_in.transpose(0, 1), stride=2)  # [B, out, 2H+1, 2W+1]
             x = self.blur(x)  # [B, out, 2H, 2W]
         else:
             x = F.conv2d(x, weight_in, padding=self.padding)
-        out_scale = self.demodulation(style, weight) if self.demodulate else None
         return x, out_scale
 
 
@@ -241,6 +263,8 @@ class StyledConv(nn.Module):
                 shift = shift + noise  # [1, C, H, W]: shared noise joins the bias, one pass saved
             else:
                 x = x + noise
+        # Under autocast x is bf16/fp16 and shift/scale fp32: the sum promotes to fp32, and fp32
+        # activations between layers: ~1/3 less bf16-vs-fp32 error than a bf16 epilogue (demo model).
         x = torch.addcmul(shift, x, (out_scale * _SQRT2).reshape(batch, channels, 1, 1))
         return F.leaky_relu_(x, _LRELU_SLOPE)  # x is a fresh tensor: in place is safe for autograd
 
@@ -254,6 +278,14 @@ class ToRGB(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
     def forward(self, x: Tensor, w: Tensor, skip: Tensor | None) -> Tensor:
+        if _autocast_dtype(x) is not None:
+            # The RGB of every resolution sums into the image: in bf16 (8-bit mantissa) that sum
+            # would be off by about a grey level, and this 3-channel conv is cheap in fp32.
+            with _full_precision(x):
+                return self._rgb(x.float(), w, skip)
+        return self._rgb(x, w, skip)
+
+    def _rgb(self, x: Tensor, w: Tensor, skip: Tensor | None) -> Tensor:
         out, _ = self.conv(x, w)
         out = out + self.bias
         if skip is not None:
@@ -364,16 +396,29 @@ class Generator(nn.Module):
 
     # -- image synthesis -------------------------------------------------------------------
     def synthesis(self, ws: Tensor, noise_mode: NoiseMode = "const",
-                  noise: Sequence[Tensor] | None = None) -> Tensor:
+                  noise: Sequence[Tensor] | None = None, precision: Precision | None = None) -> Tensor:
         """W+ [B, n_latent, style_dim] → images [B, 3, size, size], raw (about [-1, 1], unclamped).
 
         noise_mode "const" uses the stored noise buffers (upstream's randomize_noise=False),
         "random" draws fresh noise per sample, "none" disables it; an explicit `noise` list
         (one tensor per layer) takes precedence.
+
+        precision "bf16"/"fp16" runs the convolutions under torch.autocast; styles, demodulation,
+        noise, bias and ToRGB stay fp32 and the image is float32. None: `default_precision()`
+        ("fp32" unless inside `synthesis_precision(...)`); "fp32" adds no autocast of its own.
+        fp16 on CPU is an InvalidInputError (use bf16 there).
         """
         _check_latent(ws, "ws", (self.n_latent, self.style_dim))
         if noise is not None and len(noise) != self.config.num_noise:
             raise InvalidInputError("noise", f"expected {self.config.num_noise} tensors, got {len(noise)}")
+        dtype = autocast_dtype(default_precision() if precision is None else precision, ws.device)
+        if dtype is None:
+            return self._synthesis(ws, noise_mode, noise)
+        with torch.autocast(ws.device.type, dtype=dtype):
+            image = self._synthesis(ws, noise_mode, noise)
+        return image.float()
+
+    def _synthesis(self, ws: Tensor, noise_mode: NoiseMode, noise: Sequence[Tensor] | None) -> Tensor:
         batch = ws.shape[0]
 
         def layer_noise(i: int, res: int) -> Tensor | None:
@@ -402,10 +447,11 @@ class Generator(nn.Module):
         assert skip.shape[-1] == self.config.size
         return skip
 
-    def forward(self, z: Tensor, truncation_psi: float = 1.0, noise_mode: NoiseMode = "const") -> Tensor:
-        """z [B, style_dim] → images: mapping, truncation, broadcast and synthesis."""
+    def forward(self, z: Tensor, truncation_psi: float = 1.0, noise_mode: NoiseMode = "const",
+                precision: Precision | None = None) -> Tensor:
+        """z [B, style_dim] → images: mapping, truncation, broadcast and synthesis (mapping in fp32)."""
         w = self.truncate(self.mapping(z), truncation_psi)
-        return self.synthesis(self.broadcast(w), noise_mode=noise_mode)
+        return self.synthesis(self.broadcast(w), noise_mode=noise_mode, precision=precision)
 
     def make_noise(self, batch: int = 1, generator: torch.Generator | None = None) -> list[Tensor]:
         """A fresh noise list (one tensor per layer), e.g. to fix the noise of a session."""

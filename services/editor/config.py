@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 from faceedit.errors import InvalidInputError
-
-PREFIX = "FACEEDIT_"
-
-
-def _pairs(text: str, name: str) -> dict[str, str]:
-    """'a=1,b=2' → {'a': '1', 'b': '2'} (used for generator and boundary maps)."""
-    out: dict[str, str] = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise InvalidInputError(name, f"expected 'name=value[,name=value]', got {item!r}")
-        out[key.strip()] = value.strip()
-    return out
+from services.common.settings import read_settings
 
 
 @dataclass(frozen=True)
@@ -42,53 +29,33 @@ class EditorConfig:
     torchserve_token: str = ""  # or the inference key itself (env only, never in code)
     generator_model: str = "generator"  # TorchServe model names
     encoder_model: str = "encoder"
-    inference_timeout_s: float = 30.0  # deadline of one TorchServe call
+    # A TorchServe call's deadline is the caller's remaining time; this one applies only to calls
+    # made for no caller (the health check's warm-up) and to callers that set no deadline.
+    inference_timeout_s: float = 120.0
+    # Synthesis is sent in chunks of about this many seconds (from the measured cost per image), so
+    # a stream shows progress, a cancelled or expired call stops within one chunk, and no single
+    # reply approaches the channel's size limit.
+    chunk_seconds: float = 4.0
     health_interval_s: float = 2.0
     broker_url: str = ""  # Celery broker; empty: redis_url
     queue: str = "gpu"
     task_name: str = "faceedit.adapt"
     artifact_store_url: str = "run/artifacts"
-    # Models and editing.
-    generators: Mapping[str, str] = field(default_factory=dict)  # base id → checkpoint path
-    default_generator: str = "demo"
-    boundary_dirs: Mapping[str, str] = field(default_factory=dict)  # family → folder of boundaries
+    # Models: the one model configuration file (services/common/models.py); "" = $FACEEDIT_MODELS,
+    # else the demo zoo's models.yaml. Editing limits below.
+    models: str = ""
     latent_ttl_s: int = 3600
     default_truncation: float = 0.7
     max_seeds: int = 64
     max_frames: int = 120
-    frame_batch: int = 8  # latents per TorchServe call while animating
+    frame_batch: int = 8  # at most this many latents per TorchServe call (see chunk_seconds)
     # Tenants: API key → tenant, from a file (JSON object or 'key tenant' lines) and/or the env.
     api_keys_file: str = ""
     api_keys: Mapping[str, str] = field(default_factory=dict, repr=False)  # never printed
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "EditorConfig":
-        env = os.environ if env is None else env
-
-        def get(name: str, default: object) -> object:
-            raw = env.get(PREFIX + name.upper())
-            if raw is None or raw == "":
-                return default
-            kind = type(default)
-            try:
-                return kind(raw) if kind is not bool else raw.lower() in ("1", "true", "yes")
-            except ValueError:
-                raise InvalidInputError(PREFIX + name.upper(), f"expected {kind.__name__}, got {raw!r}") from None
-
-        base = cls()
-        values: dict[str, object] = {}
-        for name in ("host", "port", "port_file", "max_workers", "max_message_bytes", "max_image_bytes",
-                     "max_image_pixels", "metrics_port", "redis_url", "redis_namespace", "torchserve_target",
-                     "torchserve_key_file", "torchserve_token", "generator_model", "encoder_model",
-                     "inference_timeout_s", "health_interval_s", "broker_url", "queue", "task_name",
-                     "artifact_store_url", "default_generator", "latent_ttl_s", "default_truncation",
-                     "max_seeds", "max_frames", "frame_batch", "api_keys_file"):
-            values[name] = get(name, getattr(base, name))
-        values["generators"] = _pairs(env.get(PREFIX + "GENERATORS", ""), PREFIX + "GENERATORS")
-        values["boundary_dirs"] = _pairs(env.get(PREFIX + "BOUNDARY_DIRS", ""), PREFIX + "BOUNDARY_DIRS")
-        values["api_keys"] = _pairs(env.get(PREFIX + "API_KEYS", ""), PREFIX + "API_KEYS")
-        values.update(overrides)
-        config = cls(**values)  # type: ignore[arg-type]
+        config = read_settings(cls, env, **overrides)
         config.validate()
         return config
 
@@ -99,6 +66,8 @@ class EditorConfig:
             raise InvalidInputError("default_truncation", f"must be in (0, 1], got {self.default_truncation}")
         if self.latent_ttl_s < 1:
             raise InvalidInputError("latent_ttl_s", "must be at least 1 second")
+        if not self.inference_timeout_s > 0 or not self.chunk_seconds > 0 or self.frame_batch < 1:
+            raise InvalidInputError("inference_timeout_s/chunk_seconds/frame_batch", "must be positive")
         if self.max_image_bytes >= self.max_message_bytes:
             raise InvalidInputError("max_image_bytes", "must stay below max_message_bytes")
         for path in (self.api_keys_file, self.torchserve_key_file):

@@ -14,8 +14,9 @@ import logging
 import math
 import time
 import uuid
+import dataclasses
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
@@ -28,6 +29,7 @@ from services.common import jobs as jobstates
 from services.common.artifacts import ArtifactStore
 from services.common.jobs import Job, JobStore
 from services.common.registry import GeneratorIndex, GeneratorRecord
+from services.editor.budget import RenderBudget
 from services.editor.errors import PreconditionError, TooLargeError, UnavailableError
 from services.editor.inference import Inference
 from services.editor.metrics import EditorMetrics
@@ -36,6 +38,7 @@ from services.inference import protocol
 if TYPE_CHECKING:
     import redis
 
+    from faceedit.editing import BoundarySet, BoundarySetSpec, DirectionEntry, Edit
     from faceedit.models import Generator
 
 log = logging.getLogger("faceedit.editor")
@@ -66,6 +69,15 @@ class Step:
     strength: float
     layers: str = ""  # "" = the boundary's recorded layers (all if none)
     conditions: tuple[str, ...] = ()
+
+
+@dataclass
+class EditPlan:
+    """A request's attribute steps as library edits: W-space ones move W+, Z-space ones move a seed's z."""
+
+    w: list["Edit"] = field(default_factory=list)
+    z: list["Edit"] = field(default_factory=list)
+    z_fields: list[str] = field(default_factory=list)  # the step of each Z edit, for errors
 
 
 @dataclass(frozen=True)
@@ -125,11 +137,15 @@ class GeneratorSummary:
 @dataclass(frozen=True)
 class AttributeSummary:
     name: str
-    accuracy: float
+    accuracy: float | None  # None: the file records none (official direction files)
     recommended_min: float
     recommended_max: float
     default_layers: str
     description: str
+    source: str = ""
+    format: str = ""
+    space: str = "w"
+    conditioned_variants: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,26 +168,35 @@ class BaseGenerator:
     n_latent: int
     style_dim: int
     sha256: str = ""
+    family: str = ""  # its latent space (encoder, boundaries); "" = its own id
+
+    def __post_init__(self) -> None:
+        self.family = self.family or self.id
 
     @classmethod
-    def from_generator(cls, generator_id: str, generator: "Generator", sha256: str = "") -> "BaseGenerator":
+    def from_generator(cls, generator_id: str, generator: "Generator", sha256: str = "",
+                       family: str = "") -> "BaseGenerator":
         generator.eval()
         w_avg = generator.w_avg.detach().clone()
         return cls(generator_id, generator.style, w_avg, generator.config.size, generator.n_latent,
-                   generator.style_dim, sha256)
+                   generator.style_dim, sha256, family)
 
     @classmethod
-    def load(cls, generator_id: str, path: str | Path) -> "BaseGenerator":
+    def load(cls, generator_id: str, path: str | Path, family: str = "") -> "BaseGenerator":
         from faceedit.checkpoints import sha256_file
         from faceedit.models import load_generator
 
-        return cls.from_generator(generator_id, load_generator(path), sha256_file(path))
+        return cls.from_generator(generator_id, load_generator(path), sha256_file(path), family)
 
     def latents_from_seeds(self, seeds: Sequence[int], psi: float) -> np.ndarray:
         """Seeds → W+ [B, n_latent, style_dim]: the same z per seed as faceedit.sampling."""
         from faceedit.sampling import z_from_seeds
 
-        z = z_from_seeds(seeds, self.style_dim)  # [B, D]
+        return self.latents_from_z(z_from_seeds(seeds, self.style_dim), psi)
+
+    def latents_from_z(self, z: torch.Tensor, psi: float) -> np.ndarray:
+        """z [B, D] → mapped, truncated, broadcast W+ [B, n_latent, style_dim]."""
+        assert z.ndim == 2 and z.shape[1] == self.style_dim, z.shape
         with torch.inference_mode():
             w = self.mapping(z)  # [B, D]
             w = self.w_avg + psi * (w - self.w_avg)  # truncation towards the mean
@@ -187,7 +212,7 @@ class ResolvedGenerator:
 
     @property
     def family(self) -> str:
-        return self.base.id
+        return self.base.family
 
 
 class GeneratorCatalog:
@@ -238,64 +263,39 @@ def _summary(g: ResolvedGenerator) -> GeneratorSummary:
 
 # -- boundaries -------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class BoundaryEntry:
-    name: str
-    direction: torch.Tensor  # [D] unit normal (or [n_latent, D])
-    accuracy: float
-    recommended: tuple[float, float]
-    layers: tuple[int, ...] | None  # recorded W+ rows; None = all
-    description: str = ""
-
-
 class BoundaryRegistry:
-    """Attribute boundaries per generator family (an adapted generator edits with its base's)."""
+    """Each family's boundary set (faceedit.editing.BoundarySet); an adapted generator edits with its base's."""
 
-    def __init__(self, families: Mapping[str, Mapping[str, BoundaryEntry]] | None = None):
-        self.families: dict[str, dict[str, BoundaryEntry]] = {f: dict(b) for f, b in (families or {}).items()}
+    def __init__(self, families: Mapping[str, "BoundarySet"] | None = None):
+        self.families: dict[str, BoundarySet] = dict(families or {})
 
     @staticmethod
-    def read_files(paths: Mapping[str, str | Path], base: BaseGenerator, strict: bool = True
-                   ) -> dict[str, BoundaryEntry]:
-        """Boundary safetensors + JSON sidecars for one family, checked against its latent space.
-        strict=False skips (and logs) a file that does not fit instead of failing the whole family."""
-        from faceedit.editing import check_direction, check_generator_match, load_boundary_file
+    def read_sets(specs: Sequence["BoundarySetSpec"], base: BaseGenerator) -> "BoundarySet":
+        """Every file of the specs, checked against the base's latent space and weights; one unusable
+        file fails the whole load, naming it (a start-up error, never a silently missing attribute)."""
+        from faceedit.editing import BoundarySet, load_boundary_set
 
-        entries = {}
-        for name, path in sorted(paths.items()):
-            try:
-                normal, meta = load_boundary_file(path)
-                check_direction(normal, base.n_latent, base.style_dim, field=f"boundary {name}")
-                check_generator_match(meta, base.sha256, field=f"boundary {name}")
-            except FaceEditError as exc:
-                if strict:
-                    raise
-                log.error(json.dumps({"event": "boundary skipped", "family": base.id, "attribute": name,
-                                      "error": str(exc)}))
-                continue
-            low, high = meta.get("recommended_strength", [-3.0, 3.0])
-            layers = meta.get("layers")
-            accuracy = meta.get("accuracy", meta.get("validation_accuracy", 0.0))
-            entries[name] = BoundaryEntry(name, normal, float(accuracy or 0.0), (float(low), float(high)),
-                                          tuple(int(i) for i in layers) if layers else None,
-                                          str(meta.get("description", "")))
-        return entries
+        if not specs:
+            return BoundarySet()
+        return load_boundary_set(specs, base.n_latent, base.style_dim, base.sha256)
 
-    @classmethod
-    def read_dir(cls, folder: str | Path, base: BaseGenerator, strict: bool = True) -> dict[str, BoundaryEntry]:
-        return cls.read_files({p.stem: p for p in Path(folder).glob("*.safetensors")}, base, strict)
+    def add_family(self, family: str, boundaries: "BoundarySet") -> None:
+        self.families[family] = boundaries
 
-    def add_family(self, family: str, entries: Mapping[str, BoundaryEntry]) -> None:
-        self.families[family] = dict(entries)
+    def attributes(self, family: str) -> "BoundarySet":
+        from faceedit.editing import BoundarySet
 
-    def attributes(self, family: str) -> dict[str, BoundaryEntry]:
-        return self.families.get(family, {})
+        return self.families.get(family) or BoundarySet()
 
-    def get(self, family: str, name: str, field_name: str) -> BoundaryEntry:
-        entry = self.families.get(family, {}).get(name)
-        if entry is None:
-            raise NotFoundError("attribute", name, f"{field_name}; known: {sorted(self.attributes(family))}")
-        return entry
+    def get(self, family: str, name: str, field_name: str, conditions: Sequence[str] = ()) -> "DirectionEntry":
+        """The entry for `name` (W preferred); with `conditions`, a precomputed conditional variant if
+        the set has one for exactly those names."""
+        if len(name) > protocol.MAX_ID_LENGTH:
+            raise InvalidInputError(field_name, f"longer than {protocol.MAX_ID_LENGTH} characters")
+        boundaries = self.attributes(family)
+        if name not in boundaries:
+            raise NotFoundError("attribute", name, f"{field_name}; known: {boundaries.names()}")
+        return boundaries.variant(name, conditions) or boundaries.get(name)
 
 
 # -- latent cache -----------------------------------------------------------------------------
@@ -407,7 +407,7 @@ class EditorCore:
                  inference: Inference, metrics: EditorMetrics | None = None, default_truncation: float = 0.7,
                  max_seeds: int = 64, max_frames: int = 120, frame_batch: int = 8,
                  max_image_bytes: int = 16 << 20, max_image_pixels: int = 4096 * 4096,
-                 encoder_family: str | None = None):
+                 encoder_family: str | None = None, budget: RenderBudget | None = None):
         self.catalog = catalog
         self.boundaries = boundaries
         self.cache = cache
@@ -416,10 +416,10 @@ class EditorCore:
         self.default_truncation = default_truncation
         self.max_seeds = max_seeds
         self.max_frames = max_frames
-        self.frame_batch = frame_batch
         self.max_image_bytes = max_image_bytes
         self.max_image_pixels = max_image_pixels
-        self.encoder_family = encoder_family or catalog.default
+        self.encoder_family = encoder_family or catalog.bases[catalog.default].family
+        self.budget = budget or RenderBudget(chunk_seconds=4.0, max_chunk=frame_batch, max_message_bytes=32 << 20)
 
     # -- helpers ----------------------------------------------------------------------------
     def _psi(self, truncation: float, field_name: str) -> float:
@@ -431,9 +431,31 @@ class EditorCore:
         return float(truncation)
 
     def _render(self, generator: ResolvedGenerator, tenant: str, ws: np.ndarray, fmt: str) -> list[RenderedImage]:
-        with self.metrics.stage("inference.synthesize"):
-            response = self.inference.synthesize(generator.id, tenant, ws, fmt)
-        return [RenderedImage(img, response.format, response.size, response.size) for img in response.images]
+        """All of ws [B, L, D] rendered, in chunks sized by the budget."""
+        return [image for chunk in self._render_chunks(generator, tenant, ws, fmt) for image in chunk]
+
+    def _render_chunks(self, generator: ResolvedGenerator, tenant: str, ws: np.ndarray, fmt: str
+                       ) -> Iterator[list[RenderedImage]]:
+        """ws [B, L, D] → images, one TorchServe call per chunk; the chunk size is re-read before each
+        call (it follows the measured cost), and no chunk is sent to a caller that is gone."""
+        key, done = generator.base.id, 0
+        while done < len(ws):
+            if done:
+                self.budget.before_chunk(done, len(ws))
+            chunk = ws[done:done + self.budget.chunk_size(key, fmt)]  # [b, L, D]
+            started = time.perf_counter()
+            with self.metrics.stage("inference.synthesize"):
+                response = self.inference.synthesize(generator.id, tenant, chunk, fmt)
+            self.budget.observe(key, len(chunk), time.perf_counter() - started,
+                                [len(img) for img in response.images], fmt)
+            done += len(chunk)
+            yield [RenderedImage(img, response.format, response.size, response.size) for img in response.images]
+
+    def warm_up(self) -> None:
+        """One image per base generator: TorchServe's workers load their models, and the budget
+        learns each generator's cost before the first request."""
+        for base in self.catalog.bases.values():
+            self._render(ResolvedGenerator(base.id, BASE, base), "", base.latents_from_seeds([0], 1.0), "png")
 
     def _check_ws(self, ws: np.ndarray, base: BaseGenerator, field_name: str) -> np.ndarray:
         expected = (base.n_latent, base.style_dim)
@@ -467,30 +489,64 @@ class EditorCore:
                 return generator.base.latents_from_seeds([source.seed], psi)
         return self._check_ws(np.asarray(source.inline), generator.base, f"{field_name}.inline")
 
-    def build_edits(self, family: str, steps: Sequence[Step], n_latent: int) -> list:
+    def build_edits(self, family: str, steps: Sequence[Step], n_latent: int) -> EditPlan:
         from faceedit.editing import Edit, resolve_layers
 
         if len(steps) > MAX_STEPS:
             raise TooLargeError("edits", f"{len(steps)} steps exceeds the limit of {MAX_STEPS}")
-        edits = []
+        plan = EditPlan()
+        boundaries = self.boundaries.attributes(family)
         for i, step in enumerate(steps):
             prefix = f"edits[{i}]"
-            entry = self.boundaries.get(family, step.attribute, f"{prefix}.attribute")
             if len(step.conditions) > MAX_CONDITIONS:
                 raise TooLargeError(f"{prefix}.conditions", f"more than {MAX_CONDITIONS}")
+            entry = self.boundaries.get(family, step.attribute, f"{prefix}.attribute", step.conditions)
             conditions = []
-            for j, name in enumerate(step.conditions):
-                if name == step.attribute:
-                    raise InvalidInputError(f"{prefix}.conditions[{j}]", "an attribute cannot be conditioned on itself")
-                conditions.append(self.boundaries.get(family, name, f"{prefix}.conditions[{j}]").direction)
+            if not entry.conditioned_on:  # no precomputed variant: project at run time
+                for j, name in enumerate(step.conditions):
+                    where = f"{prefix}.conditions[{j}]"
+                    if name == step.attribute:
+                        raise InvalidInputError(where, "an attribute cannot be conditioned on itself")
+                    self.boundaries.get(family, name, where)  # unknown names: NOT_FOUND with the list
+                    if entry.space not in boundaries.spaces(name):
+                        raise InvalidInputError(where, f"{name[:100]!r} has no {entry.space.upper()}-space boundary "
+                                                       f"to condition the {entry.space.upper()}-space "
+                                                       f"{step.attribute[:100]!r} on")
+                    conditions.append(boundaries.get(name, entry.space).direction)
             if not math.isfinite(step.strength):
                 raise InvalidInputError(f"{prefix}.strength", "is NaN or infinite")
             try:
-                layers = resolve_layers(step.layers or entry.layers, n_latent, field="layers")
-                edits.append(Edit(entry.direction, float(step.strength), layers=layers, conditions=conditions))
+                if entry.space == "z":
+                    if step.layers:
+                        raise InvalidInputError("layers", "a Z-space boundary moves z, which has no layers")
+                    plan.z.append(Edit(entry.direction, float(step.strength), conditions=conditions))
+                    plan.z_fields.append(f"{prefix}.attribute")
+                else:
+                    layers = resolve_layers(step.layers or entry.layers, n_latent, field="layers")
+                    plan.w.append(Edit(entry.direction, float(step.strength), layers=layers, conditions=conditions))
             except InvalidInputError as exc:
                 raise _prefixed(exc, prefix) from None
-        return edits
+        return plan
+
+    def _latents_with_z_edits(self, generator: ResolvedGenerator, source: LatentSource, plan: EditPlan,
+                              ts: np.ndarray | None = None) -> np.ndarray:
+        """W+ [1, L, D] (or [F, L, D] along ts) from the seed's z moved along the plan's Z boundaries, then
+        mapped and truncated as InterfaceGAN edits Z: only a seed latent has a z to move."""
+        from faceedit.editing import apply_edits
+        from faceedit.sampling import z_from_seeds
+
+        if source.seed is None:
+            raise InvalidInputError(plan.z_fields[0], "is a Z-space boundary (InterfaceGAN): it edits seed latents "
+                                                      "only; edit this latent with a W-space boundary")
+        z = z_from_seeds([source.seed], generator.base.style_dim)[:, None]  # [1, 1, D]
+        psi = self._psi(source.truncation, "latent.truncation")
+        if ts is None:
+            moved = apply_edits(z, plan.z)  # [1, 1, D]
+        else:
+            scaled = [dataclasses.replace(e, strength=e.strength * torch.from_numpy(ts).float()) for e in plan.z]
+            moved = apply_edits(z.expand(len(ts), -1, -1), scaled)  # [F, 1, D]
+        with self.metrics.stage("mapping"):
+            return generator.base.latents_from_z(moved[:, 0], psi)  # [F, L, D]
 
     # -- RPCs -------------------------------------------------------------------------------
     def generate(self, tenant: str, generator_id: str, seeds: Sequence[int], truncation: float = 0.0,
@@ -505,6 +561,7 @@ class EditorCore:
         if bad:
             raise InvalidInputError("seeds", f"seeds must be in [0, 2^32), got {bad[:3]}")
         psi = self._psi(truncation, "truncation")
+        self.budget.check_fits(generator.base.id, len(seeds), fmt, "seeds", one_reply=True)
         with self.metrics.stage("mapping"):
             ws = generator.base.latents_from_seeds(list(seeds), psi)  # [B, L, D]
         images = self._render(generator, tenant, ws, fmt)
@@ -537,12 +594,14 @@ class EditorCore:
         generator = self.catalog.resolve(tenant, generator_id)
         fmt = _choice(image_format, IMAGE_FORMATS, "format")
         ws = self.resolve_latent(tenant, generator, source)
-        edits = self.build_edits(generator.family, steps, generator.base.n_latent)
-        if edits:
+        plan = self.build_edits(generator.family, steps, generator.base.n_latent)
+        if plan.z:
+            ws = self._latents_with_z_edits(generator, source, plan)
+        if plan.w:
             from faceedit.editing import apply_edits
 
             with self.metrics.stage("edit"):
-                ws = apply_edits(torch.from_numpy(ws), edits).numpy()  # [1, L, D]
+                ws = apply_edits(torch.from_numpy(ws), plan.w).numpy()  # [1, L, D]
         image = self._render(generator, tenant, ws, fmt)[0]
         with self.metrics.stage("cache.put"):
             latent = self.cache.put(tenant, generator.family, ws)
@@ -575,11 +634,19 @@ class EditorCore:
             raise InvalidInputError("frame_duration_ms", f"must be in [10, 10000], got {duration}")
         if not steps:
             raise InvalidInputError("edits", "an animation needs at least one attribute step")
+        # Frames stream one message each; a GIF/WebP is checked for size once encoded.
+        self.budget.check_fits(generator.base.id, n, fmt, "frames", one_reply=False)
         ws = self.resolve_latent(tenant, generator, source)
-        edits = self.build_edits(generator.family, steps, generator.base.n_latent)
-        with self.metrics.stage("edit"):
-            path = edit_path(torch.from_numpy(ws), edits, n, start, end)[:, 0].numpy()  # [F, L, D]
+        plan = self.build_edits(generator.family, steps, generator.base.n_latent)
         ts = np.linspace(start, end, n)
+        path = np.repeat(ws, n, axis=0)  # [F, L, D]
+        if plan.z:
+            path = self._latents_with_z_edits(generator, source, plan, ts)
+        if plan.w:
+            with self.metrics.stage("edit"):
+                # Step edits are additive, so the W path is the unedited path plus each frame's offset.
+                offsets = edit_path(torch.zeros_like(torch.from_numpy(ws)), plan.w, n, start, end)[:, 0].numpy()
+                path = path + offsets
         return self._frames(generator, tenant, path, ts, fmt, animation, skip_frames, duration)
 
     def _frames(self, generator: ResolvedGenerator, tenant: str, path: np.ndarray, ts: np.ndarray, fmt: str,
@@ -587,16 +654,23 @@ class EditorCore:
         encoded: list[bytes] = []
         # Animations are encoded from lossless frames whatever the stream's frame format is.
         render_fmt = "png" if animation and skip_frames else fmt
-        for first in range(0, len(path), self.frame_batch):
-            chunk = path[first:first + self.frame_batch]  # [b, L, D]
-            for k, image in enumerate(self._render(generator, tenant, chunk, render_fmt)):
+        index = 0
+        for chunk in self._render_chunks(generator, tenant, path, render_fmt):
+            for image in chunk:
                 if animation:
                     encoded.append(image.data)
                 if not skip_frames:
-                    yield Frame(first + k, float(ts[first + k]), image)
+                    yield Frame(index, float(ts[index]), image)
+                index += 1
         if animation:
             with self.metrics.stage("encode.animation"):
-                yield encode_animation(encoded, animation, duration)
+                result = encode_animation(encoded, animation, duration)
+            if len(result.data) > self.budget.max_message_bytes:
+                raise TooLargeError("frames", f"the {animation.upper()} of {len(encoded)} frames is "
+                                              f"{len(result.data) / 1e6:.1f} MB, over the reply limit of "
+                                              f"{self.budget.max_message_bytes / 1e6:.0f} MB; ask for fewer "
+                                              "frames or stream them")
+            yield result
 
     def list_generators(self, tenant: str) -> list[GeneratorSummary]:
         return self.catalog.summaries(tenant)
@@ -606,11 +680,16 @@ class EditorCore:
 
         generator = self.catalog.resolve(tenant, generator_id)
         groups = {tuple(r): name for name, r in layer_groups(generator.base.n_latent).items()}
+        boundaries = self.boundaries.attributes(generator.family)
         out = []
-        for name, entry in sorted(self.boundaries.attributes(generator.family).items()):
+        for entry in boundaries.entries:
+            if entry.conditioned_on:
+                continue  # listed as a variant of its attribute
             layers = "" if entry.layers is None else groups.get(entry.layers, ",".join(map(str, entry.layers)))
-            out.append(AttributeSummary(name, entry.accuracy, entry.recommended[0], entry.recommended[1], layers,
-                                        entry.description))
+            variants = tuple("+".join(v.conditioned_on) for v in boundaries.variants(entry.name, entry.space))
+            out.append(AttributeSummary(entry.name, entry.accuracy, entry.recommended[0], entry.recommended[1], layers,
+                                        entry.description, Path(entry.source).name, entry.format, entry.space,
+                                        variants))
         return generator.family, out
 
 

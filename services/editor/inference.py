@@ -6,12 +6,12 @@ import contextvars
 import json
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import grpc
 import numpy as np
 
-from services.editor.errors import DeadlineError, PreconditionError, UnavailableError
+from services.editor.errors import DeadlineError, PreconditionError, TooLargeError, UnavailableError
 from services.inference import protocol
 from services.inference.protocol import GenerateResponse, InvertResponse
 
@@ -19,6 +19,21 @@ from services.inference.protocol import GenerateResponse, InvertResponse
 # The caller's deadline (time.monotonic() seconds) for the RPC being served on this thread: set by
 # the servicer, so a model-server call never outlives the client that is waiting for it.
 CALLER_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("caller_deadline", default=None)
+# Whether that caller is still waiting (grpc's context.is_active): no further chunk is sent to
+# TorchServe for a caller that cancelled or went away.
+CALLER_ACTIVE: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar("caller_active",
+                                                                                         default=None)
+
+
+def caller_remaining_s() -> float | None:
+    """Seconds left before the current caller's deadline; None when it set none."""
+    deadline = CALLER_DEADLINE.get()
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def caller_active() -> bool:
+    check = CALLER_ACTIVE.get()
+    return True if check is None else bool(check())
 
 
 class Inference(Protocol):
@@ -45,13 +60,14 @@ class TorchServeInference:
     """One channel to TorchServe's gRPC inference port; every call carries a deadline and the token."""
 
     def __init__(self, target: str, generator_model: str = "generator", encoder_model: str = "encoder",
-                 timeout_s: float = 30.0, token: str = "", key_file: str = "", max_message_bytes: int = 64 << 20):
+                 timeout_s: float = 120.0, token: str = "", key_file: str = "", max_message_bytes: int = 64 << 20):
         from faceedit.proto import inference_pb2, inference_pb2_grpc
 
         self._pb = inference_pb2
         self.generator_model = generator_model
         self.encoder_model = encoder_model
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s  # for calls made for no caller, or a caller without a deadline
+        self.max_message_bytes = max_message_bytes
         self._token = token  # a fixed key from the environment wins over the file
         self._key_file = key_file
         self._file_token = ""  # the key last read from key_file; cleared when TorchServe refuses it
@@ -75,12 +91,12 @@ class TorchServeInference:
 
     def _call(self, model: str, body: bytes, what: str) -> bytes:
         request = self._pb.PredictionsRequest(model_name=model, input={"data": body})
-        timeout = self.timeout_s
-        deadline = CALLER_DEADLINE.get()
-        if deadline is not None:
-            timeout = min(timeout, deadline - time.monotonic())
-            if timeout <= 0:
-                raise DeadlineError(f"no time left for model server {what}")
+        # The caller's remaining time, not a fixed per-call limit: a caller that allows 10 minutes
+        # for a 1024 px animation gets them; the editor's chunking keeps each call short anyway.
+        remaining = caller_remaining_s()
+        timeout = self.timeout_s if remaining is None else remaining
+        if timeout <= 0:
+            raise DeadlineError(f"no time left for model server {what}")
         try:
             response = self.stub.Predictions(request, timeout=timeout, metadata=self._metadata())
         except grpc.RpcError as exc:
@@ -88,7 +104,7 @@ class TorchServeInference:
                 # A restarted TorchServe wrote new keys: read the file again on the next call
                 # instead of sending the stale key forever.
                 self._file_token = ""
-            raise _translate(exc, model, what) from None
+            raise _translate(exc, model, what, self.max_message_bytes) from None
         return response.prediction
 
     def synthesize(self, generator_id: str, tenant: str, ws: np.ndarray, image_format: str = "png") -> GenerateResponse:
@@ -115,13 +131,24 @@ class TorchServeInference:
         self.channel.close()
 
 
-def _translate(exc: grpc.RpcError, model: str, what: str) -> Exception:
+# What grpc-core says when a message exceeds the channel's limit, e.g. "Received message larger than
+# max (40123456 vs. 33554432)": only this RESOURCE_EXHAUSTED is the request's size, not the server's load.
+_TOO_LARGE_DETAIL = "larger than max"
+
+
+def _translate(exc: grpc.RpcError, model: str, what: str, max_message_bytes: int) -> Exception:
     """TorchServe's status codes → the editor's typed errors (mapped to codes in services.editor.errors)."""
     code = exc.code() if hasattr(exc, "code") else None
     detail = (exc.details() if hasattr(exc, "details") else "") or ""
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE_DETAIL in detail.lower():
+        # Retrying cannot help: the caller must ask for fewer or smaller images.
+        return TooLargeError("request", f"the model server's {what} reply exceeds the editor's message limit of "
+                                        f"{max_message_bytes / 1e6:.0f} MB; ask for fewer images or use JPEG")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineError(f"model server {what} ({model}) ran past its deadline")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED):
+        # TorchServe's own RESOURCE_EXHAUSTED means its queue is full or its workers are down
+        # (seen: back within ~4 s of a SIGKILLed worker): transient, so retryable.
         return UnavailableError("model server", f"{what}: {code.name}")
     if code == grpc.StatusCode.NOT_FOUND:
         return PreconditionError(f"model {model!r} is not loaded in the model server")

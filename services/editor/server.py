@@ -17,9 +17,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from faceedit.errors import FaceEditError, NotFoundError
+from faceedit.errors import FaceEditError
 from faceedit.proto import adaptation_pb2, adaptation_pb2_grpc, editor_pb2, editor_pb2_grpc
+from services.common.models import ModelConfig, load_model_config
 from services.editor import core
+from services.editor.budget import RenderBudget
 from services.editor.auth import ApiKeys
 from services.editor.config import EditorConfig
 from services.editor.inference import Inference, TorchServeInference
@@ -33,31 +35,18 @@ SERVICE_NAMES = (editor_pb2.DESCRIPTOR.services_by_name["Editor"].full_name,
                  adaptation_pb2.DESCRIPTOR.services_by_name["Adaptation"].full_name)
 
 
-def default_generators(config: EditorConfig) -> dict[str, str]:
-    """Configured base generators, else the demo zoo's generator as the default id."""
-    if config.generators:
-        return dict(config.generators)
-    from faceedit import zoo
-
-    return {config.default_generator: str(zoo.paths()["generator"])}
+def load_bases(models: ModelConfig) -> dict[str, core.BaseGenerator]:
+    return {gid: core.BaseGenerator.load(gid, spec.checkpoint, spec.family) for gid, spec in models.generators.items()}
 
 
-def load_boundaries(config: EditorConfig, bases: dict[str, core.BaseGenerator]) -> core.BoundaryRegistry:
+def load_boundaries(models: ModelConfig, bases: dict[str, core.BaseGenerator]) -> core.BoundaryRegistry:
+    """Every family's boundary sets, checked against its latent space; any unusable file stops the start."""
     registry = core.BoundaryRegistry()
-    for family, base in bases.items():
-        folder = config.boundary_dirs.get(family)
-        if folder:
-            registry.add_family(family, core.BoundaryRegistry.read_dir(folder, base, strict=False))
-        elif family == config.default_generator:
-            from faceedit import zoo
-
-            try:  # the demo zoo's shipped boundaries
-                registry.add_family(family, core.BoundaryRegistry.read_files(zoo.boundaries(), base, strict=False))
-            except NotFoundError as exc:
-                # Still useful without them (generate, invert, adapt); ListAttributes says there are none.
-                log.warning(json.dumps({"event": "boundaries", "family": family, "warning": str(exc)}))
+    for family in models.families:
+        base = next(b for b in bases.values() if b.family == family)
+        registry.add_family(family, core.BoundaryRegistry.read_sets(models.boundary_specs(family), base))
         log.info(json.dumps({"event": "boundaries", "family": family,
-                             "attributes": sorted(registry.attributes(family))}))
+                             "attributes": registry.attributes(family).names()}))
     return registry
 
 
@@ -121,7 +110,7 @@ class EditorServer:
 
     def __init__(self, config: EditorConfig, inference: Inference | None = None,
                  bases: dict[str, core.BaseGenerator] | None = None,
-                 boundaries: core.BoundaryRegistry | None = None):
+                 boundaries: core.BoundaryRegistry | None = None, models: ModelConfig | None = None):
         import redis
 
         from services.common.artifacts import open_artifact_store
@@ -141,15 +130,19 @@ class EditorServer:
             config.torchserve_target, config.generator_model, config.encoder_model, config.inference_timeout_s,
             token=config.torchserve_token, key_file=config.torchserve_key_file,
             max_message_bytes=config.max_message_bytes)
+        self.models = models or load_model_config(config.models or None)
         if bases is None:
-            bases = {gid: core.BaseGenerator.load(gid, path) for gid, path in default_generators(config).items()}
-        self.catalog = core.GeneratorCatalog(bases, config.default_generator, self.index)
-        self.boundaries = boundaries if boundaries is not None else load_boundaries(config, bases)
+            bases = load_bases(self.models)
+        self.catalog = core.GeneratorCatalog(bases, self.models.default_generator, self.index)
+        self.boundaries = boundaries if boundaries is not None else load_boundaries(self.models, bases)
         self.cache = core.LatentCache(self.redis, config.latent_ttl_s, config.redis_namespace, self.metrics)
         self.queue = core.TaskQueue(config.broker, config.queue, config.task_name)
         self.editor = core.EditorCore(self.catalog, self.boundaries, self.cache, self.inference, self.metrics,
                                       config.default_truncation, config.max_seeds, config.max_frames,
-                                      config.frame_batch, config.max_image_bytes, config.max_image_pixels)
+                                      config.frame_batch, config.max_image_bytes, config.max_image_pixels,
+                                      encoder_family=self.models.encoder_family,
+                                      budget=RenderBudget(config.chunk_seconds, config.frame_batch,
+                                                          config.max_message_bytes))
         self.adaptation = core.AdaptationCore(self.catalog, self.jobs, self.index, self.store, self.queue,
                                               config.max_image_bytes, config.max_image_pixels)
         self.metrics.set_queue_depth_source(self._queue_depth)
@@ -166,10 +159,8 @@ class EditorServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
                                             self.server)
-        default = self.catalog.bases[config.default_generator]
         self.monitor = HealthMonitor(self.health, self.inference, self.redis, self.metrics,
-                                     config.health_interval_s, warmup=lambda: self.inference.synthesize(
-                                         default.id, "", default.latents_from_seeds([0], 1.0), "png"))
+                                     config.health_interval_s, warmup=self.editor.warm_up)
         self.port = 0
 
     def _queue_depth(self) -> float:

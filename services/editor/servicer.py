@@ -19,7 +19,7 @@ from services.common import jobs as jobstates
 from services.editor import core
 from services.editor.auth import ApiKeys
 from services.editor.errors import CODE_NUMBERS, status_for
-from services.editor.inference import CALLER_DEADLINE
+from services.editor.inference import CALLER_ACTIVE, CALLER_DEADLINE
 from services.editor.metrics import EditorMetrics
 
 log = logging.getLogger("faceedit.editor")
@@ -61,6 +61,7 @@ def rpc(method: str, streaming: bool = False) -> Callable:
         def begin(self: Any, context: grpc.ServicerContext) -> tuple[CallContext, float]:
             remaining = context.time_remaining()  # None when the client set no deadline
             CALLER_DEADLINE.set(None if remaining is None else time.monotonic() + remaining)
+            CALLER_ACTIVE.set(context.is_active)
             request_id = _request_id(context)
             context.set_trailing_metadata((("x-request-id", request_id),))
             self.metrics.in_flight.inc()
@@ -258,9 +259,11 @@ class EditorServicer(editor_pb2_grpc.EditorServicer):
                        ) -> editor_pb2.ListAttributesResponse:
         family, attributes = self.core.list_attributes(call.tenant, request.generator_id)
         return editor_pb2.ListAttributesResponse(family=family, attributes=[
-            editor_pb2.AttributeInfo(name=a.name, accuracy=a.accuracy, recommended_min=a.recommended_min,
-                                     recommended_max=a.recommended_max, default_layers=a.default_layers,
-                                     description=a.description) for a in attributes])
+            editor_pb2.AttributeInfo(name=a.name, accuracy=a.accuracy or 0.0, accuracy_known=a.accuracy is not None,
+                                     recommended_min=a.recommended_min, recommended_max=a.recommended_max,
+                                     default_layers=a.default_layers, description=a.description, source=a.source,
+                                     format=a.format, space=a.space, conditioned_variants=list(a.conditioned_variants))
+            for a in attributes])
 
 
 class AdaptationServicer(adaptation_pb2_grpc.AdaptationServicer):

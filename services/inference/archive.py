@@ -12,8 +12,6 @@ from typing import Any, Mapping
 
 import yaml
 
-from faceedit.checkpoints import sidecar_path
-
 HERE = Path(__file__).resolve().parent
 KINDS = {
     "generator": (HERE / "generator_handler.py", HERE / "config" / "generator.yaml"),
@@ -31,20 +29,19 @@ def model_config(kind: str, settings: Mapping[str, Any] | None = None,
     return config
 
 
-def build_archive(kind: str, weights: str | Path, export_dir: str | Path, name: str | None = None,
+def build_archive(kind: str, export_dir: str | Path, name: str | None = None,
                   settings: Mapping[str, Any] | None = None, torchserve: Mapping[str, Any] | None = None,
                   version: str = "1.0") -> Path:
-    """Write `export_dir/<name>/` (no-archive format) serving `weights` with the `kind` handler.
+    """Write `export_dir/<name>/` (no-archive format) serving the `kind` handler.
 
-    no-archive: TorchServe serves the directory in place, so a worker (re)start does not unzip
-    megabytes of weights, and what is served can be inspected and diffed. The weights' sidecar
-    JSON travels along, so the handler's loader verifies their recorded sha256.
+    The archive holds code and settings, not weights: the handlers load the files the model
+    configuration names (`settings["models"]` or $FACEEDIT_MODELS), the same file the editor and the
+    worker read, so ids and weights agree across services and a 1.2 GB checkpoint is never copied.
+    no-archive: TorchServe serves the directory in place, and what is served can be inspected.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}")
-    weights, export_dir = Path(weights), Path(export_dir)
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: no such weights file")
+    export_dir = Path(export_dir)
     name = name or kind
     handler, _ = KINDS[kind]
     export_dir.mkdir(parents=True, exist_ok=True)
@@ -52,10 +49,8 @@ def build_archive(kind: str, weights: str | Path, export_dir: str | Path, name: 
         config_file = Path(tmp) / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(model_config(kind, settings, torchserve), sort_keys=False))
         cmd = [_archiver(), "--model-name", name, "--version", version, "--handler", str(handler),
-               "--serialized-file", str(weights), "--config-file", str(config_file),
+               "--config-file", str(config_file),
                "--export-path", str(export_dir), "--archive-format", "no-archive", "--force"]
-        if sidecar_path(weights).is_file():
-            cmd += ["--extra-files", str(sidecar_path(weights))]
         target = export_dir / name
         if target.exists():
             shutil.rmtree(target)  # --force does not clear files of an older build
@@ -71,14 +66,18 @@ def _archiver() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--generator", type=Path, required=True, help="generator checkpoint")
-    parser.add_argument("--encoder", type=Path, required=True, help="encoder checkpoint")
+    parser.add_argument("--models", type=Path, default=None,
+                        help="model configuration to bake in (default: none; the handlers then read "
+                             "$FACEEDIT_MODELS, else the demo zoo's models.yaml)")
     parser.add_argument("--export", type=Path, default=Path("model_store"), help="model store directory")
-    parser.add_argument("--base-generator-id", default="demo", help="id under which the base generator is served")
     args = parser.parse_args(argv)
-    for kind, weights, settings in (("generator", args.generator, {"base_generator_id": args.base_generator_id}),
-                                    ("encoder", args.encoder, {})):
-        print(build_archive(kind, weights, args.export, settings=settings))
+    settings = {}
+    if args.models is not None:
+        from services.common.models import load_model_config
+
+        settings["models"] = str(load_model_config(args.models).source)  # checked now, absolute
+    for kind in KINDS:
+        print(build_archive(kind, args.export, settings=settings))
 
 
 if __name__ == "__main__":

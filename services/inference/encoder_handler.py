@@ -12,13 +12,13 @@ from PIL import Image, UnidentifiedImageError
 from faceedit.errors import FaceEditError, InvalidInputError, NoFaceFound, NotFoundError
 from faceedit.images import from_pil
 from faceedit.models import Encoder, load_encoder
+from services.common.models import load_model_config
 from services.inference import protocol
 from services.inference.handler_support import (
     InferenceConfig,
     center_square,
     encode_image,
     request_body,
-    serialized_file,
     set_torch_threads,
     worker_device,
 )
@@ -41,8 +41,13 @@ class EncoderHandler:
     def initialize(self, context: Any) -> None:
         config = InferenceConfig.load(getattr(context, "model_yaml_config", None))
         set_torch_threads(config.torch_threads)
-        self.device = worker_device(context)
-        self.encoder = load_encoder(serialized_file(context), device=self.device)
+        self.device = worker_device(context, config.device)
+        models = load_model_config(config.models or None)
+        path = models.encoder()
+        if path is None:
+            raise InvalidInputError("encoder", f"family {models.encoder_family!r} of {models.source} names no encoder; "
+                                               "add one or serve the generator only (FACEEDIT_TS_MODELS=generator)")
+        self.encoder = load_encoder(path, device=self.device)
         log.warning("encoder ready: input %d px, %d styles", self.encoder.config.input_size,
                     self.encoder.config.n_styles)
 

@@ -1,4 +1,4 @@
-"""TorchServe handler: W+ latents + generator id → encoded images; base weights from the archive, adapted by id."""
+"""TorchServe handler: W+ latents + generator id → encoded images; base generators from the model config, adapted by id."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from faceedit.errors import InvalidInputError, NotFoundError
 from faceedit.images import to_pil
 from faceedit.models import Generator, load_generator
 from services.common.artifacts import open_artifact_store
+from services.common.models import load_model_config
 from services.common.registry import GeneratorIndex, load_adapted_generator
 from services.inference import protocol
 from services.inference.handler_support import (
@@ -21,7 +22,6 @@ from services.inference.handler_support import (
     InferenceConfig,
     encode_image,
     request_body,
-    serialized_file,
     set_torch_threads,
     worker_device,
 )
@@ -36,7 +36,7 @@ class GeneratorHandler:
 
     def __init__(self) -> None:
         self.config: InferenceConfig | None = None
-        self.base: Generator | None = None
+        self.bases: dict[str, Generator] = {}
         self.index: GeneratorIndex | None = None
         self.adapted: LRU[Generator] | None = None
         self.device = torch.device("cpu")
@@ -44,16 +44,20 @@ class GeneratorHandler:
     def initialize(self, context: Any) -> None:
         self.config = InferenceConfig.load(getattr(context, "model_yaml_config", None))
         set_torch_threads(self.config.torch_threads)
-        self.device = worker_device(context)
-        self.base = load_generator(serialized_file(context), device=self.device)
+        self.device = worker_device(context, self.config.device)
+        # Every base generator of the one model configuration, under the ids the editor uses.
+        models = load_model_config(self.config.models or None)
+        self.bases = {gid: load_generator(spec.checkpoint, device=self.device)
+                      for gid, spec in models.generators.items()}
         self.adapted = LRU(self.config.lru_size)
         if self.config.redis_url:
             store = open_artifact_store(self.config.artifact_store_url)
             self.index = GeneratorIndex(redis.Redis.from_url(self.config.redis_url), store,
                                         self.config.redis_namespace)
-        log.warning("generator %r ready: %d px, n_latent %d, style_dim %d, adapted generators %s",
-                    self.config.base_generator_id, self.base.config.size, self.base.n_latent,
-                    self.base.style_dim, "on" if self.index else "off")
+        for gid, g in self.bases.items():
+            log.warning("generator %r ready: %d px, n_latent %d, style_dim %d, %d images per call; adapted "
+                        "generators %s", gid, g.config.size, g.n_latent, g.style_dim,
+                        self.config.images_per_call(g.config.size), "on" if self.index else "off")
 
     def handle(self, data: list[dict], context: Any) -> list[bytes]:
         responses: list[bytes | None] = [None] * len(data)
@@ -94,9 +98,9 @@ class GeneratorHandler:
         return protocol.encode_error(exc)
 
     def _resolve(self, generator_id: str, tenant: str) -> Generator:
-        assert self.config is not None and self.base is not None and self.adapted is not None
-        if generator_id == self.config.base_generator_id:
-            return self.base
+        assert self.config is not None and self.adapted is not None
+        if generator_id in self.bases:
+            return self.bases[generator_id]
         if self.index is None:
             raise NotFoundError("generator", generator_id)
         # Looked up on every batch: the tenant check is per request, and a deleted generator must
@@ -105,12 +109,13 @@ class GeneratorHandler:
             record = self.index.get(generator_id, tenant)
         except redis.RedisError:
             raise protocol.InferenceError(protocol.UNAVAILABLE, "the generator index (Redis) is unreachable") from None
-        if record.base_generator != self.config.base_generator_id:
+        base = self.bases.get(record.base_generator)
+        if base is None:
             raise protocol.InferenceError(protocol.FAILED_PRECONDITION,
                                           f"generator {generator_id!r} is adapted from {record.base_generator!r}; "
-                                          f"this model serves {self.config.base_generator_id!r}")
+                                          f"this model serves {sorted(self.bases)}")
         return self.adapted.get_or_load((record.id, record.sha256),
-                                        lambda: load_adapted_generator(self.index.store, record, self.base))
+                                        lambda: load_adapted_generator(self.index.store, record, base))
 
     @staticmethod
     def _check_shape(ws: np.ndarray, generator: Generator) -> None:
@@ -123,9 +128,9 @@ class GeneratorHandler:
                     members: list[tuple[int, protocol.GenerateRequest]]) -> list[tuple[int, bytes]]:
         assert self.config is not None
         ws = torch.from_numpy(np.concatenate([r.ws for _, r in members])).to(self.device)
-        with torch.inference_mode():
-            images = torch.cat([generator.synthesis(chunk, noise_mode=noise_mode)
-                                for chunk in ws.split(self.config.max_chunk)])
+        with torch.inference_mode():  # a dynamic batch split to stay within the memory budget
+            images = torch.cat([generator.synthesis(chunk, noise_mode=noise_mode).cpu()
+                                for chunk in ws.split(self.config.images_per_call(generator.config.size))])
         pil = to_pil(images)
         out, start = [], 0
         for i, request in members:

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Generic, Hashable, Mapping, TypeVar
 
 import torch
 from PIL import Image
 
 from faceedit.errors import InvalidInputError
+from services.common.settings import read_settings
 
-ENV_PREFIX = "FACEEDIT_"
 T = TypeVar("T")
 
 
@@ -24,33 +22,33 @@ class InferenceConfig:
     """Read once per worker: the `faceedit:` section of model-config.yaml, then FACEEDIT_* env on top
     (so secrets such as a Redis password in the URL come from the environment, never the archive)."""
 
-    base_generator_id: str = "demo"
-    redis_url: str = ""  # "" → base generator only; adapted ids answer NOT_FOUND
+    # The model configuration (services/common/models.py); "" = $FACEEDIT_MODELS, else the demo zoo's.
+    models: str = ""
+    redis_url: str = ""  # "" → base generators only; adapted ids answer NOT_FOUND
     artifact_store_url: str = ""
     redis_namespace: str = "faceedit"
     lru_size: int = 4  # adapted generators kept in memory per worker
     torch_threads: int = 1  # FINDINGS: 2 threads under CPU contention are ~20x slower than 1
-    max_chunk: int = 16  # images per synthesis call, bounds memory for a large merged batch
+    # Peak activation memory of one synthesis call: a dynamic batch is split so that images x
+    # size^2 x activation_bytes_per_pixel stays under it. Sized for an 8 GB CPU container or a
+    # 16 GB GPU next to the weights (1024 px: ~0.4 GB per image, so 15 images per call).
+    memory_budget_mb: int = 6144
+    activation_bytes_per_pixel: int = 400  # measured at 1024 px on the CPU (README, "Real weights")
+    device: str = "auto"  # "auto": the GPU TorchServe assigns the worker, else the CPU
 
     @classmethod
-    def load(cls, model_yaml: Mapping[str, Any] | None, env: Mapping[str, str] = os.environ) -> "InferenceConfig":
-        section = dict((model_yaml or {}).get("faceedit") or {})
-        values: dict[str, Any] = {}
-        for name, spec in cls.__dataclass_fields__.items():
-            raw = env.get(ENV_PREFIX + name.upper(), section.get(name))
-            if raw is None:
-                continue
-            kind = int if spec.type in ("int", int) else str
-            try:
-                values[name] = kind(raw)
-            except ValueError:
-                raise InvalidInputError(name, f"expected {kind.__name__}, got {raw!r}") from None
-        config = cls(**values)
-        if config.lru_size < 1 or config.torch_threads < 1 or config.max_chunk < 1:
-            raise InvalidInputError("lru_size/torch_threads/max_chunk", "must be positive")
+    def load(cls, model_yaml: Mapping[str, Any] | None, env: Mapping[str, str] | None = None) -> "InferenceConfig":
+        config = read_settings(cls, env, section=dict((model_yaml or {}).get("faceedit") or {}))
+        if config.lru_size < 1 or config.torch_threads < 1 or config.memory_budget_mb < 1:
+            raise InvalidInputError("lru_size/torch_threads/memory_budget_mb", "must be positive")
         if config.redis_url and not config.artifact_store_url:
             raise InvalidInputError("artifact_store_url", "is required when redis_url is set")
         return config
+
+    def images_per_call(self, size: int) -> int:
+        """How many size x size images one synthesis call may make within the memory budget."""
+        per_image = size * size * self.activation_bytes_per_pixel
+        return max(1, (self.memory_budget_mb << 20) // per_image)
 
 
 def set_torch_threads(n: int) -> None:
@@ -61,8 +59,14 @@ def set_torch_threads(n: int) -> None:
         pass  # already set in this process (it may only be set once, before any parallel work)
 
 
-def worker_device(context: Any) -> torch.device:
-    """The GPU TorchServe assigned to this worker (`gpu_id`), or the CPU when there is none."""
+def worker_device(context: Any, setting: str = "auto") -> torch.device:
+    """`setting` ("cpu", "cuda", "cuda:1"), or for "auto" the GPU TorchServe assigned to this worker
+    (`gpu_id`), else the CPU."""
+    if setting != "auto":
+        device = torch.device(setting)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InvalidInputError("device", f"{setting!r} was asked for, but this worker sees no CUDA device")
+        return device
     gpu_id = (getattr(context, "system_properties", None) or {}).get("gpu_id")
     if gpu_id is not None and torch.cuda.is_available():
         return torch.device(f"cuda:{int(gpu_id)}")
@@ -101,13 +105,6 @@ def center_square(image: Image.Image, size: int) -> Image.Image:
     side = min(image.size)
     left, top = (image.width - side) // 2, (image.height - side) // 2
     return image.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
-
-
-def serialized_file(context: Any) -> Path:
-    """The weights file the archive was built with (`--serialized-file`), inside the model dir."""
-    model_dir = Path(context.system_properties["model_dir"])
-    name = context.manifest["model"]["serializedFile"]
-    return model_dir / name
 
 
 class LRU(Generic[T]):

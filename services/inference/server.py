@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Mapping
 
 from services.common.redis_server import free_port
+from services.common.settings import read_settings
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -46,20 +47,8 @@ class TorchServeConfig:
     token_auth: bool | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ, **overrides: object) -> "TorchServeConfig":
-        values: dict[str, object] = {}
-        for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is None:
-                continue
-            if f.name == "token_auth":
-                values[f.name] = raw.lower() in ("1", "true", "yes")
-            elif f.name.endswith("_port"):
-                values[f.name] = int(raw)
-            else:
-                values[f.name] = raw
-        values.update(overrides)
-        return cls(**values)
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "TorchServeConfig":
+        return read_settings(cls, env, prefix=ENV_PREFIX, **overrides)
 
     def with_ports(self) -> "TorchServeConfig":
         """Same config, every 0 port replaced by a free one."""

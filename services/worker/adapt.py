@@ -24,6 +24,7 @@ from faceedit.errors import CheckpointError, FaceEditError, InvalidInputError, N
 from faceedit.images import from_pil
 from faceedit.models import Encoder, Generator, load_encoder, load_generator
 from services.common.artifacts import ArtifactStore, open_artifact_store
+from services.common.models import ModelConfig, load_model_config
 from services.common.jobs import Job, JobStore
 from services.common.registry import GeneratorIndex, save_adapted_generator
 from services.inference.handler_support import center_square
@@ -95,7 +96,8 @@ class Runtime:
     index: GeneratorIndex
     store: ArtifactStore
     worker_id: str
-    device: torch.device = field(default_factory=lambda: torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    models: ModelConfig
+    device: torch.device
     _bases: dict[str, Generator] = field(default_factory=dict)
     _encoders: dict[str, Encoder | None] = field(default_factory=dict)
     _clips: list[ClipModel] | None = None
@@ -107,25 +109,25 @@ class Runtime:
         store = open_artifact_store(config.artifact_store_url)
         worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         return cls(config, JobStore(client, config.redis_namespace),
-                   GeneratorIndex(client, store, config.redis_namespace), store, worker_id)
+                   GeneratorIndex(client, store, config.redis_namespace), store, worker_id,
+                   load_model_config(config.models or None), worker_device(config.device))
 
     def base(self, base_id: str) -> Generator:
         if base_id not in self._bases:
-            paths = WorkerConfig.parse_paths(self.config.base_generators, "base_generators")
-            if base_id not in paths:
-                raise InvalidInputError("base_generator", f"{base_id!r} is not one of {sorted(paths)}")
-            self._bases[base_id] = load_generator(paths[base_id], device=self.device)
+            spec = self.models.generator(base_id, "base_generator")
+            self._bases[base_id] = load_generator(spec.checkpoint, device=self.device)
         return self._bases[base_id]
 
     def encoder(self, base_id: str) -> Encoder | None:
-        if base_id not in self._encoders:
-            path = WorkerConfig.parse_paths(self.config.encoders, "encoders").get(base_id)
-            self._encoders[base_id] = (load_encoder(path, device=self.device)
-                                       if path is not None and path.is_file() else None)
-        return self._encoders[base_id]
+        """The e4e encoder of the base's family (None when the model configuration names none)."""
+        family = self.models.family_of(base_id)
+        if family.name not in self._encoders:
+            self._encoders[family.name] = (load_encoder(family.encoder, device=self.device)
+                                           if family.encoder is not None else None)
+        return self._encoders[family.name]
 
     def clip_configs(self) -> tuple[ClipConfig, ...]:
-        return clip_configs(self.config.clips)
+        return clip_configs(self.models)
 
     def clips(self) -> list[ClipModel]:
         """DIFA's CLIP models, loaded once per process; a missing or broken file is the worker's problem."""
@@ -139,21 +141,27 @@ class Runtime:
         return self._clips
 
 
-def clip_configs(spec: str) -> tuple[ClipConfig, ...]:
-    """FACEEDIT_CLIPS ("[architecture=]weights,…"; empty: the zoo's demo CLIP) → CLIP configs."""
-    from faceedit.zoo import FILES, zoo_dir
+def clip_configs(models: ModelConfig) -> tuple[ClipConfig, ...]:
+    """The model configuration's `clips` → CLIP configs; none is the worker's problem, not the job's."""
+    if not models.clips:
+        raise WorkerSetupError("clips", f"{models.source} names no CLIP model (clips: [...]); DIFA needs one. Add it, "
+                                        "or select the fallback FACEEDIT_ADAPTATION=finetune")
+    try:
+        return parse_clip_spec(models.clip_specs())
+    except InvalidInputError as exc:
+        raise WorkerSetupError("clips", exc.problem) from None
 
-    if spec.strip():
-        try:
-            return parse_clip_spec(spec)
-        except InvalidInputError as exc:
-            raise WorkerSetupError("clips", exc.problem) from None
-    weights = zoo_dir() / FILES["clip"]
-    if not weights.is_file():
-        raise WorkerSetupError("clips", f"no CLIP configured and the zoo has none at {weights}: train it "
-                                        "(faceedit train clip), set FACEEDIT_CLIPS, or select the fallback "
-                                        "FACEEDIT_ADAPTATION=finetune")
-    return parse_clip_spec(str(weights))
+
+def worker_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(setting)
+    except RuntimeError:
+        raise InvalidInputError("device", f"expected auto, cpu, cuda or cuda:N, got {setting[:100]!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError("device", f"{setting!r} was asked for, but this worker sees no CUDA device")
+    return device
 
 
 def difa_config(config: WorkerConfig, clips: tuple[ClipConfig, ...], params: Mapping[str, Any]) -> DifaConfig:
@@ -297,16 +305,23 @@ def _difa_job(job: Job, rt: Runtime, keeper: LeaseKeeper, on_progress: Callable[
     clips = rt.clips()
     # The reference only goes through CLIP: read it at the largest size any model looks at.
     reference = load_target(rt, job, max([base.config.size, *(clip.image_size for clip in clips)]))
-    rt.jobs.set_progress(job.id, job.progress, "preparing: reference features and the mean source CLIP embedding")
 
     report, should_cancel = _job_callbacks(job, rt, keeper, on_progress)
 
     def progress(done: int, total: int, losses: dict[str, float]) -> None:
         report(done, total, losses["total"])
 
+    def preparing(done: int, total: int) -> None:
+        # Called once per batch and only while the mean is computed: a cached one never shows this.
+        # The fraction stays where the job is, so it does not run backwards when iterations start.
+        message = f"preparing: source CLIP mean {done}/{total} samples"
+        rt.jobs.set_progress(job.id, job.progress, message)
+        if on_progress is not None:
+            on_progress(job.progress, message)
+
     checkpoints = StoreFolder(rt.store, job_folder(job.id))
     run = dict(progress=progress, should_cancel=should_cancel, checkpoint_dir=checkpoints,
-               clip_mean_cache=StoreFolder(rt.store, CLIP_MEAN_PREFIX))
+               clip_mean_cache=StoreFolder(rt.store, CLIP_MEAN_PREFIX), prepare_progress=preparing)
     try:
         try:
             result = adapt(base, encoder, clips, reference.to(rt.device), config, **run)
@@ -321,7 +336,8 @@ def _difa_job(job: Job, rt: Runtime, keeper: LeaseKeeper, on_progress: Callable[
     except AdaptationCancelled as cancelled:
         if keeper.lost:  # not ours any more: leave the record (and checkpoint) to the worker that owns it
             return {"status": "LEASE_LOST"}
-        rt.jobs.cancelled(job.id, f"cancelled after {cancelled.iteration} iterations")
+        rt.jobs.cancelled(job.id, "cancelled while preparing the source CLIP mean" if cancelled.preparing
+                          else f"cancelled after {cancelled.iteration} iterations")
         rt.store.delete(state_key(job.id))
         return {"status": "CANCELLED", "iterations": cancelled.iteration}
     record = save_adapted_generator(rt.store, rt.index, job.tenant, job.base_generator, result.delta,

@@ -1,22 +1,25 @@
-"""Celery app of the worker (Redis broker and result backend, queue "gpu") and the `faceedit.adapt` task."""
+"""The worker's Celery app (Redis broker and result backend, queue "gpu"): `faceedit.adapt` and `faceedit.prepare`."""
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+import logging
+from typing import Any, Callable
 
-from celery import Celery
+from celery import Celery, signals
 
 from services.worker.config import WorkerConfig
 
 TASK_ADAPT = "faceedit.adapt"
+TASK_PREPARE = "faceedit.prepare"
+log = logging.getLogger(__name__)
 
 
 def create_app(config: WorkerConfig) -> Celery:
     app = Celery("faceedit", broker=config.redis_url, backend=config.redis_url)
     app.conf.update(
         task_default_queue=config.queue,
-        task_routes={TASK_ADAPT: {"queue": config.queue}},
+        task_routes={TASK_ADAPT: {"queue": config.queue}, TASK_PREPARE: {"queue": config.queue}},
         task_serializer="json", result_serializer="json", accept_content=["json"],
         # A job's message is acknowledged only when the task returns; a worker that dies mid-job
         # leaves it unacknowledged, and Redis redelivers it after the visibility timeout.
@@ -56,6 +59,66 @@ def adapt(self: Any, job_id: str) -> dict[str, Any]:
         # Someone else runs it (or ran it and died: the lease expires). Try again later; the
         # retry is a new message, so this delivery is acknowledged.
         raise self.retry(countdown=busy.countdown)
+
+
+@app.task(name=TASK_PREPARE, bind=True)
+def prepare(self: Any, base_id: str) -> dict[str, Any]:
+    """Cache the mean source CLIP embedding that DIFA jobs on base `base_id` need (a deployment sends this when
+    it registers a base; the worker sends it itself at start-up); nothing to do when it is cached."""
+    return prepare_base(runtime(), base_id, lambda done, total: self.update_state(
+        state="PROGRESS", meta={"base_generator": base_id, "done": done, "total": total}))
+
+
+def prepare_base(rt: Any, base_id: str, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """What `faceedit.prepare` does, on a Runtime: a result saying which cache keys it computed."""
+    from faceedit.adaptation.clip_mean import prepare_source_mean
+    from faceedit.errors import FaceEditError
+    from services.worker.adapt import CLIP_MEAN_PREFIX, StoreFolder, difa_config
+
+    try:
+        # No job parameter touches the mean's settings: this is the key every job on the base reads.
+        config = difa_config(rt.config, rt.clip_configs(), {})
+        keys = prepare_source_mean(rt.base(base_id), rt.clips(), config, StoreFolder(rt.store, CLIP_MEAN_PREFIX),
+                                   progress)
+    except FaceEditError as exc:  # a warm-up that cannot run is logged; the jobs report it themselves
+        log.error("cannot prepare base %s: %s", base_id, exc)
+        return {"status": "FAILED", "base_generator": base_id, "error": str(exc)}
+    computed = [key for key, new in keys.items() if new]
+    return {"status": "PREPARED" if computed else "CACHED", "base_generator": base_id, "computed": computed}
+
+
+def bases_missing_a_mean(rt: Any) -> list[str]:
+    """The configured bases whose mean source CLIP embedding is not cached (loads them and the CLIPs, which the
+    Runtime keeps for the jobs)."""
+    from faceedit.adaptation.clip_mean import has_source_mean
+    from faceedit.errors import FaceEditError
+    from services.worker.adapt import CLIP_MEAN_PREFIX, StoreFolder, difa_config
+
+    try:
+        config = difa_config(rt.config, rt.clip_configs(), {})
+        clips = rt.clips()
+    except FaceEditError as exc:
+        log.warning("not preparing any base: %s", exc)
+        return []
+    cache = StoreFolder(rt.store, CLIP_MEAN_PREFIX)
+    missing = []
+    for base_id in rt.models.generators:
+        try:
+            if not has_source_mean(rt.base(base_id), clips, config, cache):
+                missing.append(base_id)
+        except FaceEditError as exc:  # one unloadable base must not keep the others cold
+            log.warning("not preparing base %s: %s", base_id, exc)
+    return missing
+
+
+@signals.worker_ready.connect
+def queue_missing_means(**_: Any) -> None:
+    """Queue `faceedit.prepare` for each base whose mean is missing, once, when this worker starts consuming."""
+    if not config.prepare_on_start or config.adaptation != "difa":
+        return
+    for base_id in bases_missing_a_mean(runtime()):
+        log.info("queueing %s for base %s", TASK_PREPARE, base_id)
+        app.send_task(TASK_PREPARE, args=[base_id], queue=config.queue)
 
 
 @functools.cache

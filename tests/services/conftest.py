@@ -79,4 +79,8 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     clip = build_clip_module(TINY_CLIP)
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(root / "clip.safetensors"))
     (root / "clip.json").write_text(json.dumps({"model": "tiny test CLIP", "model_cfg": TINY_CLIP}))
-    return {"generator": root / "generator.pt", "encoder": root / "encoder.pt", "clip": root / "clip.safetensors"}
+    models = {"generator": root / "generator.pt", "encoder": root / "encoder.pt", "clip": root / "clip.safetensors"}
+    from editor_fakes import write_models_file
+
+    models["models"] = write_models_file(root / "models.yaml", models, generator_id="tiny")
+    return models

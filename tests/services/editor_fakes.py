@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 
+from faceedit.editing import BoundarySet, DirectionEntry
 from faceedit.errors import NotFoundError
 from faceedit.images import from_pil, to_pil
 from faceedit.models import load_encoder, load_generator
@@ -80,3 +82,24 @@ def png_bytes(size: int = 32, seed: int = 0) -> bytes:
     out = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(out, format="PNG")
     return out.getvalue()
+
+
+def boundary_set(normals: dict[str, torch.Tensor], accuracy: float | None = 0.9,
+                 recommended: tuple[float, float] = (-3.0, 3.0), layers: dict[str, tuple[int, ...]] | None = None,
+                 space: str = "w") -> BoundarySet:
+    """A boundary set of unit W (or Z) directions, as the editor gets it from load_boundary_set."""
+    return BoundarySet(DirectionEntry(name, d / d.norm(), space, f"{name}.safetensors", "faceedit", accuracy,
+                                      recommended, (layers or {}).get(name), description=f"{name} boundary")
+                       for name, d in normals.items())
+
+
+def write_models_file(path: Path, models: dict[str, Path], generator_id: str = "demo",
+                      boundaries: Path | None = None) -> Path:
+    """A model configuration (services/common/models.py) serving the tiny models under `generator_id`."""
+    family = {"encoder": str(models["encoder"])}
+    if boundaries is not None:
+        family["boundaries"] = [{"path": str(boundaries)}]
+    config = {"generators": {generator_id: {"checkpoint": str(models["generator"])}},
+              "families": {generator_id: family}, "clips": [str(models["clip"])]}
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -19,17 +19,18 @@ KEY = "k" * 20
 
 def test_config_reads_the_environment_once():
     config = EditorConfig.from_env({"FACEEDIT_PORT": "0", "FACEEDIT_LATENT_TTL_S": "90",
-                                    "FACEEDIT_GENERATORS": "demo=/a.pt, other=/b.pt",
+                                    "FACEEDIT_MODELS": "/etc/faceedit/models.yaml",
                                     "FACEEDIT_API_KEYS": f"{KEY}=acme", "FACEEDIT_DEFAULT_TRUNCATION": "0.5"})
     assert (config.host, config.port, config.latent_ttl_s, config.default_truncation) == ("127.0.0.1", 0, 90, 0.5)
-    assert dict(config.generators) == {"demo": "/a.pt", "other": "/b.pt"}
+    assert config.models == "/etc/faceedit/models.yaml" and dict(config.api_keys) == {KEY: "acme"}
     assert KEY not in repr(config)  # secrets never show up in logs of the config
 
 
 @pytest.mark.parametrize("env, field", [
     ({"FACEEDIT_PORT": "http"}, "FACEEDIT_PORT"),
     ({"FACEEDIT_PORT": "70000"}, "port"),
-    ({"FACEEDIT_GENERATORS": "demo"}, "FACEEDIT_GENERATORS"),
+    ({"FACEEDIT_API_KEYS": "demo"}, "FACEEDIT_API_KEYS"),
+    ({"FACEEDIT_CHUNK_SECONDS": "0"}, "inference_timeout_s/chunk_seconds/frame_batch"),
     ({"FACEEDIT_DEFAULT_TRUNCATION": "2"}, "default_truncation"),
     ({"FACEEDIT_API_KEYS_FILE": "/nonexistent/keys.json"}, "api_keys_file"),
 ])

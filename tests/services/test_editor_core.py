@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from editor_fakes import FakeInference, FakeQueue, png_bytes
+from editor_fakes import FakeInference, FakeQueue, boundary_set, png_bytes
 from faceedit.editing import save_boundary
 from faceedit.errors import InvalidInputError, NotFoundError
 from faceedit.models import load_generator
@@ -30,11 +30,8 @@ def base(tiny_models) -> core.BaseGenerator:
 @pytest.fixture
 def boundaries(base) -> core.BoundaryRegistry:
     rng = torch.Generator().manual_seed(3)
-    entries = {}
-    for name in ("age", "smile", "glasses"):
-        d = torch.randn(base.style_dim, generator=rng)
-        entries[name] = core.BoundaryEntry(name, d / d.norm(), 0.9, (-3.0, 3.0), None)
-    return core.BoundaryRegistry({"demo": entries})
+    normals = {name: torch.randn(base.style_dim, generator=rng) for name in ("age", "smile", "glasses")}
+    return core.BoundaryRegistry({"demo": boundary_set(normals)})
 
 
 @pytest.fixture
@@ -98,7 +95,7 @@ class TestEdit:
         result = editor.edit("t1", "", core.LatentSource(latent_id=face.latent.id),
                              [core.Step("age", 2.0, layers="coarse")])
         delta = result.latent.ws - face.latent.ws  # [1, L, D]
-        normal = boundaries.attributes("demo")["age"].direction.numpy()
+        normal = boundaries.attributes("demo").get("age").direction.numpy()
         coarse = range(0, 2)  # n_latent 8: coarse is 0-1
         for layer in range(delta.shape[1]):
             expected = 2.0 * normal if layer in coarse else np.zeros_like(normal)
@@ -112,7 +109,7 @@ class TestEdit:
         ws0 = editor.generate("t1", "", [2])[0].latent
         out = editor.edit("t1", "", core.LatentSource(latent_id=ws0.id),
                           [core.Step("age", 3.0, conditions=("smile",))]).latent.ws
-        smile = boundaries.attributes("demo")["smile"].direction.numpy()
+        smile = boundaries.attributes("demo").get("smile").direction.numpy()
         assert abs(float((out - ws0.ws)[0, 0] @ smile)) < 1e-4  # no movement along the condition
 
     def test_seed_and_inline_sources(self, world, base):
@@ -285,37 +282,54 @@ class TestAdaptation:
 
 
 def test_boundaries_load_from_files_and_are_checked_against_the_latent_space(tmp_path, base):
+    from faceedit.editing import BoundarySetError, BoundarySetSpec
+
     save_boundary(tmp_path / "age.safetensors", torch.ones(64),
                   {"attribute": "age", "accuracy": 0.93, "recommended_strength": [-2.5, 4.0], "layers": [0, 1]})
-    entries = core.BoundaryRegistry.read_dir(tmp_path, base)
-    assert entries["age"].accuracy == pytest.approx(0.93)
-    assert entries["age"].recommended == (-2.5, 4.0) and entries["age"].layers == (0, 1)
+    entries = core.BoundaryRegistry.read_sets([BoundarySetSpec(str(tmp_path))], base)
+    assert entries.get("age").accuracy == pytest.approx(0.93)
+    assert entries.get("age").recommended == (-2.5, 4.0) and entries.get("age").layers == (0, 1)
     save_boundary(tmp_path / "bad.safetensors", torch.ones(32), {})
-    with pytest.raises(InvalidInputError, match="bad"):
-        core.BoundaryRegistry.read_dir(tmp_path, base)
+    with pytest.raises(BoundarySetError, match="bad.safetensors"):
+        core.BoundaryRegistry.read_sets([BoundarySetSpec(str(tmp_path))], base)
 
 
-def test_list_attributes_reports_ranges_and_layer_groups(world, base):
-    world["editor"].boundaries.families["demo"]["age"] = core.BoundaryEntry(
-        "age", torch.ones(64) / 8, 0.8, (-2.0, 3.0), (0, 1))
+def test_list_attributes_reports_ranges_layer_groups_and_provenance(world, base):
+    world["editor"].boundaries.families["demo"] = boundary_set(
+        {"age": torch.ones(64), "smile": torch.ones(64)}, accuracy=None, recommended=(-2.0, 3.0),
+        layers={"age": (0, 1)})
     family, attributes = world["editor"].list_attributes("t1")
     age = next(a for a in attributes if a.name == "age")
     assert family == "demo" and (age.recommended_min, age.recommended_max, age.default_layers) == (-2.0, 3.0, "coarse")
+    assert age.accuracy is None and (age.source, age.format, age.space) == ("age.safetensors", "faceedit", "w")
 
 
-def test_the_server_serves_the_boundaries_that_fit_and_skips_the_rest(tmp_path, base, monkeypatch):
-    from services.editor.config import EditorConfig
+def test_a_boundary_file_the_editor_cannot_use_stops_the_start(tmp_path, base):
+    """Never silently skipped: a file that does not fit names itself, and nothing is served."""
+    from faceedit.editing import BoundarySetError
+    from services.common.models import load_model_config
     from services.editor.server import load_boundaries
 
-    folder = tmp_path / "zoo" / "boundaries"
+    folder = tmp_path / "boundaries"
     save_boundary(folder / "age.safetensors", torch.ones(64), {"accuracy": 0.9})
+    (tmp_path / "models.yaml").write_text(
+        f"generators: {{demo: {{checkpoint: {base_checkpoint(tmp_path)}}}}}\n"
+        "families: {demo: {boundaries: [boundaries]}}\n")
+    registry = load_boundaries(load_model_config(tmp_path / "models.yaml"), {"demo": base})
+    assert registry.attributes("demo").names() == ["age"]
     save_boundary(folder / "other.safetensors", torch.ones(64), {"generator_sha256": "f" * 64})  # another G
     save_boundary(folder / "wide.safetensors", torch.ones(128), {})  # another latent space
-    monkeypatch.setenv("FACEEDIT_ZOO_DIR", str(tmp_path / "zoo"))
-    registry = load_boundaries(EditorConfig(), {"demo": base})
-    assert set(registry.attributes("demo")) == {"age"}
-    monkeypatch.setenv("FACEEDIT_ZOO_DIR", str(tmp_path / "empty"))
-    assert load_boundaries(EditorConfig(), {"demo": base}).attributes("demo") == {}  # no boundaries: still serves
+    (folder / "notes.txt").write_text("not a direction")
+    with pytest.raises(BoundarySetError) as info:
+        load_boundaries(load_model_config(tmp_path / "models.yaml"), {"demo": base})
+    for name in ("other.safetensors", "wide.safetensors", "notes.txt"):
+        assert name in str(info.value)
+
+
+def base_checkpoint(tmp_path) -> str:
+    path = tmp_path / "g.pt"
+    path.write_bytes(b"")  # only its existence is checked by the config; the base is loaded already
+    return str(path)
 
 
 def test_job_params_are_what_the_fine_tuner_accepts(world):

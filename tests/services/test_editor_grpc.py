@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
-from editor_fakes import FakeInference, png_bytes
+from editor_fakes import FakeInference, boundary_set, png_bytes
 from faceedit.client import FaceEditClient, FaceEditError, RetryPolicy, Step
 from faceedit.proto import editor_pb2, editor_pb2_grpc
 from services.common.registry import GeneratorRecord
@@ -39,13 +39,10 @@ def server(tmp_path, tiny_models, redis_server, namespace):
                                    max_message_bytes=1_000_000, max_frames=12, health_interval_s=60.0)
     base = core.BaseGenerator.load("demo", tiny_models["generator"])
     rng = torch.Generator().manual_seed(0)
-    entries = {}
-    for name in ("age", "smile"):
-        d = torch.randn(64, generator=rng)
-        entries[name] = core.BoundaryEntry(name, d / d.norm(), 0.91, (-3.0, 2.5), None, f"{name} boundary")
+    normals = {name: torch.randn(64, generator=rng) for name in ("age", "smile")}
     inference = FakeInference(tiny_models["generator"], tiny_models["encoder"])
     srv = EditorServer(config, inference=inference, bases={"demo": base},
-                       boundaries=core.BoundaryRegistry({"demo": entries}))
+                       boundaries=core.BoundaryRegistry({"demo": boundary_set(normals, 0.91, (-3.0, 2.5))}))
     srv.start()
     try:
         yield srv

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from faceedit.proto import inference_pb2, inference_pb2_grpc
-from services.editor.errors import DeadlineError, PreconditionError, UnavailableError, status_for
+from services.editor.errors import DeadlineError, PreconditionError, TooLargeError, UnavailableError, status_for
 from services.editor.inference import CALLER_DEADLINE, TorchServeInference, read_inference_token
 from services.inference import protocol
 
@@ -27,6 +27,8 @@ class FakeTorchServe(inference_pb2_grpc.InferenceAPIsServiceServicer):
         self.block = threading.Event()
         self.hold = False
         self.key: str | None = None  # when set, calls without `Bearer <key>` are refused like TorchServe does
+        self.delay_s = 0.0  # each call takes this long, like a 1024 px synthesis on a CPU
+        self.image_bytes = 0  # when set, every image is this many bytes
 
     def Predictions(self, request, context):
         metadata = dict(context.invocation_metadata())
@@ -37,8 +39,10 @@ class FakeTorchServe(inference_pb2_grpc.InferenceAPIsServiceServicer):
             self.block.wait(30)
         if self.abort_with is not None:
             context.abort(self.abort_with, "Model not found" if self.abort_with == grpc.StatusCode.NOT_FOUND else "x")
+        time.sleep(self.delay_s)
         body = protocol.decode_generate_request(request.input["data"])
-        images = [b"\x89PNG\r\n\x1a\nfake"] * body.ws.shape[0]
+        image = b"\x89PNG\r\n\x1a\n" + b"f" * max(4, self.image_bytes - 8)
+        images = [image] * body.ws.shape[0]
         return inference_pb2.PredictionResponse(prediction=protocol.encode_generate_response(images, "png", 32))
 
     def Ping(self, request, context):
@@ -146,3 +150,34 @@ def test_the_callers_deadline_bounds_the_model_server_call(fake):
         CALLER_DEADLINE.reset(token)
         servicer.block.set()
         client.close()
+
+
+def test_a_long_caller_deadline_is_not_cut_to_a_fixed_per_call_limit(fake):
+    """Animate at 1024 on a CPU used to fail at the fixed per-call limit whatever the caller allowed."""
+    servicer, target = fake
+    servicer.delay_s = 0.6
+    client = TorchServeInference(target, timeout_s=0.3)  # the default for calls without a caller deadline
+    token = CALLER_DEADLINE.set(time.monotonic() + 10)
+    try:
+        assert len(client.synthesize("demo", "", ws(2)).images) == 2
+        assert servicer.requests[-1][2] > 5  # TorchServe saw the caller's remaining time
+    finally:
+        CALLER_DEADLINE.reset(token)
+    with pytest.raises(DeadlineError):  # without a caller deadline the configured limit applies
+        client.synthesize("demo", "", ws(1))
+    client.close()
+
+
+def test_a_reply_over_the_channel_limit_is_resource_exhausted_and_not_retryable(fake):
+    servicer, target = fake
+    servicer.image_bytes = 400_000
+    client = TorchServeInference(target, max_message_bytes=1_000_000)
+    assert len(client.synthesize("demo", "", ws(1)).images) == 1
+    with pytest.raises(TooLargeError) as info:  # 4 x 400 kB (base64 in JSON) > 1 MB
+        client.synthesize("demo", "", ws(4))
+    assert status_for(info.value)[0] == grpc.StatusCode.RESOURCE_EXHAUSTED and "message limit" in info.value.problem
+    # TorchServe's own RESOURCE_EXHAUSTED (queue full, workers down) stays retryable.
+    servicer.abort_with = grpc.StatusCode.RESOURCE_EXHAUSTED
+    with pytest.raises(UnavailableError):
+        client.synthesize("demo", "", ws(1))
+    client.close()

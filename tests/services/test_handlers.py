@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,12 +22,12 @@ from services.inference.encoder_handler import EncoderHandler
 from services.inference.generator_handler import GeneratorHandler
 
 
-def fake_context(model_file: Path, model_dir: Path, settings: dict | None = None) -> SimpleNamespace:
+def fake_context(models_file: Path, model_dir: Path, settings: dict | None = None) -> SimpleNamespace:
+    """What TorchServe hands a handler: the archive's model dir and its model-config.yaml (no weights:
+    the handler reads the model configuration the `models` setting names)."""
     model_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(model_file, model_dir / model_file.name)
-    return SimpleNamespace(system_properties={"model_dir": str(model_dir)},
-                           manifest={"model": {"serializedFile": model_file.name}},
-                           model_yaml_config={"faceedit": settings or {}})
+    return SimpleNamespace(system_properties={"model_dir": str(model_dir)}, manifest={"model": {}},
+                           model_yaml_config={"faceedit": {"models": str(models_file), **(settings or {})}})
 
 
 @pytest.fixture
@@ -49,8 +48,8 @@ def index(redis_client, store, namespace):
 @pytest.fixture
 def handler(tiny_models, tmp_path, redis_server, namespace, store):
     h = GeneratorHandler()
-    h.initialize(fake_context(tiny_models["generator"], tmp_path / "gen", {
-        "base_generator_id": "tiny", "redis_url": redis_server.url, "redis_namespace": namespace,
+    h.initialize(fake_context(tiny_models["models"], tmp_path / "gen", {
+        "redis_url": redis_server.url, "redis_namespace": namespace,
         "artifact_store_url": f"file://{store.root}", "lru_size": 1}))
     return h
 
@@ -147,22 +146,25 @@ def test_tampered_adapted_weights_are_refused(handler, base, store, index):
 
 def test_without_redis_only_the_base_is_served(tiny_models, tmp_path, base):
     h = GeneratorHandler()
-    h.initialize(fake_context(tiny_models["generator"], tmp_path / "gen", {"base_generator_id": "tiny"}))
+    h.initialize(fake_context(tiny_models["models"], tmp_path / "gen"))
     with pytest.raises(NotFoundError):
         protocol.decode_generate_response(
             h.handle([{"data": protocol.encode_generate_request("gen-x", latents(base, 1, 0))}], None)[0])
 
 
 def test_env_overrides_the_model_config(monkeypatch, tiny_models, tmp_path):
-    monkeypatch.setenv("FACEEDIT_BASE_GENERATOR_ID", "from-env")
+    from editor_fakes import write_models_file
+
+    monkeypatch.setenv("FACEEDIT_MODELS", str(write_models_file(tmp_path / "env.yaml", tiny_models, "from-env")))
     monkeypatch.setenv("FACEEDIT_LRU_SIZE", "3")
     h = GeneratorHandler()
-    h.initialize(fake_context(tiny_models["generator"], tmp_path / "gen", {"base_generator_id": "tiny"}))
-    assert h.config.base_generator_id == "from-env" and h.config.lru_size == 3
+    h.initialize(SimpleNamespace(system_properties={"model_dir": str(tmp_path)}, manifest={"model": {}},
+                                 model_yaml_config={"faceedit": {"lru_size": 1}}))
+    assert list(h.bases) == ["from-env"] and h.config.lru_size == 3
     monkeypatch.setenv("FACEEDIT_LRU_SIZE", "many")
     with pytest.raises(InvalidInputError) as info:
-        GeneratorHandler().initialize(fake_context(tiny_models["generator"], tmp_path / "gen2"))
-    assert info.value.field == "lru_size"
+        GeneratorHandler().initialize(fake_context(tiny_models["models"], tmp_path / "gen2"))
+    assert info.value.field == "FACEEDIT_LRU_SIZE"  # the variable that holds the bad value
 
 
 def png(image: Image.Image) -> bytes:
@@ -174,7 +176,7 @@ def png(image: Image.Image) -> bytes:
 @pytest.fixture
 def encoder_handler(tiny_models, tmp_path):
     h = EncoderHandler()
-    h.initialize(fake_context(tiny_models["encoder"], tmp_path / "enc"))
+    h.initialize(fake_context(tiny_models["models"], tmp_path / "enc"))
     return h
 
 
@@ -224,13 +226,13 @@ def test_one_synthesis_call_per_generator_and_noise_mode(handler, base, store, i
     # Load the adapted generator first: it is a deep copy of the base and would copy the counter.
     handler.handle([{"data": protocol.encode_generate_request(record.id, ws, tenant="acme")}], None)
     calls = []
-    synthesis = handler.base.synthesis
+    synthesis = handler.bases["tiny"].synthesis
 
     def counting(ws, noise_mode="const"):
         calls.append((ws.shape[0], noise_mode))
         return synthesis(ws, noise_mode=noise_mode)
 
-    handler.base.synthesis = counting
+    handler.bases["tiny"].synthesis = counting
     rows = [{"data": protocol.encode_generate_request("tiny", ws, tenant="acme")},
             {"data": protocol.encode_generate_request(record.id, ws, tenant="acme")},
             {"data": protocol.encode_generate_request("tiny", latents(base, 2, 1), tenant="other")},
@@ -259,8 +261,8 @@ def test_redis_down_fails_adapted_ids_as_unavailable_and_the_base_still_works(ti
     from services.common.redis_server import free_port
 
     h = GeneratorHandler()
-    h.initialize(fake_context(tiny_models["generator"], tmp_path / "gen", {
-        "base_generator_id": "tiny", "redis_url": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens
+    h.initialize(fake_context(tiny_models["models"], tmp_path / "gen", {
+        "redis_url": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens
         "artifact_store_url": f"file://{tmp_path}/artifacts"}))
     ws = latents(base, 1, 0)
     adapted, plain = h.handle([{"data": protocol.encode_generate_request("gen-x", ws, tenant="acme")},

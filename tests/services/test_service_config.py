@@ -53,21 +53,23 @@ def test_inference_config_layers_env_over_the_model_yaml():
         InferenceConfig.load(yaml_config, {"FACEEDIT_REDIS_URL": "redis://x"})
     assert info.value.field == "artifact_store_url"
     with pytest.raises(InvalidInputError):
-        InferenceConfig.load(yaml_config, {"FACEEDIT_MAX_CHUNK": "0"})
+        InferenceConfig.load(yaml_config, {"FACEEDIT_MEMORY_BUDGET_MB": "0"})
+
+
+def test_the_memory_budget_sizes_a_synthesis_call():
+    """1024 px at ~0.4 GB per image: the default 6 GB budget allows 15 images per call, the demo's 64 px thousands."""
+    config = InferenceConfig.load(model_config("generator"), {})
+    assert config.images_per_call(1024) == 15 and config.images_per_call(64) > 1000
+    assert InferenceConfig.load(model_config("generator"), {"FACEEDIT_MEMORY_BUDGET_MB": "100"}).images_per_call(1024) == 1
 
 
 def test_worker_config_and_celery_settings():
     config = WorkerConfig.from_env({"FACEEDIT_LEASE_TTL": "2.5", "FACEEDIT_VISIBILITY_TIMEOUT": "99",
-                                    "FACEEDIT_BASE_GENERATORS": "a=/m/a.pt, b=/m/b.pt"})
-    assert config.lease_ttl == 2.5
-    assert {k: str(v) for k, v in WorkerConfig.parse_paths(config.base_generators, "base_generators").items()} == \
-        {"a": "/m/a.pt", "b": "/m/b.pt"}
-    with pytest.raises(InvalidInputError) as info:
-        WorkerConfig.parse_paths("no-equals-sign", "encoders")
-    assert info.value.field == "encoders"
+                                    "FACEEDIT_MODELS": "/m/models.yaml"})
+    assert config.lease_ttl == 2.5 and config.models == "/m/models.yaml"
     with pytest.raises(InvalidInputError) as info:
         WorkerConfig.from_env({"FACEEDIT_ITERATIONS": "many"})
-    assert info.value.field == "iterations"
+    assert info.value.field == "FACEEDIT_ITERATIONS"
     app = create_app(config)
     assert app.conf.task_acks_late and app.conf.task_reject_on_worker_lost
     assert app.conf.worker_prefetch_multiplier == 1 and app.conf.task_default_queue == "gpu"

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_DIFA_SETTINGS
 from PIL import Image
 
-from faceedit.adaptation import difa
+from faceedit.adaptation import clip_mean, difa
 from faceedit.adaptation.clip import ClipConfig, load_clip
 from faceedit.adaptation.delta import trainable_names
 from faceedit.images import to_pil
@@ -85,7 +85,8 @@ def test_difa_job_stores_a_delta_that_moves_samples_towards_the_reference(runtim
                                                                           tmp_path):
     job = new_job(runtime, target_png, {"iterations": 8})
     seen = []
-    result = run_adaptation(job.id, runtime, lambda fraction, message: seen.append(fraction))
+    result = run_adaptation(job.id, runtime,
+                            lambda fraction, message: message.startswith("iteration") and seen.append(fraction))
     done = runtime.jobs.get(job.id)
     assert result["method"] == "difa" and result["iterations"] == 8 and result["resumed_from"] == 0
     assert done.state == SUCCEEDED and done.progress == 1.0 and done.result_generator_id == result["generator_id"]
@@ -123,6 +124,19 @@ def test_difa_job_stores_a_delta_that_moves_samples_towards_the_reference(runtim
     assert float((torch.nn.functional.normalize(moved, dim=-1) @ direction).mean()) > 0.3
 
 
+def record_messages(rt: Runtime, monkeypatch) -> list[str]:
+    """Every message the job record is given, in order."""
+    messages: list[str] = []
+    set_progress = rt.jobs.set_progress
+
+    def recording(job_id: str, progress: float, message: str = "") -> bool:
+        messages.append(message)
+        return set_progress(job_id, progress, message)
+
+    monkeypatch.setattr(rt.jobs, "set_progress", recording)
+    return messages
+
+
 def test_the_mean_source_embedding_is_computed_once_per_generator_and_clip(runtime, target_png, monkeypatch):
     first = new_job(runtime, target_png, {"iterations": 2})
     assert run_adaptation(first.id, runtime)["status"] == SUCCEEDED
@@ -132,10 +146,77 @@ def test_the_mean_source_embedding_is_computed_once_per_generator_and_clip(runti
     def must_not_run(*args, **kwargs):
         raise AssertionError("the mean source CLIP embedding was recomputed")
 
-    monkeypatch.setattr(difa, "source_clip_mean", must_not_run)
+    monkeypatch.setattr(clip_mean, "source_clip_means", must_not_run)
+    messages = record_messages(runtime, monkeypatch)
     second = new_job(runtime, target_png, {"iterations": 2, "seed": 7})
     assert run_adaptation(second.id, runtime)["status"] == SUCCEEDED
     assert len(runtime.index.list("acme")) == 2
+    assert messages and not any("preparing" in m for m in messages)  # a cached mean: straight to iterations
+
+
+def test_a_job_that_computes_the_mean_reports_its_samples_then_its_iterations(redis_client, redis_server, namespace,
+                                                                              tiny_models, tmp_path, target_png,
+                                                                              monkeypatch):
+    settings = json.dumps({**TINY_DIFA_SETTINGS, "clip_mean_batch": 2})  # 4 samples: two batches
+    rt = make_runtime(redis_client, redis_server, namespace, tiny_models, tmp_path, difa_settings=settings)
+    messages = record_messages(rt, monkeypatch)
+    job = new_job(rt, target_png, {"iterations": 2})
+    assert run_adaptation(job.id, rt)["status"] == SUCCEEDED
+    assert [m for m in messages if m.startswith("preparing")] == [
+        "preparing: source CLIP mean 0/4 samples", "preparing: source CLIP mean 2/4 samples",
+        "preparing: source CLIP mean 4/4 samples"]
+    assert messages[:3] == [m for m in messages if m.startswith("preparing")]  # before any iteration
+    assert [m.split(",")[0] for m in messages[3:]] == ["iteration 1/2", "iteration 2/2"]
+
+
+def test_cancel_while_preparing_ends_the_job_cancelled(redis_client, redis_server, namespace, tiny_models, tmp_path,
+                                                      target_png):
+    settings = json.dumps({**TINY_DIFA_SETTINGS, "clip_mean_batch": 2})
+    rt = make_runtime(redis_client, redis_server, namespace, tiny_models, tmp_path, difa_settings=settings)
+    job = new_job(rt, target_png, {"iterations": 50})
+
+    def cancel_after_first_batch(fraction: float, message: str) -> None:
+        if message.startswith("preparing: source CLIP mean 2/"):
+            rt.jobs.request_cancel(job.id, "acme")
+
+    result = run_adaptation(job.id, rt, cancel_after_first_batch)
+    assert result == {"status": CANCELLED, "iterations": 0}
+    cancelled = rt.jobs.get(job.id)
+    assert cancelled.state == CANCELLED and "preparing" in cancelled.message and rt.index.list("acme") == []
+    assert not (rt.store.root / CLIP_MEAN_PREFIX).exists()  # half a mean is never cached
+    assert rt.jobs.lease_holder(job.id) is None
+
+
+def test_prepare_task_warms_the_cache_and_start_up_queues_only_missing_bases(runtime, target_png, monkeypatch):
+    from services.worker import app as worker_app
+
+    sent: list[tuple[str, list]] = []
+    monkeypatch.setattr(worker_app, "runtime", lambda: runtime)
+    monkeypatch.setattr(worker_app, "config", runtime.config)
+    monkeypatch.setattr(worker_app.app, "send_task", lambda name, args, queue: sent.append((name, args, queue)))
+    worker_app.queue_missing_means()
+    assert sent == [(worker_app.TASK_PREPARE, ["tiny"], "gpu")]
+
+    counts: list[int] = []
+    first = worker_app.prepare_base(runtime, "tiny", lambda done, total: counts.append(done))
+    assert first["status"] == "PREPARED" and len(first["computed"]) == 1 and counts[-1] == 4
+    assert runtime.store.exists(f"{CLIP_MEAN_PREFIX}/{first['computed'][0]}")
+    assert worker_app.prepare_base(runtime, "tiny") == {"status": "CACHED", "base_generator": "tiny", "computed": []}
+    sent.clear()
+    worker_app.queue_missing_means()
+    assert sent == []  # warm: nothing to queue
+
+    messages = record_messages(runtime, monkeypatch)
+    job = new_job(runtime, target_png, {"iterations": 2})
+    assert run_adaptation(job.id, runtime)["status"] == SUCCEEDED
+    assert not any("preparing" in m for m in messages)  # the warmed key is the one jobs read
+
+    unknown = worker_app.prepare_base(runtime, "nope")
+    assert unknown["status"] == "FAILED" and "base_generator" in unknown["error"]
+    monkeypatch.setattr(worker_app, "config", replace(runtime.config, prepare_on_start=False))
+    monkeypatch.setattr(worker_app, "bases_missing_a_mean", lambda rt: ["tiny"])
+    worker_app.queue_missing_means()
+    assert sent == []
 
 
 def test_a_rerun_of_a_finished_job_does_nothing(runtime, target_png):

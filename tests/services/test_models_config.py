@@ -1,0 +1,93 @@
+"""The one model configuration (services/common/models.py) and the one settings reader (services/common/settings.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import pytest
+
+from faceedit.errors import InvalidInputError
+from services.common.models import load_model_config
+from services.common.settings import read_settings
+
+
+def write(tmp_path, text: str, files=("g.pt", "e.pt", "clip.safetensors")):
+    for name in files:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "models.yaml").write_text(text)
+    return tmp_path / "models.yaml"
+
+
+def test_the_demo_zoo_is_the_default_file():
+    models = load_model_config(env={})
+    assert models.default_generator == "demo" and models.encoder_family == "demo"
+    assert models.generators["demo"].checkpoint.name == "generator.pt" and models.encoder().name == "encoder.pt"
+    assert models.boundary_specs("demo")[0].path.endswith("boundaries") and models.clips[0].endswith("clip.safetensors")
+
+
+def test_paths_are_relative_to_the_file_and_the_env_names_the_file(tmp_path):
+    path = write(tmp_path, "generators:\n  ffhq: {checkpoint: g.pt}\nfamilies:\n  ffhq: {encoder: e.pt}\n"
+                           "clips: ['ViT-B-32=clip.safetensors']\n")
+    models = load_model_config(env={"FACEEDIT_MODELS": str(path)})
+    assert models.default_generator == "ffhq"  # the only one
+    assert models.generators["ffhq"].family == "ffhq" and models.generators["ffhq"].checkpoint == tmp_path / "g.pt"
+    assert models.encoder() == tmp_path / "e.pt"
+    assert models.clip_specs() == f"ViT-B-32={tmp_path / 'clip.safetensors'}"
+
+
+@pytest.mark.parametrize("text, field, problem", [
+    ("generators: {a: {checkpoint: missing.pt}}\n", "generators.a.checkpoint", "does not exist"),
+    ("generators: {a: g.pt, b: g.pt}\n", "default_generator", "several generators"),
+    ("generators: {a: g.pt}\ndefault_generator: b\n", "default_generator", "not among"),
+    ("generators: {a: g.pt}\nbogus: 1\n", "bogus", "unknown key"),
+    ("generators: {a: {checkpoint: g.pt, size: 1024}}\n", "generators.a.size", "unknown key"),
+    ("generators: {'a b': g.pt}\n", "generators.a b", "ids are"),
+    ("generators: {a: g.pt}\nfamilies: {other: {encoder: e.pt}}\n", "families.other", "no generator"),
+    ("generators: {}\n", "generators", "names no generator"),
+    ("generators: {a: g.pt}\nclips: [missing.pt]\n", "clips[0]", "does not exist"),
+])
+def test_a_bad_file_names_the_key_and_the_file(tmp_path, text, field, problem):
+    with pytest.raises(InvalidInputError) as info:
+        load_model_config(write(tmp_path, text))
+    assert info.value.field == field and problem in info.value.problem and "models.yaml" in info.value.problem
+
+
+def test_a_missing_or_broken_file_is_named(tmp_path):
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        load_model_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("generators: [unclosed\n")
+    with pytest.raises(InvalidInputError, match="not valid YAML"):
+        load_model_config(tmp_path / "bad.yaml")
+
+
+def test_boundary_sets_are_parsed_with_their_position(tmp_path):
+    path = write(tmp_path, "generators: {a: g.pt}\nfamilies:\n  a:\n    boundaries:\n"
+                           "      - {path: dirs, include: ['*_w_boundary.npy']}\n      - {path: dirs, colour: red}\n")
+    models = load_model_config(path)
+    with pytest.raises(InvalidInputError) as info:
+        models.boundary_specs("a")
+    assert info.value.field.startswith("families.a.boundaries[1]")
+
+
+@dataclass(frozen=True)
+class _Settings:
+    port: int = 1
+    ratio: float = 0.5
+    name: str = "x"
+    flag: bool = False
+    maybe: bool | None = None
+    pairs: Mapping[str, str] = field(default_factory=dict)
+
+
+def test_one_reader_for_every_service_setting():
+    got = read_settings(_Settings, {"FACEEDIT_PORT": "7", "FACEEDIT_FLAG": "yes", "FACEEDIT_MAYBE": "false",
+                                    "FACEEDIT_PAIRS": "a=1, b=2", "FACEEDIT_NAME": ""},
+                        section={"ratio": 0.25, "name": "from-yaml"})
+    assert got == _Settings(7, 0.25, "from-yaml", True, False, {"a": "1", "b": "2"})
+    assert read_settings(_Settings, {"FACEEDIT_RATIO": "0.75"}, section={"ratio": 0.25}).ratio == 0.75  # env wins
+    for env, name in (({"FACEEDIT_PORT": "http"}, "FACEEDIT_PORT"), ({"FACEEDIT_FLAG": "maybe"}, "FACEEDIT_FLAG"),
+                      ({"FACEEDIT_PAIRS": "novalue"}, "FACEEDIT_PAIRS")):
+        with pytest.raises(InvalidInputError) as info:
+            read_settings(_Settings, env)
+        assert info.value.field == name
