@@ -718,8 +718,8 @@ def test_the_torchserve_container_command_serves_until_sigterm(tiny_models, redi
     service = compose()["services"][by_module(compose()["services"])[TORCHSERVE]]
     env = {k: str(v) for k, v in service["environment"].items()}
     store = tmp_path / "store"
-    build_archive("generator", tiny_models["generator"], store, settings={"base_generator_id": "demo"})
-    build_archive("encoder", tiny_models["encoder"], store)
+    build_archive("generator", store, settings={"models": str(tiny_models["models"])})
+    build_archive("encoder", store, settings={"models": str(tiny_models["models"])})
     env.update({k: str(free_port()) for k in env if k.startswith("FACEEDIT_TS_") and k.endswith("_PORT")})
     env.update(FACEEDIT_TS_HOST="127.0.0.1", FACEEDIT_TS_MODEL_STORE=str(store),
                FACEEDIT_TS_WORKDIR=str(tmp_path / "ts"), FACEEDIT_REDIS_URL=redis_server.url,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import os
 from pathlib import Path
 
 import grpc
@@ -14,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from editor_fakes import png_bytes
+from editor_fakes import png_bytes, write_models_file
 from faceedit.client import FaceEditClient, FaceEditError, Step
 from faceedit.editing import save_boundary
 from faceedit.models import load_generator
@@ -45,33 +44,24 @@ def stack(tmp_path_factory, tiny_models):
 
     root = tmp_path_factory.mktemp("stack")
     store = root / "model_store"
-    build_archive("generator", tiny_models["generator"], store)
-    build_archive("encoder", tiny_models["encoder"], store)
+    build_archive("generator", store)
+    build_archive("encoder", store)
     generator = load_generator(tiny_models["generator"])
     boundaries = root / "boundaries"
     rng = torch.Generator().manual_seed(0)
     for name in ("age", "smile"):
         save_boundary(boundaries / f"{name}.safetensors", torch.randn(generator.style_dim, generator=rng),
                       {"attribute": name, "accuracy": 0.9, "recommended_strength": [-3.0, 3.0]})
-    env = {"FACEEDIT_GENERATORS": f"demo={tiny_models['generator']}", "FACEEDIT_BOUNDARY_DIRS": f"demo={boundaries}",
-           "FACEEDIT_ZOO_DIR": str(tiny_models["generator"].parent),
-           # The worker adapts the same tiny base, inverting targets with the tiny encoder.
-           "FACEEDIT_BASE_GENERATORS": f"demo={tiny_models['generator']}",
-           "FACEEDIT_ENCODERS": f"demo={tiny_models['encoder']}"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the launcher's children inherit the environment, like under `make demo`
+    # One model configuration for every process, as `make demo MODELS=...` hands it to the launcher.
+    models = write_models_file(root / "models.yaml", tiny_models, "demo", boundaries)
     run_root = root / "run"
     try:
-        started = launcher.up(run_root, store, worker=HAS_WORKER, timeout=400, extra_keys={OTHER_KEY: "other-tenant"})
+        started = launcher.up(run_root, store, worker=HAS_WORKER, timeout=400, extra_keys={OTHER_KEY: "other-tenant"},
+                              models=models)
         pids = {p.stem: int(p.read_text()) for p in started.run_dir.glob("*.pid") if p.read_text().strip()}
         yield started, pids
     finally:
         launcher.down(run_root)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture

@@ -42,9 +42,9 @@ def ts_pb():
 def served(tiny_models, redis_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("torchserve")
     # A long batch delay so that concurrent requests land in one handle() call.
-    build_archive("generator", tiny_models["generator"], root / "store", settings={"base_generator_id": "tiny"},
+    build_archive("generator", root / "store", settings={"models": str(tiny_models["models"])},
                   torchserve={"maxBatchDelay": 300})
-    build_archive("encoder", tiny_models["encoder"], root / "store")
+    build_archive("encoder", root / "store", settings={"models": str(tiny_models["models"])})
     env = {"FACEEDIT_REDIS_URL": redis_server.url, "FACEEDIT_ARTIFACT_STORE_URL": f"file://{root / 'artifacts'}",
            "FACEEDIT_REDIS_NAMESPACE": f"ts-{uuid.uuid4().hex[:8]}"}
     # Token auth on although it is loopback: the default beyond loopback, so that path is the one tested

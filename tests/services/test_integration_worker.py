@@ -40,10 +40,10 @@ def broker():
 def setup(broker, tiny_models, tmp_path):
     namespace = f"w-{uuid.uuid4().hex[:8]}"
     env = {"FACEEDIT_REDIS_URL": broker.url, "FACEEDIT_ARTIFACT_STORE_URL": f"file://{tmp_path / 'artifacts'}",
-           "FACEEDIT_REDIS_NAMESPACE": namespace, "FACEEDIT_BASE_GENERATORS": f"tiny={tiny_models['generator']}",
-           "FACEEDIT_ENCODERS": f"tiny={tiny_models['encoder']}", "FACEEDIT_ITERATIONS": "30",
+           "FACEEDIT_REDIS_NAMESPACE": namespace, "FACEEDIT_MODELS": str(tiny_models["models"]),
+           "FACEEDIT_ITERATIONS": "30",
            # DIFA with the tiny CLIP, sized for a test.
-           "FACEEDIT_CLIPS": str(tiny_models["clip"]), "FACEEDIT_DIFA_SETTINGS": json.dumps(TINY_DIFA_SETTINGS),
+           "FACEEDIT_DIFA_SETTINGS": json.dumps(TINY_DIFA_SETTINGS),
            "FACEEDIT_CHECKPOINT_EVERY": "5",
            # Short, so that a killed worker's job comes back within the test: the message after
            # the visibility timeout, the job after the lease ttl.

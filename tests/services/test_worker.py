@@ -16,8 +16,8 @@ from faceedit.adaptation.clip import ClipConfig, load_clip
 from faceedit.adaptation.delta import trainable_names
 from faceedit.images import to_pil
 from faceedit.models import load_generator
-from faceedit.zoo import ZOO_ENV
 from services.common.artifacts import LocalArtifactStore
+from services.common.models import load_model_config
 from services.common.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 from services.common.registry import GeneratorIndex, load_adapted_generator, save_adapted_generator
 from services.worker.adapt import (
@@ -41,15 +41,25 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def make_runtime(redis_client, redis_server, namespace, tiny_models, tmp_path, **overrides) -> Runtime:
+def make_runtime(redis_client, redis_server, namespace, tiny_models, tmp_path, models=None, **overrides) -> Runtime:
+    """A worker runtime over the tiny models' model configuration (or `models`, a ModelConfig)."""
     settings = dict(redis_url=redis_server.url, artifact_store_url=f"file://{tmp_path}/artifacts",
-                    redis_namespace=namespace, base_generators=f"tiny={tiny_models['generator']}",
-                    encoders=f"tiny={tiny_models['encoder']}", clips=str(tiny_models["clip"]),
+                    redis_namespace=namespace, models=str(tiny_models["models"]),
                     difa_settings=json.dumps(TINY_DIFA_SETTINGS), iterations=12, checkpoint_every=4, lease_ttl=30)
     config = WorkerConfig(**{**settings, **overrides})
     store = LocalArtifactStore(tmp_path / "artifacts")
     return Runtime(config, JobStore(redis_client, namespace), GeneratorIndex(redis_client, store, namespace),
-                   store, worker_id="test-worker")
+                   store, worker_id="test-worker", models=models or load_model_config(config.models),
+                   device=torch.device("cpu"))
+
+
+def tiny_model_config(tiny_models, **changes):
+    """The tiny models' configuration with fields replaced (as if a file named other things)."""
+    models = load_model_config(tiny_models["models"])
+    family = changes.pop("family", None)
+    if family is not None:
+        models = replace(models, families={"tiny": replace(models.families["tiny"], **family)})
+    return replace(models, **changes)
 
 
 @pytest.fixture
@@ -314,35 +324,34 @@ def test_bad_jobs_fail_with_the_field_named(runtime, target_png, target, params,
     assert runtime.jobs.lease_holder(job.id) is None
 
 
-@pytest.mark.parametrize("overrides, setting", [
-    ({"clips": "/nowhere/clip.safetensors"}, "clips"),
-    ({"encoders": "tiny=/nowhere/encoder.pt"}, "encoders"),
-    ({"difa_settings": '{"psp_alpha": 7}'}, "difa_settings"),
-    ({"difa_settings": "[1, 2]"}, "difa_settings"),
+@pytest.mark.parametrize("models, overrides, setting", [
+    ({"clips": ()}, {}, "clips"),
+    ({"family": {"encoder": None}}, {}, "encoders"),
+    ({}, {"difa_settings": '{"psp_alpha": 7}'}, "difa_settings"),
+    ({}, {"difa_settings": "[1, 2]"}, "difa_settings"),
 ])
 def test_a_worker_missing_a_model_or_setting_fails_jobs_as_a_precondition(redis_client, redis_server, namespace,
                                                                           tiny_models, tmp_path, target_png,
-                                                                          overrides, setting):
-    rt = make_runtime(redis_client, redis_server, namespace, tiny_models, tmp_path, **overrides)
+                                                                          models, overrides, setting):
+    rt = make_runtime(redis_client, redis_server, namespace, tiny_models, tmp_path,
+                      models=tiny_model_config(tiny_models, **models), **overrides)
     job = new_job(rt, target_png, {"iterations": 2})
     assert run_adaptation(job.id, rt)["status"] == FAILED
     failed = rt.jobs.get(job.id)
     assert failed.error_code == "FAILED_PRECONDITION" and f"worker setting {setting}:" in failed.error_message
 
 
-def test_clip_settings_name_the_zoo_clip_by_default_or_mounted_weights(tmp_path, monkeypatch, tiny_models):
-    monkeypatch.setenv(ZOO_ENV, str(tmp_path / "empty-zoo"))
-    with pytest.raises(WorkerSetupError, match="faceedit train clip"):
-        clip_configs("")
-    monkeypatch.setenv(ZOO_ENV, str(tiny_models["clip"].parent))
-    (zoo_clip,) = clip_configs("")
+def test_clip_settings_come_from_the_model_configuration(tmp_path, tiny_models):
+    (zoo_clip,) = clip_configs(load_model_config(tiny_models["models"]))
     assert zoo_clip.weights == str(tiny_models["clip"]) and zoo_clip.config_path.endswith("clip.json")
-    b32, card = clip_configs("ViT-B-32-quickgelu=/clip/b32.safetensors, /zoo/clip.safetensors")
+    b32, card = clip_configs(tiny_model_config(tiny_models, clips=("ViT-B-32-quickgelu=/clip/b32.safetensors",
+                                                                   "/zoo/clip.safetensors")))
     assert (b32.architecture, b32.weights, b32.config_path) == ("ViT-B-32-quickgelu", "/clip/b32.safetensors", None)
     assert (card.weights, card.config_path) == ("/zoo/clip.safetensors", "/zoo/clip.json")
-    with pytest.raises(WorkerSetupError) as err:
-        clip_configs("=/clip/b32.safetensors")
-    assert err.value.setting == "clips"
+    for clips in ((), ("=/clip/b32.safetensors",)):
+        with pytest.raises(WorkerSetupError) as err:
+            clip_configs(tiny_model_config(tiny_models, clips=clips))
+        assert err.value.setting == "clips"
 
 
 def test_config_refuses_an_unknown_adaptation_method():
@@ -356,7 +365,8 @@ def test_config_refuses_an_unknown_adaptation_method():
 
 # -- the fallback without CLIP ---------------------------------------------------------------------------
 def test_the_finetune_fallback_fits_the_target_when_selected(runtime, target_png, tiny_models):
-    runtime.config = replace(runtime.config, adaptation="finetune", clips="/nowhere/clip.safetensors")
+    runtime.config = replace(runtime.config, adaptation="finetune")
+    runtime.models = tiny_model_config(tiny_models, clips=())  # the fallback needs no CLIP
     job = new_job(runtime, target_png, {"iterations": 30, "lr": 0.005})
     result = run_adaptation(job.id, runtime)
     assert result["status"] == SUCCEEDED and result["method"] == "finetune"
