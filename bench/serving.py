@@ -1,15 +1,19 @@
-"""Edit latency through the serving stack (client → editor → TorchServe) vs the in-process forward, and
-throughput at 1 and 8 concurrent clients with TorchServe's dynamic batching on and off."""
+"""Edit latency through the serving stack (client → editor → TorchServe) vs the same synthesis + PNG in process,
+where the difference goes, and throughput at 1 and 8 concurrent clients with TorchServe's dynamic batching on and off."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
-import os
+import re
+import statistics
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,7 +24,12 @@ from faceedit.client import FaceEditClient, Step  # noqa: E402
 from faceedit.images import to_pil  # noqa: E402
 from faceedit.models import load_generator  # noqa: E402
 from services import launcher  # noqa: E402
+from services.common.models import load_model_config  # noqa: E402
 from services.inference.archive import build_archive  # noqa: E402
+from services.inference.handler_support import encode_image  # noqa: E402
+
+# Editor stages of one Edit by latent id, in the order they run (services/editor/core.py).
+EDIT_STAGES = ("cache.get", "edit", "inference.synthesize", "cache.put")
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -29,15 +38,14 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 def in_process(generator_path: Path, n: int) -> list[float]:
-    """What one Edit costs without any serving: synthesis of one W+ plus PNG encoding."""
+    """What one Edit costs without any serving: synthesis of one W+ plus PNG encoding, as the handler does them."""
     generator = load_generator(generator_path).eval()
     with torch.inference_mode():
         ws = generator.broadcast(generator.mapping(torch.randn(1, generator.style_dim)))
         times = []
         for _ in range(n + 3):
             start = time.perf_counter()
-            image = to_pil(generator.synthesis(ws))[0]
-            image.save(io.BytesIO(), format="PNG")
+            encode_image(to_pil(generator.synthesis(ws))[0], "png")
             times.append(time.perf_counter() - start)
     return times[3:]  # the first calls pick kernels
 
@@ -49,6 +57,38 @@ def through_stack(client: FaceEditClient, latent_id: str, steps: list[Step], n: 
         client.edit(steps, latent_id=latent_id)
         times.append(time.perf_counter() - start)
     return times
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus text endpoint: (name, sorted labels) → value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def mean_delta(before: dict, after: dict, name: str, **labels: str) -> float | None:
+    """Mean of a histogram's observations made between two scrapes, in seconds (None: none made)."""
+    key = tuple(sorted(labels.items()))
+
+    def value(scrape_: dict, suffix: str) -> float:
+        return sum(v for (n, lab), v in scrape_.items()
+                   if n == name + suffix and all(item in lab for item in key))
+
+    count = value(after, "_count") - value(before, "_count")
+    return None if count <= 0 else (value(after, "_sum") - value(before, "_sum")) / count
+
+
+@dataclass
+class Breakdown:
+    """Means over the timed loop, in seconds: the client's call, what the editor saw of it, and of its stages."""
+
+    client: float
+    rpc: float | None
+    stages: dict[str, float | None]
+    handler: float | None  # the handler's own time as it reports it (services/inference/generator_handler.py)
 
 
 def throughput(target: str, key: str, latent_id: str, steps: list[Step], clients: int, per_client: int) -> float:
@@ -85,47 +125,98 @@ def throughput(target: str, key: str, latent_id: str, steps: list[Step], clients
     return clients * per_client / elapsed
 
 
+def print_breakdown(b: Breakdown, local_mean: float) -> None:
+    """Where the client's mean time goes beyond the in-process mean; the lines add up to the total."""
+
+    def ms(x: float | None) -> str:
+        return "    n/a" if x is None else f"{x * 1e3:7.2f}"
+
+    print(f"  per-stage means (ms): client call {ms(b.client)}, in process {ms(local_mean)}, "
+          f"overhead {ms(b.client - local_mean)}")
+    if b.rpc is None:
+        print("    (no editor metrics)")
+        return
+    print(f"    client ↔ editor gRPC (client call - editor RPC)   {ms(b.client - b.rpc)}")
+    known = 0.0
+    for stage in EDIT_STAGES:
+        value = b.stages.get(stage)
+        if stage == "inference.synthesize" and value is not None and b.handler is not None:
+            print(f"    editor ↔ TorchServe (synthesize - handler)       {ms(value - b.handler)}")
+            print(f"    handler beyond in process (handler - in process) {ms(b.handler - local_mean)}")
+        elif stage == "inference.synthesize" and value is not None:
+            print(f"    inference.synthesize beyond in process           {ms(value - local_mean)}")
+        else:
+            print(f"    editor {stage:<42}{ms(value)}")
+        known += value or 0.0
+    print(f"    editor rest of the RPC (RPC - stages)            {ms(b.rpc - known)}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--generator", type=Path, default=REPO / "model_store" / "demo" / "generator.pt")
-    parser.add_argument("--encoder", type=Path, default=REPO / "model_store" / "demo" / "encoder.pt")
+    parser.add_argument("--models", type=Path, default=REPO / "model_store" / "demo" / "models.yaml",
+                        help="model configuration (services/common/models.py); the in-process run uses its "
+                             "default generator")
     parser.add_argument("-n", type=int, default=60, help="sequential edits for the latency percentiles")
     parser.add_argument("--per-client", type=int, default=20)
     args = parser.parse_args()
     torch.set_num_threads(1)  # the same single thread a TorchServe worker uses
+    models = load_model_config(args.models)
 
-    local = in_process(args.generator, args.n)
+    local = in_process(models.generators[models.default_generator].checkpoint, args.n)
     rows = []
     with tempfile.TemporaryDirectory(prefix="faceedit-bench-") as tmp:
         for batching in (True, False):
             store = Path(tmp) / ("batch" if batching else "nobatch")
             settings = {} if batching else {"batchSize": 1, "maxBatchDelay": 0}
-            build_archive("generator", args.generator, store, torchserve=settings)
-            build_archive("encoder", args.encoder, store)
-            os.environ.setdefault("FACEEDIT_GENERATORS", f"demo={args.generator}")
-            stack = launcher.up(Path(tmp) / "run", store, worker=False)
+            build_archive("generator", store, torchserve=settings)
+            build_archive("encoder", store)
+            stack, metrics_url = start_stack(Path(tmp) / "run", store, models.source)
             try:
                 with FaceEditClient(stack.editor_target, stack.api_key, timeout_s=120) as client:
                     attributes = client.list_attributes()
                     steps = [Step(attributes[0].name, 1.0)] if attributes else []
                     latent_id = client.generate([1])[0].latent_id
                     through_stack(client, latent_id, steps, 5)  # warm-up
+                    before = scrape(metrics_url)
                     stacked = through_stack(client, latent_id, steps, args.n)
+                    after = scrape(metrics_url)
                 one = throughput(stack.editor_target, stack.api_key, latent_id, steps, 1, args.per_client)
                 eight = throughput(stack.editor_target, stack.api_key, latent_id, steps, 8, args.per_client)
             finally:
                 launcher.down(Path(tmp) / "run", stack.run_dir)
-            rows.append((batching, stacked, one, eight))
+            name = "faceedit_editor_stage_seconds"
+            breakdown = Breakdown(statistics.fmean(stacked),
+                                  mean_delta(before, after, "faceedit_editor_rpc_seconds", method="Edit"),
+                                  {s: mean_delta(before, after, name, stage=s) for s in EDIT_STAGES},
+                                  mean_delta(before, after, name, stage="inference.handler"))
+            rows.append((batching, stacked, one, eight, breakdown))
 
     p50, p95 = percentiles(local)
-    print(f"in-process forward + PNG     p50 {p50 * 1e3:7.2f} ms  p95 {p95 * 1e3:7.2f} ms")
-    for batching, stacked, one, eight in rows:
+    print(f"in-process synthesis + PNG   p50 {p50 * 1e3:7.2f} ms  p95 {p95 * 1e3:7.2f} ms")
+    for batching, stacked, one, eight, breakdown in rows:
         s50, s95 = percentiles(stacked)
         label = "on " if batching else "off"
         print(f"Edit through the stack, batching {label}: p50 {s50 * 1e3:7.2f} ms  p95 {s95 * 1e3:7.2f} ms  "
-              f"({s50 / p50:.1f}x in-process p50)   throughput 1 client {one:6.1f}/s, 8 clients {eight:6.1f}/s "
-              f"({eight / one:.2f}x)")
+              f"overhead p50 {(s50 - p50) * 1e3:+6.2f} ms ({s50 / p50:.2f}x in-process p50)   "
+              f"throughput 1 client {one:6.1f}/s, 8 clients {eight:6.1f}/s ({eight / one:.2f}x)")
+        print_breakdown(breakdown, statistics.fmean(local))
+    by_mode = {batching: eight for batching, _, _, eight, _ in rows}
+    print(f"8 clients, batching on vs off: {by_mode[True] / by_mode[False]:.2f}x")
     return 0
+
+
+def start_stack(run_root: Path, store: Path, models: Path) -> tuple[launcher.Stack, str]:
+    """The stack and its editor's Prometheus URL, read from the launcher's log line (FACEEDIT_METRICS_PORT)."""
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log):
+            stack = launcher.up(run_root, store, worker=False, models=models)
+    finally:
+        print(log.getvalue(), end="")
+    found = re.search(r"metrics (http://\S+/metrics)", log.getvalue())
+    if found is None:
+        raise RuntimeError("the launcher logged no editor metrics URL")
+    return stack, found.group(1)
 
 
 if __name__ == "__main__":

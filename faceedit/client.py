@@ -82,6 +82,7 @@ class Step:
     strength: float
     layers: str = ""
     conditions: Sequence[str] = ()
+    space: str = ""  # "w" or "z" for an attribute listed in both; "": W when there is one
 
 
 @dataclass(frozen=True)
@@ -94,11 +95,15 @@ class Frame:
 @dataclass(frozen=True)
 class Attribute:
     name: str
-    accuracy: float
+    accuracy: float | None  # None: the boundary file records none (official direction files)
     recommended_min: float
     recommended_max: float
     default_layers: str
     description: str
+    source: str = ""  # the file it came from
+    format: str = ""  # faceedit, interfacegan, e4e or ganspace
+    space: str = "w"  # "z": an InterfaceGAN Z boundary, which edits seed latents only
+    conditioned_variants: tuple[str, ...] = ()  # precomputed conditions, e.g. ("eyeglasses",)
 
 
 @dataclass(frozen=True)
@@ -172,7 +177,7 @@ def _ref(latent_id: str | None, seed: int | None, latent: np.ndarray | None, tru
 
 def _steps(steps: Sequence[Step]) -> list[editor_pb2.AttributeStep]:
     return [editor_pb2.AttributeStep(attribute=s.attribute, strength=s.strength, layers=s.layers,
-                                     conditions=list(s.conditions)) for s in steps]
+                                     conditions=list(s.conditions), space=s.space) for s in steps]
 
 
 def _operation(op: adaptation_pb2.AdaptationOperation) -> Adaptation:
@@ -295,8 +300,9 @@ class FaceEditClient:
     def list_attributes(self, generator_id: str = "", timeout_s: float | None = None) -> list[Attribute]:
         reply = self._call(self.editor.ListAttributes, editor_pb2.ListAttributesRequest(generator_id=generator_id),
                            timeout_s)
-        return [Attribute(a.name, a.accuracy, a.recommended_min, a.recommended_max, a.default_layers,
-                          a.description) for a in reply.attributes]
+        return [Attribute(a.name, a.accuracy if a.accuracy_known else None, a.recommended_min, a.recommended_max,
+                          a.default_layers, a.description, a.source, a.format, a.space or "w",
+                          tuple(a.conditioned_variants)) for a in reply.attributes]
 
     # -- Adaptation ---------------------------------------------------------------------------
     def create_adaptation(self, style_image: bytes, idempotency_key: str | None = None,

@@ -69,6 +69,7 @@ class Step:
     strength: float
     layers: str = ""  # "" = the boundary's recorded layers (all if none)
     conditions: tuple[str, ...] = ()
+    space: str = ""  # "w" / "z" for an attribute in both spaces; "" = W when it has one
 
 
 @dataclass
@@ -287,15 +288,21 @@ class BoundaryRegistry:
 
         return self.families.get(family) or BoundarySet()
 
-    def get(self, family: str, name: str, field_name: str, conditions: Sequence[str] = ()) -> "DirectionEntry":
-        """The entry for `name` (W preferred); with `conditions`, a precomputed conditional variant if
-        the set has one for exactly those names."""
+    def get(self, family: str, name: str, field_name: str, conditions: Sequence[str] = (),
+            space: str = "") -> "DirectionEntry":
+        """The entry for `name` in `space` ("" = W when it has one, else Z); with `conditions`, a
+        precomputed conditional variant of that space if the set has one for exactly those names."""
         if len(name) > protocol.MAX_ID_LENGTH:
             raise InvalidInputError(field_name, f"longer than {protocol.MAX_ID_LENGTH} characters")
         boundaries = self.attributes(family)
         if name not in boundaries:
             raise NotFoundError("attribute", name, f"{field_name}; known: {boundaries.names()}")
-        return boundaries.variant(name, conditions) or boundaries.get(name)
+        spaces = boundaries.spaces(name)
+        if space and space not in spaces:
+            raise InvalidInputError(field_name.replace(".attribute", ".space"),
+                                    f"{name[:100]!r} has boundaries in {list(spaces)}, not {space[:10]!r}")
+        space = space or spaces[0]  # W first
+        return boundaries.variant(name, conditions, space) or boundaries.get(name, space)
 
 
 # -- latent cache -----------------------------------------------------------------------------
@@ -500,7 +507,7 @@ class EditorCore:
             prefix = f"edits[{i}]"
             if len(step.conditions) > MAX_CONDITIONS:
                 raise TooLargeError(f"{prefix}.conditions", f"more than {MAX_CONDITIONS}")
-            entry = self.boundaries.get(family, step.attribute, f"{prefix}.attribute", step.conditions)
+            entry = self.boundaries.get(family, step.attribute, f"{prefix}.attribute", step.conditions, step.space)
             conditions = []
             if not entry.conditioned_on:  # no precomputed variant: project at run time
                 for j, name in enumerate(step.conditions):

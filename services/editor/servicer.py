@@ -153,7 +153,7 @@ def latent_source(msg: common_pb2.LatentRef, field_name: str = "latent") -> core
 
 
 def steps(msgs: Any) -> list[core.Step]:
-    return [core.Step(m.attribute, m.strength, m.layers, tuple(m.conditions)) for m in msgs]
+    return [core.Step(m.attribute, m.strength, m.layers, tuple(m.conditions), m.space) for m in msgs]
 
 
 def timestamp(unix: float) -> timestamp_pb2.Timestamp:

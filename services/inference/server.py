@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import ipaddress
 import json
 import os
@@ -10,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -134,11 +136,23 @@ class TorchServe:
     def http_url(self) -> str:
         return f"http://{self.config.host}:{self.config.http_port}"
 
+    @property
+    def tmp_dir(self) -> Path:
+        """TorchServe's TMPDIR: its pid file and the unix sockets of its model workers live there. A
+        socket path longer than ~107 bytes cannot be bound, and then every model worker dies at start
+        and TorchServe never turns ready; a deep work dir therefore gets a short one derived from it
+        (the same on every call, so `stop` finds the pid file)."""
+        tmp = self.workdir.resolve() / "tmp"
+        if len(str(tmp)) + len("/.ts.sock.65535") <= 100:
+            return tmp
+        digest = hashlib.sha256(str(tmp).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"faceedit-ts-{digest}"
+
     def _env(self) -> dict[str, str]:
         env = {**os.environ, **self.extra_env}
         # The handlers import `services.*` from the checkout; TorchServe's workers inherit this env.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-        tmp = self.workdir / "tmp"
+        tmp = self.tmp_dir
         env.update(TMPDIR=str(tmp), TEMP=str(tmp),  # a private pid file (torchserve keeps it in TMPDIR)
                    LOG_LOCATION=str(self.workdir / "logs"), METRICS_LOCATION=str(self.workdir / "logs"))
         return env
@@ -147,7 +161,8 @@ class TorchServe:
         return str(Path(sys.executable).parent / "torchserve")
 
     def start(self, timeout: float = 180.0) -> "TorchServe":
-        (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
         properties = self.workdir / "config.properties"
         properties.write_text(config_properties(self.config))
         log = None if self.log_to_stdout else open(self.workdir / "torchserve.log", "ab")
