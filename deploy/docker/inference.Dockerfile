@@ -24,8 +24,7 @@ COPY faceedit ./faceedit
 COPY services ./services
 COPY model_store/demo ./model_store/demo
 # The model directories, as `make mar` builds them: model_store/generator and model_store/encoder.
-RUN python -m services.inference.archive --generator model_store/demo/generator.pt \
-        --encoder model_store/demo/encoder.pt --export model_store
+RUN python -m services.inference.archive --export model_store
 
 RUN mkdir -p /var/lib/faceedit/artifacts /var/lib/faceedit/torchserve && chown -R 10001 /var/lib/faceedit
 USER 10001

@@ -13,6 +13,7 @@ import torch
 from faceedit.errors import InvalidInputError, NotFoundError
 from faceedit.images import to_pil
 from faceedit.models import Generator, load_generator
+from faceedit.models.precision import autocast_dtype
 from services.common.artifacts import open_artifact_store
 from services.common.models import load_model_config
 from services.common.registry import GeneratorIndex, load_adapted_generator
@@ -45,6 +46,7 @@ class GeneratorHandler:
         self.config = InferenceConfig.load(getattr(context, "model_yaml_config", None))
         set_torch_threads(self.config.torch_threads)
         self.device = worker_device(context, self.config.device)
+        autocast_dtype(self.config.precision, self.device)  # an impossible precision fails the start, named
         # Every base generator of the one model configuration, under the ids the editor uses.
         models = load_model_config(self.config.models or None)
         self.bases = {gid: load_generator(spec.checkpoint, device=self.device)
@@ -129,8 +131,9 @@ class GeneratorHandler:
         assert self.config is not None
         ws = torch.from_numpy(np.concatenate([r.ws for _, r in members])).to(self.device)
         with torch.inference_mode():  # a dynamic batch split to stay within the memory budget
-            images = torch.cat([generator.synthesis(chunk, noise_mode=noise_mode).cpu()
-                                for chunk in ws.split(self.config.images_per_call(generator.config.size))])
+            chunks = ws.split(self.config.images_per_call(generator.config.size))
+            images = torch.cat([generator.synthesis(chunk, noise_mode=noise_mode, precision=self.config.precision).cpu()
+                                for chunk in chunks])
         pil = to_pil(images)
         out, start = [], 0
         for i, request in members:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -23,6 +24,7 @@ from faceedit.adaptation.finetune import FinetuneConfig, FinetuneState, finetune
 from faceedit.errors import CheckpointError, FaceEditError, InvalidInputError, NotFoundError
 from faceedit.images import from_pil
 from faceedit.models import Encoder, Generator, load_encoder, load_generator
+from faceedit.models.precision import resolve_device
 from services.common.artifacts import ArtifactStore, open_artifact_store
 from services.common.models import ModelConfig, load_model_config
 from services.common.jobs import Job, JobStore
@@ -110,7 +112,7 @@ class Runtime:
         worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         return cls(config, JobStore(client, config.redis_namespace),
                    GeneratorIndex(client, store, config.redis_namespace), store, worker_id,
-                   load_model_config(config.models or None), worker_device(config.device))
+                   load_model_config(config.models or None), resolve_device(config.device))
 
     def base(self, base_id: str) -> Generator:
         if base_id not in self._bases:
@@ -152,19 +154,8 @@ def clip_configs(models: ModelConfig) -> tuple[ClipConfig, ...]:
         raise WorkerSetupError("clips", exc.problem) from None
 
 
-def worker_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(setting)
-    except RuntimeError:
-        raise InvalidInputError("device", f"expected auto, cpu, cuda or cuda:N, got {setting[:100]!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError("device", f"{setting!r} was asked for, but this worker sees no CUDA device")
-    return device
-
-
-def difa_config(config: WorkerConfig, clips: tuple[ClipConfig, ...], params: Mapping[str, Any]) -> DifaConfig:
+def difa_config(config: WorkerConfig, clips: tuple[ClipConfig, ...], params: Mapping[str, Any],
+                size: int | None = None) -> DifaConfig:
     """The job's DifaConfig: upstream defaults < the worker's settings < the job's own (bounded) parameters."""
     try:
         operator = json.loads(config.difa_settings) if config.difa_settings.strip() else {}
@@ -184,7 +175,22 @@ def difa_config(config: WorkerConfig, clips: tuple[ClipConfig, ...], params: Map
         if not number_ok or (kind is int and not isinstance(value, int)) or not low <= value <= high:
             raise InvalidInputError(key, f"must be {'an integer' if kind is int else 'a number'} in "
                                          f"[{low:g}, {high:g}], got {value!r}")
-    return DifaConfig.from_dict({**base, **params})
+    difa = DifaConfig.from_dict({**base, **params})
+    return difa if size is None else within_memory(difa, size, config)
+
+
+def within_memory(difa: DifaConfig, size: int, config: WorkerConfig) -> DifaConfig:
+    """DIFA's training batch and the source mean's sampling batch reduced until they fit the worker's
+    memory budget at `size` px (a 1024 px batch of 2 peaked at 7 GB). The sampling batch changes only
+    how the same samples are grouped; a smaller training batch changes the run, so it is logged."""
+    budget = config.memory_budget_mb << 20
+    train = max(1, budget // (size * size * config.training_bytes_per_pixel))
+    sample = max(1, budget // (size * size * config.sampling_bytes_per_pixel))
+    if difa.batch_size > train:
+        log.warning("DIFA batch %d does not fit %d MB at %d px: using %d", difa.batch_size, config.memory_budget_mb,
+                    size, train)
+    return dataclasses.replace(difa, batch_size=min(difa.batch_size, train),
+                               clip_mean_batch=min(difa.clip_mean_batch, sample))
 
 
 class LeaseKeeper:
@@ -301,7 +307,8 @@ def _difa_job(job: Job, rt: Runtime, keeper: LeaseKeeper, on_progress: Callable[
     if encoder is None:
         raise WorkerSetupError("encoders", f"no e4e encoder file for base {job.base_generator!r}: DIFA's "
                                            "consistency loss needs one")
-    config = difa_config(rt.config, rt.clip_configs(), job.params)  # bad job parameters fail before any loading
+    # Bad job parameters fail before any loading.
+    config = difa_config(rt.config, rt.clip_configs(), job.params, base.config.size)
     clips = rt.clips()
     # The reference only goes through CLIP: read it at the largest size any model looks at.
     reference = load_target(rt, job, max([base.config.size, *(clip.image_size for clip in clips)]))

@@ -77,8 +77,9 @@ def prepare_base(rt: Any, base_id: str, progress: Callable[[int, int], None] | N
 
     try:
         # No job parameter touches the mean's settings: this is the key every job on the base reads.
-        config = difa_config(rt.config, rt.clip_configs(), {})
-        keys = prepare_source_mean(rt.base(base_id), rt.clips(), config, StoreFolder(rt.store, CLIP_MEAN_PREFIX),
+        base = rt.base(base_id)
+        config = difa_config(rt.config, rt.clip_configs(), {}, base.config.size)
+        keys = prepare_source_mean(base, rt.clips(), config, StoreFolder(rt.store, CLIP_MEAN_PREFIX),
                                    progress)
     except FaceEditError as exc:  # a warm-up that cannot run is logged; the jobs report it themselves
         log.error("cannot prepare base %s: %s", base_id, exc)

@@ -48,6 +48,7 @@ class WorkerConfig:
     # 8 GB CPU container; 1024 px needs ~3 GB per training sample (measured: 7 GB at batch 2).
     memory_budget_mb: int = 6144
     training_bytes_per_pixel: int = 3000
+    sampling_bytes_per_pixel: int = 560  # no-grad synthesis, as measured for the generator handler
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "WorkerConfig":

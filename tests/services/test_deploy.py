@@ -331,7 +331,7 @@ def compose_wiring_problems(doc: Mapping) -> list[str]:
     if host != ours[TORCHSERVE] or int(ts_port) != int(t_env.get("FACEEDIT_TS_GRPC_PORT", -1)):
         problems.append(f"editor calls {target}, TorchServe is {ours[TORCHSERVE]}:{t_env.get('FACEEDIT_TS_GRPC_PORT')}")
     problems += editor_worker_problems(e_env, w_env)
-    for key in ("FACEEDIT_REDIS_URL", "FACEEDIT_REDIS_NAMESPACE", "FACEEDIT_ARTIFACT_STORE_URL"):
+    for key in ("FACEEDIT_REDIS_URL", "FACEEDIT_REDIS_NAMESPACE", "FACEEDIT_ARTIFACT_STORE_URL", "FACEEDIT_MODELS"):
         if len({e_env.get(key), t_env.get(key), w_env.get(key)}) != 1:
             problems.append(f"{key} differs between editor, TorchServe and worker")
     # ${VAR...} is compose's interpolation (the password from .env): any value will do for the host and port.
@@ -537,7 +537,7 @@ def k8s_wiring_problems(docs: list[dict]) -> list[str]:
             for p in ts_service[0]["spec"]["ports"]):
         problems.append(f"editor calls {target}, which is not TorchServe's gRPC inference port {grpc_port}")
     problems += editor_worker_problems(e_env, w_env)
-    for key in ("FACEEDIT_REDIS_URL", "FACEEDIT_REDIS_NAMESPACE", "FACEEDIT_ARTIFACT_STORE_URL"):
+    for key in ("FACEEDIT_REDIS_URL", "FACEEDIT_REDIS_NAMESPACE", "FACEEDIT_ARTIFACT_STORE_URL", "FACEEDIT_MODELS"):
         if len({e_env.get(key), t_env.get(key), w_env.get(key)}) != 1:
             problems.append(f"{key} differs between editor, TorchServe and worker")
     # Redis: a StatefulSet with a claim, AOF and noeviction, behind the Service the URL names.

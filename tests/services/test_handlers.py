@@ -228,9 +228,9 @@ def test_one_synthesis_call_per_generator_and_noise_mode(handler, base, store, i
     calls = []
     synthesis = handler.bases["tiny"].synthesis
 
-    def counting(ws, noise_mode="const"):
+    def counting(ws, noise_mode="const", **kwargs):
         calls.append((ws.shape[0], noise_mode))
-        return synthesis(ws, noise_mode=noise_mode)
+        return synthesis(ws, noise_mode=noise_mode, **kwargs)
 
     handler.bases["tiny"].synthesis = counting
     rows = [{"data": protocol.encode_generate_request("tiny", ws, tenant="acme")},
@@ -241,6 +241,24 @@ def test_one_synthesis_call_per_generator_and_noise_mode(handler, base, store, i
     assert [len(protocol.decode_generate_response(b).images) for b in bodies] == [1, 1, 2, 1]
     # The base serves both tenants in one call; the adapted generator is a separate model.
     assert sorted(calls) == [(1, "none"), (3, "const")]
+
+
+def test_a_batch_is_split_to_stay_within_the_memory_budget_and_precision_is_a_setting(tiny_models, tmp_path, base):
+    # 32 px at 560 B per pixel is 0.57 MB per image: a 1 MB budget allows 1 image per call.
+    h = GeneratorHandler()
+    h.initialize(fake_context(tiny_models["models"], tmp_path / "gen", {"memory_budget_mb": 1}))
+    calls = []
+    synthesis = h.bases["tiny"].synthesis
+    h.bases["tiny"].synthesis = lambda ws, **kw: calls.append(ws.shape[0]) or synthesis(ws, **kw)
+    body = h.handle([{"data": protocol.encode_generate_request("tiny", latents(base, 5, 0))}], None)[0]
+    assert len(protocol.decode_generate_response(body).images) == 5 and calls == [1, 1, 1, 1, 1]
+    bf16 = GeneratorHandler()
+    bf16.initialize(fake_context(tiny_models["models"], tmp_path / "bf16", {"precision": "bf16"}))
+    assert bf16.config.precision == "bf16"
+    assert len(protocol.decode_generate_response(bf16.handle(
+        [{"data": protocol.encode_generate_request("tiny", latents(base, 1, 0))}], None)[0]).images) == 1
+    with pytest.raises(InvalidInputError, match="bf16 on CPU"):
+        GeneratorHandler().initialize(fake_context(tiny_models["models"], tmp_path / "fp16", {"precision": "fp16"}))
 
 
 def test_alignment_finds_a_drawn_face_and_returns_its_crop(encoder_handler):

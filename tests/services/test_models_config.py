@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping
 
 import pytest
@@ -91,3 +92,22 @@ def test_one_reader_for_every_service_setting():
         with pytest.raises(InvalidInputError) as info:
             read_settings(_Settings, env)
         assert info.value.field == name
+
+
+def test_the_documented_official_example_parses_once_its_files_exist(tmp_path):
+    import shutil
+
+    from faceedit.editing import BoundarySetSpec
+
+    example = Path(__file__).resolve().parents[2] / "docs" / "models.example.yaml"
+    shutil.copy(example, tmp_path / "models.yaml")
+    for name in ("stylegan2-ffhq-config-f.pt", "e4e_ffhq_encode.pt", "clip/ViT-B-32.safetensors"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "interfacegan").mkdir()
+    (tmp_path / "e4e").mkdir()
+    models = load_model_config(tmp_path / "models.yaml")
+    assert models.default_generator == "ffhq" and models.encoder() == tmp_path / "e4e_ffhq_encode.pt"
+    interfacegan, e4e = models.boundary_specs("ffhq")
+    assert isinstance(e4e, BoundarySetSpec) and e4e.names["pose.pt"] == "pose_e4e" and e4e.components["ganspace_pc1"] == 1
+    assert interfacegan.path == str(tmp_path / "interfacegan")

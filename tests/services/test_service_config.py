@@ -57,9 +57,9 @@ def test_inference_config_layers_env_over_the_model_yaml():
 
 
 def test_the_memory_budget_sizes_a_synthesis_call():
-    """1024 px at ~0.4 GB per image: the default 6 GB budget allows 15 images per call, the demo's 64 px thousands."""
+    """1024 px at ~0.55 GB per image: the default 6 GB budget allows 10 images per call, the demo's 64 px thousands."""
     config = InferenceConfig.load(model_config("generator"), {})
-    assert config.images_per_call(1024) == 15 and config.images_per_call(64) > 1000
+    assert config.images_per_call(1024) == 10 and config.images_per_call(64) > 1000
     assert InferenceConfig.load(model_config("generator"), {"FACEEDIT_MEMORY_BUDGET_MB": "100"}).images_per_call(1024) == 1
 
 

@@ -12,6 +12,7 @@ from conftest import TINY_DIFA_SETTINGS
 from PIL import Image
 
 from faceedit.adaptation import clip_mean, difa
+from faceedit.adaptation.difa import DifaConfig
 from faceedit.adaptation.clip import ClipConfig, load_clip
 from faceedit.adaptation.delta import trainable_names
 from faceedit.images import to_pil
@@ -379,3 +380,14 @@ def test_the_finetune_fallback_fits_the_target_when_selected(runtime, target_png
         adapted_err = (adapted.synthesis(ws) - image).abs().mean()
     assert adapted_err < 0.8 * base_err
     assert not runtime.store.exists(state_key(job.id, "finetune"))
+
+
+def test_difa_batches_are_reduced_to_fit_the_memory_budget():
+    from services.worker.adapt import within_memory
+
+    config = WorkerConfig()  # 6 GB: ~3 GB per 1024 px training sample, ~0.55 GB per sampled image
+    difa = DifaConfig(batch_size=2, clip_mean_batch=16)
+    at_1024 = within_memory(difa, 1024, config)
+    assert (at_1024.batch_size, at_1024.clip_mean_batch) == (2, 10)
+    assert within_memory(difa, 1024, replace(config, memory_budget_mb=4096)).batch_size == 1
+    assert within_memory(difa, 64, config) == difa  # the demo zoo is far below the budget
