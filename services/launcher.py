@@ -121,8 +121,11 @@ def up(run_root: Path, model_store: Path, editor_port: int = 0, worker: bool = T
         port = free_port()
         stack.redis_url = f"redis://127.0.0.1:{port}/0"
         (run_dir / "redis").mkdir()
+        # AOF in the run directory, as compose runs Redis: a restart keeps job records, the generator
+        # index, cached latents and idempotency keys (fsync once a second: at most 1 s of writes lost).
         redis_proc = _spawn("redis", [redis_executable(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(run_dir / "redis"), "--protected-mode", "yes"],
+                                      "--appendonly", "yes", "--appendfsync", "everysec",
+                                      "--dir", str(run_dir / "redis"), "--protected-mode", "yes"],
                             run_dir, env)
         _wait(lambda: _redis_ready(stack.redis_url), "redis", redis_proc, run_dir / "redis.log", 30)
         _log(f"redis      {stack.redis_url}")

@@ -369,3 +369,17 @@ def test_boundary_without_a_recommended_range_is_refused_by_name() -> None:
     bare.metadata["recommended_strength"] = [1.0, -1.0]
     with pytest.raises(InvalidInputError):
         bare.strength_range
+
+
+@pytest.mark.parametrize("spec", ["0-2147483648", "1-99999999999999999999", "0-2000000", "x" * 300, "3-1", "-1",
+                                  "²", "1-²", "0-" + "9" * 5000])
+def test_layer_specs_are_bounded_before_anything_is_allocated(spec):
+    """One small request once expanded '0-2147483648' into a list (20 GB) and killed the editor."""
+    import time
+
+    from faceedit.editing import resolve_layers
+
+    started = time.perf_counter()
+    with pytest.raises(InvalidInputError) as info:
+        resolve_layers(spec, 18)
+    assert time.perf_counter() - started < 0.5 and len(str(info.value)) < 200  # bounded: no expansion

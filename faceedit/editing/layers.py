@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from faceedit.errors import InvalidInputError
@@ -14,6 +15,11 @@ GROUP_NAMES = ("coarse", "middle", "fine")
 # that feed the 4-8 px, 16-32 px and 64-1024 px blocks. Other sizes keep the same fractions.
 _UPSTREAM_LAYERS = 18
 _UPSTREAM_CUTS = (4, 8)
+# A layer spec is user input: its length and every number in it are checked against n_latent
+# before any list is built ("0-2147483648" once expanded to 2^31 indices and killed a server).
+MAX_SPEC_CHARS = 256
+_ECHO = 40  # characters of a bad part quoted back in the error
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also accepts '²', which int() refuses
 
 
 def layer_groups(n_latent: int) -> dict[str, range]:
@@ -38,10 +44,14 @@ def resolve_layers(spec: LayerSpec, n_latent: int, field: str = "layers") -> lis
     if spec is None:
         return list(range(n_latent))
     if isinstance(spec, str):
+        if len(spec) > MAX_SPEC_CHARS:
+            raise InvalidInputError(field, f"is {len(spec)} characters long; at most {MAX_SPEC_CHARS}")
         indices = _parse_layer_string(spec, n_latent, field)
     elif isinstance(spec, int) and not isinstance(spec, bool):
         indices = [spec]
     elif isinstance(spec, (Sequence, range)):
+        if len(spec) > 4 * n_latent:
+            raise InvalidInputError(field, f"lists {len(spec)} indices; n_latent is {n_latent}")
         indices = []
         for item in spec:
             if isinstance(item, bool) or not isinstance(item, int):
@@ -54,7 +64,7 @@ def resolve_layers(spec: LayerSpec, n_latent: int, field: str = "layers") -> lis
         raise InvalidInputError(field, "selects no layer")
     bad = [i for i in indices if not 0 <= i < n_latent]
     if bad:
-        raise InvalidInputError(field, f"indices {bad} outside [0, {n_latent - 1}] (n_latent={n_latent})")
+        raise InvalidInputError(field, f"indices {bad[:5]} outside [0, {n_latent - 1}] (n_latent={n_latent})")
     return sorted(set(indices))
 
 
@@ -68,15 +78,16 @@ def _parse_layer_string(spec: str, n_latent: int, field: str) -> list[int]:
         if part in groups:
             indices.extend(groups[part])
             continue
-        try:
-            if "-" in part:
-                low, high = (int(x) for x in part.split("-", 1))
-                if high < low:
-                    raise ValueError
-                indices.extend(range(low, high + 1))
-            else:
-                indices.append(int(part))
-        except ValueError:
-            raise InvalidInputError(field, f"cannot read {part!r}; use {'/'.join(GROUP_NAMES)}, "
-                                           "indices like '0-3,8', or a list of ints") from None
+        low_text, dash, high_text = part.partition("-")
+        if not (_DIGITS.fullmatch(low_text.strip()) and (not dash or _DIGITS.fullmatch(high_text.strip()))):
+            raise InvalidInputError(field, f"cannot read {part[:_ECHO]!r}; use {'/'.join(GROUP_NAMES)}, "
+                                           "indices like '0-3,8', or a list of ints")
+        # Compared as text lengths first: a 30-digit number is out of range without becoming an int.
+        bounds = [t.strip() for t in (low_text, high_text) if t.strip()]
+        if any(len(t) > 6 or int(t) >= n_latent for t in bounds):
+            raise InvalidInputError(field, f"{part[:_ECHO]!r} goes outside [0, {n_latent - 1}] (n_latent={n_latent})")
+        low, high = int(bounds[0]), int(bounds[-1])
+        if high < low:
+            raise InvalidInputError(field, f"{part[:_ECHO]!r} is a range that runs backwards")
+        indices.extend(range(low, high + 1))
     return indices

@@ -185,6 +185,34 @@ class JobStore:
         moved = self._move(job_id, (QUEUED, RUNNING), state=RUNNING)
         if moved:
             self.client.hincrby(self._key(job_id), "attempts", 1)
+            self.client.sadd(self._running_key, job_id)  # where orphans() looks; a hint, checked there
+        return moved
+
+    @property
+    def _running_key(self) -> str:
+        return f"{self.ns}:jobs-running"
+
+    def orphans(self) -> list[Job]:
+        """RUNNING jobs whose lease has expired: the worker running them died (or stalled past its
+        lease). Finished jobs found in the running set are dropped from it on the way."""
+        found = []
+        for raw in self.client.smembers(self._running_key):
+            job_id = raw.decode()
+            try:
+                job = self.get(job_id)
+            except NotFoundError:
+                job = None
+            if job is None or job.state != RUNNING:
+                self.client.srem(self._running_key, job_id)
+            elif self.lease_holder(job_id) is None:
+                found.append(job)
+        return found
+
+    def requeue(self, job_id: str, message: str) -> bool:
+        """RUNNING → QUEUED for the next worker (which resumes from the job's checkpoint)."""
+        moved = self._move(job_id, (RUNNING,), state=QUEUED, message=message)
+        if moved:
+            self.client.srem(self._running_key, job_id)
         return moved
 
     def set_progress(self, job_id: str, progress: float, message: str = "") -> bool:

@@ -37,6 +37,9 @@ class EditorConfig:
     # reply approaches the channel's size limit.
     chunk_seconds: float = 4.0
     health_interval_s: float = 2.0
+    # How often RUNNING jobs are checked for an expired worker lease (the worker's lease_ttl, 60 s):
+    # a worker that died mid-job is noticed within lease_ttl + this, and its job re-queued.
+    job_check_interval_s: float = 15.0
     broker_url: str = ""  # Celery broker; empty: redis_url
     queue: str = "gpu"
     task_name: str = "faceedit.adapt"

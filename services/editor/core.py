@@ -49,6 +49,7 @@ BASE, ADAPTED = "base", "adapted"
 MAX_IDEMPOTENCY_KEY = jobstates.MAX_IDEMPOTENCY_KEY
 MAX_STEPS = 16  # attribute steps per request
 MAX_CONDITIONS = 8
+MAX_LISTED_JOBS = 100_000  # deepest page offset ListAdaptations serves
 
 
 # -- values in and out -------------------------------------------------------------------------
@@ -702,6 +703,14 @@ class EditorCore:
 
 # -- adaptation ------------------------------------------------------------------------------------
 
+def _check_job_name(job_id: str) -> None:
+    """The API calls a job's id its `name`: errors say so (the job store's own checks say job_id)."""
+    if not job_id:
+        raise InvalidInputError("name", "is required")
+    if len(job_id) > protocol.MAX_ID_LENGTH:
+        raise InvalidInputError("name", f"longer than {protocol.MAX_ID_LENGTH} characters")
+
+
 class TaskQueue:
     """Sends `faceedit.adapt(job_id)` to the worker's queue and reads the queue's depth."""
 
@@ -803,8 +812,7 @@ class AdaptationCore:
         return AdaptationJob(job, generator, self.display_name(job.id))
 
     def get(self, tenant: str, job_id: str) -> AdaptationJob:
-        if not job_id:
-            raise InvalidInputError("name", "is required")
+        _check_job_name(job_id)
         with redis_errors():
             return self._view(self.jobs.get(job_id, tenant))
 
@@ -812,12 +820,11 @@ class AdaptationCore:
         size = page_size or 50
         if not 1 <= size <= 200:
             raise InvalidInputError("page_size", f"must be in [1, 200], got {page_size}")
-        try:
-            offset = int(page_token) if page_token else 0
-            if offset < 0:
-                raise ValueError
-        except ValueError:
-            raise InvalidInputError("page_token", "is not a token from a previous response") from None
+        # Checked as text before it becomes a number or reaches Redis (which refuses offsets >= 2^63).
+        if page_token and not (len(page_token) <= len(str(MAX_LISTED_JOBS)) and page_token.isascii()
+                               and page_token.isdigit() and int(page_token) <= MAX_LISTED_JOBS):
+            raise InvalidInputError("page_token", "is not a token from a previous response")
+        offset = int(page_token) if page_token else 0
         with redis_errors():
             jobs = self.jobs.list(tenant, limit=offset + size + 1)
         page = jobs[offset:offset + size]
@@ -825,8 +832,7 @@ class AdaptationCore:
         return [self._view(j) for j in page], token
 
     def cancel(self, tenant: str, job_id: str) -> AdaptationJob:
-        if not job_id:
-            raise InvalidInputError("name", "is required")
+        _check_job_name(job_id)
         with redis_errors():
             return self._view(self.jobs.request_cancel(job_id, tenant))
 

@@ -46,9 +46,22 @@ class TooLargeError(InvalidInputError):
     """A field is over a size limit: RESOURCE_EXHAUSTED, naming the field."""
 
 
+# Default gRPC clients drop a status message over 8 KB (the caller then sees RESOURCE_EXHAUSTED
+# "Stream removed" instead of the error); errors stay far below that.
+MAX_MESSAGE_CHARS = 1000
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """Status code and message for an exception. Untyped exceptions become INTERNAL with a fixed
-    message: their text may hold paths or internals, so it goes to the log, never to the caller."""
+    """Status code and message (at most MAX_MESSAGE_CHARS) for an exception."""
+    code, message = _status_for(exc)
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS - 1] + "…"
+    return code, message
+
+
+def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Untyped exceptions become INTERNAL with a fixed message: their text may hold paths or
+    internals, so it goes to the log, never to the caller."""
     if isinstance(exc, (TooLargeError, PayloadTooLargeError)):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc.field}: {exc.problem}"
     if isinstance(exc, InvalidInputError):

@@ -80,3 +80,8 @@ def test_one_mapping_from_errors_to_status_codes(exc, code, text):
     got, message = status_for(exc)
     assert got == code and text in message
     assert "/srv" not in message and "/secret" not in message  # internals stay in the server log
+
+
+def test_status_messages_stay_short_whatever_the_error_holds():
+    code, message = status_for(NotFoundError("attribute", "x" * 10_000))
+    assert code == grpc.StatusCode.NOT_FOUND and len(message) <= 1000

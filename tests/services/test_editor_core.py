@@ -338,3 +338,18 @@ def test_job_params_are_what_the_fine_tuner_accepts(world):
     view, _ = world["adaptation"].create("t1", "", png_bytes(), "k-ft", options={"steps": 7, "learning_rate": 0.01})
     config = FinetuneConfig.from_dict(view.job.params)
     assert (config.iterations, config.lr) == (7, 0.01)
+
+
+@pytest.mark.parametrize("token", ["9999999999999999999", "-1", "1e3", "٣", "x" * 500, "100001"])
+def test_page_tokens_are_checked_before_they_reach_redis(world, token):
+    with pytest.raises(InvalidInputError) as info:
+        world["adaptation"].list("t1", page_token=token)
+    assert info.value.field == "page_token" and token[:50] not in info.value.problem
+
+
+@pytest.mark.parametrize("method", ["get", "cancel"])
+def test_job_errors_name_the_field_the_api_calls_name(world, method):
+    for bad in ("", "j" * 129):
+        with pytest.raises(InvalidInputError) as info:
+            getattr(world["adaptation"], method)("t1", bad)
+        assert info.value.field == "name"

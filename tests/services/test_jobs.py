@@ -123,3 +123,24 @@ def test_expired_lease_can_be_taken_over(jobs, redis_client, namespace):
         time.sleep(0.005)
     assert not jobs.renew_lease(job.id, "dead-worker", ttl=30)
     assert jobs.acquire_lease(job.id, "w2", ttl=30)
+
+
+def test_jobs_of_a_dead_worker_are_requeued_or_cancelled_once_their_lease_expires(jobs):
+    from services.common.jobs import CANCELLED, QUEUED, RUNNING, SUCCEEDED
+    from services.common.recovery import recover_orphans
+
+    alive, dead, cancelling, finished = (jobs.create("t", "demo", f"targets/{i}.png")[0] for i in range(4))
+    for job in (alive, dead, cancelling, finished):
+        assert jobs.acquire_lease(job.id, "w1", 0.2 if job is not alive else 30)
+        assert jobs.start(job.id)
+    jobs.request_cancel(cancelling.id, "t")
+    jobs.succeed(finished.id, "gen-x")
+    time.sleep(0.3)  # the dead worker's leases expire; the live one's does not
+    sent: list[str] = []
+    done = recover_orphans(jobs, sent.append)
+    assert done == {"requeued": [dead.id], "cancelled": [cancelling.id]} and sent == [dead.id]
+    assert jobs.get(dead.id).state == QUEUED and "re-queued" in jobs.get(dead.id).message
+    assert jobs.get(cancelling.id).state == CANCELLED
+    assert (jobs.get(alive.id).state, jobs.get(finished.id).state) == (RUNNING, SUCCEEDED)
+    assert recover_orphans(jobs, sent.append) == {"requeued": [], "cancelled": []}  # nothing twice
+    assert jobs.start(dead.id) and jobs.get(dead.id).attempts == 2  # the next worker resumes it
