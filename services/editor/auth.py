@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from faceedit.errors import InvalidInputError
-from services.editor.errors import UnauthenticatedError
+from services.common.errors import UnauthenticatedError
 
 MIN_KEY_LENGTH = 16
 HEADER = "authorization"

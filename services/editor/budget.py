@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from services.editor.errors import DeadlineError, TooLargeError
+from services.common.errors import DeadlineError, TooLargeError
 from services.editor.inference import caller_active, caller_remaining_s
 
 # New measurements move the estimate by this much: steady enough that one slow call (a GC pause,

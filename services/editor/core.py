@@ -30,7 +30,7 @@ from services.common.artifacts import ArtifactStore
 from services.common.jobs import Job, JobStore
 from services.common.registry import GeneratorIndex, GeneratorRecord
 from services.editor.budget import RenderBudget
-from services.editor.errors import PreconditionError, TooLargeError, UnavailableError
+from services.common.errors import PreconditionError, TooLargeError, UnavailableError
 from services.editor.inference import Inference
 from services.editor.metrics import EditorMetrics
 from services.inference import protocol

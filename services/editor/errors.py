@@ -1,4 +1,4 @@
-"""The ONE place where errors become gRPC status codes (library errors and the editor's own)."""
+"""The editor's gRPC status and message for an error: the code from the shared table, a message safe to send."""
 
 from __future__ import annotations
 
@@ -6,44 +6,11 @@ import logging
 
 import grpc
 
-from faceedit.errors import (
-    CheckpointError,
-    FaceEditError,
-    InvalidInputError,
-    NoFaceFound,
-    NotFoundError,
-)
+from faceedit.errors import CheckpointError, InvalidInputError, NoFaceFound
+from services.common.errors import code_for
 from services.inference.protocol import FAILED_PRECONDITION, InferenceError, PayloadTooLargeError
 
 log = logging.getLogger("faceedit.editor")
-
-
-class ServiceError(FaceEditError):
-    """Errors the editor raises itself about its dependencies and callers (not about the input)."""
-
-
-class UnauthenticatedError(ServiceError):
-    """No API key, or one we do not know."""
-
-
-class UnavailableError(ServiceError):
-    """A dependency (TorchServe, Redis, the broker) does not answer; the caller may retry."""
-
-    def __init__(self, dependency: str, detail: str = ""):
-        self.dependency = dependency
-        super().__init__(f"{dependency} is unavailable" + (f": {detail}" if detail else ""))
-
-
-class DeadlineError(ServiceError):
-    """A call to a dependency ran past its deadline."""
-
-
-class PreconditionError(ServiceError):
-    """The request is valid but the system is not in a state to serve it (e.g. a model is not loaded)."""
-
-
-class TooLargeError(InvalidInputError):
-    """A field is over a size limit: RESOURCE_EXHAUSTED, naming the field."""
 
 
 # Default gRPC clients drop a status message over 8 KB (the caller then sees RESOURCE_EXHAUSTED
@@ -60,34 +27,23 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 
 def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """Untyped exceptions become INTERNAL with a fixed message: their text may hold paths or
+    """The code from the shared table (services.common.errors); the message says what the caller
+    may know. Untyped exceptions become INTERNAL with a fixed message: their text may hold paths or
     internals, so it goes to the log, never to the caller."""
-    if isinstance(exc, (TooLargeError, PayloadTooLargeError)):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc.field}: {exc.problem}"
-    if isinstance(exc, InvalidInputError):
-        return grpc.StatusCode.INVALID_ARGUMENT, f"{exc.field}: {exc.problem}"
-    if isinstance(exc, NoFaceFound):
-        return grpc.StatusCode.INVALID_ARGUMENT, f"image: {exc}"
-    if isinstance(exc, NotFoundError):
-        return grpc.StatusCode.NOT_FOUND, str(exc)
-    if isinstance(exc, UnauthenticatedError):
-        return grpc.StatusCode.UNAUTHENTICATED, str(exc)
-    if isinstance(exc, UnavailableError):
-        return grpc.StatusCode.UNAVAILABLE, str(exc)
-    if isinstance(exc, DeadlineError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
-    if isinstance(exc, PreconditionError):
-        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    code = grpc.StatusCode[code_for(exc, ((PayloadTooLargeError, "RESOURCE_EXHAUSTED"),))]
     if isinstance(exc, InferenceError):
         if exc.code == FAILED_PRECONDITION:
             return grpc.StatusCode.FAILED_PRECONDITION, f"model server: {exc.message}"
         return grpc.StatusCode.INTERNAL, "the model server failed on this request; see its log"
+    if isinstance(exc, InvalidInputError):
+        return code, f"{exc.field}: {exc.problem}"
+    if isinstance(exc, NoFaceFound):
+        return code, f"image: {exc}"
     if isinstance(exc, CheckpointError):
-        # A broken weights file on the server side is not the caller's fault and not retryable.
-        return grpc.StatusCode.FAILED_PRECONDITION, "a model file on the server is unusable; see the server log"
-    if isinstance(exc, FaceEditError):
-        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
-    return grpc.StatusCode.INTERNAL, "internal error; see the server log"
+        return code, "a model file on the server is unusable; see the server log"
+    if code == grpc.StatusCode.INTERNAL:
+        return code, "internal error; see the server log"
+    return code, str(exc)
 
 
 # Job records store a status code name; the Operation's google.rpc.Status carries the number.

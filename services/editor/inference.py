@@ -11,7 +11,7 @@ from typing import Callable, Protocol
 import grpc
 import numpy as np
 
-from services.editor.errors import DeadlineError, PreconditionError, TooLargeError, UnavailableError
+from services.common.errors import DeadlineError, PreconditionError, TooLargeError, UnavailableError
 from services.inference import protocol
 from services.inference.protocol import GenerateResponse, InvertResponse
 

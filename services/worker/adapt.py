@@ -26,6 +26,7 @@ from faceedit.images import from_pil
 from faceedit.models import Encoder, Generator, load_encoder, load_generator
 from faceedit.models.precision import resolve_device
 from services.common.artifacts import ArtifactStore, open_artifact_store
+from services.common.errors import code_for
 from services.common.models import ModelConfig, load_model_config
 from services.common.jobs import Job, JobStore
 from services.common.registry import GeneratorIndex, save_adapted_generator
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 # Where the mean source CLIP embeddings live in the artifact store (one per generator and CLIP weights).
 CLIP_MEAN_PREFIX = "cache"
 FINETUNE_STATE_FILE = "finetune-state.safetensors"
+MAX_ERROR_CHARS = 1000  # a job's error message, as short as the editor's status messages
 # What a job may set, with bounds; everything else about DIFA is the operator's (difa_settings).
 JOB_SETTINGS: dict[str, tuple[type, float, float]] = {
     "iterations": (int, 1, 10_000),
@@ -253,15 +255,12 @@ def run_adaptation(job_id: str, rt: Runtime, on_progress: Callable[[float, str],
             return {"status": rt.jobs.get(job_id).state}
         try:
             return _adapt(job, rt, keeper, on_progress)
-        except WorkerSetupError as exc:
-            log.error("adaptation job %s cannot run: %s", job_id, exc)
-            rt.jobs.fail(job_id, "FAILED_PRECONDITION", str(exc))
-            return {"status": "FAILED", "error": str(exc)}
-        except (InvalidInputError, NotFoundError) as exc:
-            rt.jobs.fail(job_id, "INVALID_ARGUMENT", str(exc))
-            return {"status": "FAILED", "error": str(exc)}
         except FaceEditError as exc:
-            rt.jobs.fail(job_id, "FAILED_PRECONDITION", str(exc))
+            # WorkerSetupError (the worker's models or settings) is FAILED_PRECONDITION, the job's own
+            # input INVALID_ARGUMENT, a missing thing NOT_FOUND: the same table the editor uses.
+            if isinstance(exc, WorkerSetupError):
+                log.error("adaptation job %s cannot run: %s", job_id, exc)
+            rt.jobs.fail(job_id, code_for(exc), str(exc)[:MAX_ERROR_CHARS])
             return {"status": "FAILED", "error": str(exc)}
         except Exception:
             log.exception("adaptation job %s failed", job_id)

@@ -70,7 +70,7 @@ class FakeQueue:
         self.down = False
 
     def submit(self, job_id: str) -> None:
-        from services.editor.errors import UnavailableError
+        from services.common.errors import UnavailableError
 
         if self.down:
             raise UnavailableError("task broker", "down (test)")

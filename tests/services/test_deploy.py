@@ -723,7 +723,8 @@ def test_the_torchserve_container_command_serves_until_sigterm(tiny_models, redi
     env.update({k: str(free_port()) for k in env if k.startswith("FACEEDIT_TS_") and k.endswith("_PORT")})
     env.update(FACEEDIT_TS_HOST="127.0.0.1", FACEEDIT_TS_MODEL_STORE=str(store),
                FACEEDIT_TS_WORKDIR=str(tmp_path / "ts"), FACEEDIT_REDIS_URL=redis_server.url,
-               FACEEDIT_ARTIFACT_STORE_URL=f"file://{tmp_path / 'artifacts'}")
+               FACEEDIT_ARTIFACT_STORE_URL=f"file://{tmp_path / 'artifacts'}",
+               FACEEDIT_MODELS=str(tiny_models["models"]))  # the image's /app path, here
     full_env = {**os.environ, **env, "PYTHONPATH": str(REPO)}
     argv = [sys.executable if a == "python" else a for a in service["command"]]
     health = [sys.executable if a == "python" else a for a in service["healthcheck"]["test"][1:]]

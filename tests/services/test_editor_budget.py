@@ -17,7 +17,7 @@ from faceedit.models import load_generator
 from faceedit.sampling import z_from_seeds
 from services.editor import core
 from services.editor.budget import RenderBudget
-from services.editor.errors import DeadlineError, TooLargeError
+from services.common.errors import DeadlineError, TooLargeError
 from services.editor.inference import CALLER_ACTIVE, CALLER_DEADLINE, TorchServeInference
 from services.editor.metrics import EditorMetrics
 

@@ -10,8 +10,9 @@ import pytest
 from faceedit.errors import CheckpointFormatError, InvalidInputError, NoFaceFound, NotFoundError
 from services.editor.auth import ApiKeys, read_keys_file
 from services.editor.config import EditorConfig
-from services.editor.errors import (DeadlineError, PreconditionError, TooLargeError, UnauthenticatedError,
-                                    UnavailableError, status_for)
+from services.common.errors import (DeadlineError, PreconditionError, TooLargeError, UnauthenticatedError,
+                                    UnavailableError)
+from services.editor.errors import status_for
 from services.inference.protocol import InferenceError, PayloadTooLargeError
 
 KEY = "k" * 20

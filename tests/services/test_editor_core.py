@@ -18,7 +18,7 @@ from services.common.artifacts import LocalArtifactStore
 from services.common.jobs import JobStore
 from services.common.registry import GeneratorIndex, GeneratorRecord
 from services.editor import core
-from services.editor.errors import PreconditionError, TooLargeError, UnavailableError
+from services.common.errors import PreconditionError, TooLargeError, UnavailableError
 from services.editor.metrics import EditorMetrics
 
 

@@ -21,7 +21,7 @@ from services.common.registry import GeneratorRecord
 from services.editor import core
 from services.editor.config import EditorConfig
 from services.editor import probe
-from services.editor.errors import UnavailableError
+from services.common.errors import UnavailableError
 from services.editor.probe import LIVENESS_SERVICE
 from services.editor.server import EditorServer
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from faceedit.proto import inference_pb2, inference_pb2_grpc
-from services.editor.errors import DeadlineError, PreconditionError, TooLargeError, UnavailableError, status_for
+from services.common.errors import DeadlineError, PreconditionError, TooLargeError, UnavailableError
+from services.editor.errors import status_for
 from services.editor.inference import CALLER_DEADLINE, TorchServeInference, read_inference_token
 from services.inference import protocol
 
