@@ -71,9 +71,18 @@ class TorchServeInference:
         self._token = token  # a fixed key from the environment wins over the file
         self._key_file = key_file
         self._file_token = ""  # the key last read from key_file; cleared when TorchServe refuses it
+        # Balanced per call, not per connection: `target` may name several TorchServe replicas
+        # ("ipv4:10.0.0.1:7070,10.0.0.2:7070", or "dns:///faceedit-torchserve-headless:7070", which
+        # resolves to every pod); round_robin spreads calls over every ready address, skips one that
+        # fails and takes it back once it reconnects.
         self.channel = grpc.insecure_channel(target, options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.lb_policy_name", "round_robin"),
+            # A replaced pod's address is looked up again within seconds, not minutes.
+            ("grpc.dns_min_time_between_resolutions_ms", 5000),
+            ("grpc.initial_reconnect_backoff_ms", 500),
+            ("grpc.max_reconnect_backoff_ms", 5000),
         ])
         self.stub = inference_pb2_grpc.InferenceAPIsServiceStub(self.channel)
 

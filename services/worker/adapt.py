@@ -346,6 +346,8 @@ def _difa_job(job: Job, rt: Runtime, keeper: LeaseKeeper, on_progress: Callable[
                           else f"cancelled after {cancelled.iteration} iterations")
         rt.store.delete(state_key(job.id))
         return {"status": "CANCELLED", "iterations": cancelled.iteration}
+    if result.resumed_from:
+        log.warning("job %s resumed from iteration %d of %d", job.id, result.resumed_from, result.iterations)
     record = save_adapted_generator(rt.store, rt.index, job.tenant, job.base_generator, result.delta,
                                     base=base, generator_id=generator_id, job_id=job.id)
     rt.jobs.succeed(job.id, record.id)

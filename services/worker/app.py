@@ -122,6 +122,16 @@ def queue_missing_means(**_: Any) -> None:
         app.send_task(TASK_PREPARE, args=[base_id], queue=config.queue)
 
 
+@signals.worker_ready.connect
+def watch_for_orphaned_jobs(**_: Any) -> None:
+    """Re-queue jobs whose worker died (their lease expired) every lease_ttl/4 seconds; the editor
+    runs the same watch, so a job is recovered while either is up."""
+    from services.common.recovery import OrphanWatch
+
+    OrphanWatch(runtime().jobs, lambda job_id: app.send_task(TASK_ADAPT, args=[job_id], queue=config.queue),
+                config.lease_ttl / 4).start()
+
+
 @functools.cache
 def runtime() -> Any:
     """One Runtime (connections, store, loaded models) per worker process, opened on the first job."""

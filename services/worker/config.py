@@ -31,13 +31,16 @@ class WorkerConfig:
     # cached yet (minutes at 1024 px), so the first job on it starts training at once.
     prepare_on_start: bool = True
     queue: str = "gpu"
-    # Must exceed the longest job: a message unacknowledged for longer is delivered again (the
-    # lease then keeps the second delivery from running it twice, but it would wait for nothing).
+    # Must exceed the longest job: a message unacknowledged for longer is delivered again while the
+    # job still runs (the lease keeps the second delivery from running it twice, but a worker would
+    # wait on it for nothing). It is not how a dead worker's job comes back: that is noticed from
+    # the job's expired lease (lease_ttl) by the editor's and the workers' orphan watch
+    # (services/common/recovery.py), which re-queues it within lease_ttl + the watch interval.
     visibility_timeout: int = 7200
     # How often an idle worker looks for messages a dead worker left unacknowledged (FINDINGS:
     # kombu's defaults, 10 × 10 s, delay recovery by ~90 s).
     restore_interval: int = 1
-    lease_ttl: float = 60.0  # a dead worker's job can be taken over this long after its last renewal
+    lease_ttl: float = 60.0  # a dead worker's job is re-queued this long after its last renewal
     iterations: int = 301  # DIFA's upstream schedule; a job's "iterations" overrides it
     checkpoint_every: int = 25
     torch_threads: int = 1

@@ -529,8 +529,11 @@ def k8s_wiring_problems(docs: list[dict]) -> list[str]:
                     if container_port(container, p.get("targetPort", p["port"])) is None:
                         problems.append(f"Service {service['metadata']['name']} targets {p} that no container has")
     target = e_env.get("FACEEDIT_TORCHSERVE_TARGET", EditorConfig().torchserve_target)
-    host, ts_port = target.rsplit(":", 1)
+    host, ts_port = target.removeprefix("dns:///").rsplit(":", 1)
     ts_service = find(docs, "Service", host)
+    # Per-call balancing needs every replica's address: a headless Service resolved by gRPC's DNS.
+    if ts_service and (not target.startswith("dns:///") or ts_service[0]["spec"].get("clusterIP") != "None"):
+        problems.append(f"editor calls {target}: balance per call over a headless Service with dns:///")
     grpc_port = int(t_env.get("FACEEDIT_TS_GRPC_PORT", -1))
     if not ts_service or not selects(ts_service[0]["spec"]["selector"], t_doc) or not any(
             p["port"] == int(ts_port) and container_port(ts, p.get("targetPort", p["port"])) == grpc_port

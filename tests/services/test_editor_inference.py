@@ -174,7 +174,7 @@ def test_a_reply_over_the_channel_limit_is_resource_exhausted_and_not_retryable(
     servicer.image_bytes = 400_000
     client = TorchServeInference(target, max_message_bytes=1_000_000)
     assert len(client.synthesize("demo", "", ws(1)).images) == 1
-    with pytest.raises(TooLargeError) as info:  # 4 x 400 kB (base64 in JSON) > 1 MB
+    with pytest.raises(TooLargeError) as info:  # 4 x 400 kB > 1 MB
         client.synthesize("demo", "", ws(4))
     assert status_for(info.value)[0] == grpc.StatusCode.RESOURCE_EXHAUSTED and "message limit" in info.value.problem
     # TorchServe's own RESOURCE_EXHAUSTED (queue full, workers down) stays retryable.
@@ -182,3 +182,37 @@ def test_a_reply_over_the_channel_limit_is_resource_exhausted_and_not_retryable(
     with pytest.raises(UnavailableError):
         client.synthesize("demo", "", ws(1))
     client.close()
+
+
+def test_calls_are_balanced_over_every_replica_and_a_dead_one_is_skipped():
+    """Behind one target naming two TorchServe replicas, calls alternate; with one stopped, all go to the other."""
+    servers, servicers, ports = [], [], []
+    for _ in range(2):
+        servicer = FakeTorchServe()
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        inference_pb2_grpc.add_InferenceAPIsServiceServicer_to_server(servicer, server)
+        ports.append(server.add_insecure_port("127.0.0.1:0"))
+        server.start()
+        servers.append(server)
+        servicers.append(servicer)
+    client = TorchServeInference("ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports), timeout_s=5)
+    try:
+        for _ in range(3):  # the first calls may land before both subchannels are ready
+            client.synthesize("demo", "", ws(1))
+        before = [len(s.requests) for s in servicers]
+        for _ in range(10):
+            client.synthesize("demo", "", ws(1))
+        assert [len(s.requests) - b for s, b in zip(servicers, before)] == [5, 5]
+        servers[0].stop(0).wait()
+        answered = 0
+        for _ in range(10):
+            try:
+                client.synthesize("demo", "", ws(1))
+                answered += 1
+            except UnavailableError:
+                pass  # at most the call in flight when the replica went away
+        assert answered >= 9 and len(servicers[1].requests) >= before[1] + 5 + 9
+    finally:
+        client.close()
+        for server in servers:
+            server.stop(0)
