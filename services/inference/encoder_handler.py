@@ -37,11 +37,13 @@ class EncoderHandler:
         self.encoder: Encoder | None = None
         self.detector: Any = None
         self.device = torch.device("cpu")
+        self.aligned_size = 1024
 
     def initialize(self, context: Any) -> None:
         config = InferenceConfig.load(getattr(context, "model_yaml_config", None))
         set_torch_threads(config.torch_threads)
         self.device = worker_device(context, config.device)
+        self.aligned_size = config.aligned_size
         models = load_model_config(config.models or None)
         path = models.encoder()
         if path is None:
@@ -60,18 +62,23 @@ class EncoderHandler:
             try:
                 request = protocol.decode_invert_request(request_body(row))
                 photo = _decode_image(request.image)
-                crop = self._align(photo, size) if request.align else center_square(photo, size)
+                # The crop the caller gets back (to paste an edit into its photo) is kept at up to
+                # aligned_size; the encoder sees it resized to its own input size.
+                side = min(self.aligned_size, min(photo.size))
+                crop = self._align(photo, side) if request.align else center_square(photo, side)
                 crops.append((i, crop, request.return_aligned))
             except Exception as exc:  # noqa: BLE001 - every failure becomes this request's error body
                 responses[i] = self._error(exc)
         if crops:
             try:
                 with torch.inference_mode():
-                    batch = from_pil([c for _, c, _ in crops]).to(self.device)  # [N, 3, size, size]
+                    inputs = [c.resize((size, size), Image.LANCZOS) if c.size != (size, size) else c
+                              for _, c, _ in crops]
+                    batch = from_pil(inputs).to(self.device)  # [N, 3, size, size]
                     ws = self.encoder.encode(batch).cpu()  # [N, n_styles, D]
                 for k, (i, crop, return_aligned) in enumerate(crops):
                     aligned = encode_image(crop, "png") if return_aligned else None
-                    responses[i] = protocol.encode_invert_response(ws[k:k + 1].numpy(), aligned, size)
+                    responses[i] = protocol.encode_invert_response(ws[k:k + 1].numpy(), aligned, crop.width)
             except Exception as exc:  # noqa: BLE001
                 for i, _, _ in crops:
                     responses[i] = self._error(exc)

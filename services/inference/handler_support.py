@@ -41,6 +41,9 @@ class InferenceConfig:
     # Synthesis precision: "bf16"/"fp16" autocast the convolutions (a GPU's tensor cores; max abs
     # difference to fp32 measured in tests/test_precision.py), "fp32" computes as upstream.
     precision: str = "fp32"
+    # Encoder: the aligned crop returned with Invert(return_aligned) is FFHQ's 1024 px alignment
+    # (smaller when the photo is), not the encoder's input size: it is what paste-back needs.
+    aligned_size: int = 1024
 
     @classmethod
     def load(cls, model_yaml: Mapping[str, Any] | None, env: Mapping[str, str] | None = None) -> "InferenceConfig":

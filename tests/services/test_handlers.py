@@ -184,11 +184,13 @@ def test_encoder_returns_the_latents_of_the_photo(encoder_handler, tiny_models, 
     photo = to_pil(base.synthesis(torch.from_numpy(latents(base, 1, 3))))[0].resize((48, 40))
     body = encoder_handler.handle([{"data": protocol.encode_invert_request(png(photo), return_aligned=True)}], None)[0]
     response = protocol.decode_invert_response(body)
-    assert response.ws.shape == (1, base.n_latent, base.style_dim) and response.size == 32
+    # The crop comes back at the photo's resolution (up to 1024, FFHQ's), not the encoder's 32 px input.
+    assert response.ws.shape == (1, base.n_latent, base.style_dim) and response.size == 40
     crop = Image.open(io.BytesIO(response.aligned))
-    assert crop.size == (32, 32)
+    assert crop.size == (40, 40)
     with torch.inference_mode():
-        direct = load_encoder(tiny_models["encoder"]).encode(from_pil([crop.convert("RGB")]))
+        direct = load_encoder(tiny_models["encoder"]).encode(
+            from_pil([crop.convert("RGB").resize((32, 32), Image.LANCZOS)]))
     np.testing.assert_allclose(response.ws, direct.numpy(), rtol=1e-5, atol=1e-5)
 
 
@@ -270,7 +272,7 @@ def test_alignment_finds_a_drawn_face_and_returns_its_crop(encoder_handler):
         {"data": protocol.encode_invert_request(photo, align=True, return_aligned=True)},
         {"data": protocol.encode_invert_request(photo, align=False, return_aligned=True)}], None)
     aligned, plain = protocol.decode_invert_response(aligned), protocol.decode_invert_response(plain)
-    assert Image.open(io.BytesIO(aligned.aligned)).size == (32, 32)
+    assert Image.open(io.BytesIO(aligned.aligned)).size == (400, 400)  # the photo's scale, for paste-back
     # Alignment rotated and cropped the face: the encoder saw a different image, so other latents.
     assert aligned.aligned != plain.aligned and not np.allclose(aligned.ws, plain.ws)
 
