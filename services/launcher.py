@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from faceedit.errors import FaceEditError
-from services.common.redis_server import free_port, redis_executable
+from services.common.redis_server import durable_redis_command, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CURRENT = "current"  # run/current → the latest run directory
@@ -138,11 +138,7 @@ def up(run_root: Path, model_store: Path, editor_port: int = 0, worker: bool = T
         port = free_port()
         stack.redis_url = f"redis://127.0.0.1:{port}/0"
         (run_dir / "redis").mkdir()
-        # AOF in the run directory, as compose runs Redis: a restart keeps job records, the generator
-        # index, cached latents and idempotency keys (fsync once a second: at most 1 s of writes lost).
-        redis_args = [redis_executable(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                      "--appendonly", "yes", "--appendfsync", "everysec",
-                      "--dir", str(run_dir / "redis"), "--protected-mode", "yes"]
+        redis_args = durable_redis_command(port, run_dir / "redis")
         specs["redis"] = _spec(redis_args, env)
         redis_proc = _spawn("redis", redis_args, run_dir, env)
         _wait(lambda: _redis_ready(stack.redis_url), "redis", redis_proc, run_dir / "redis.log", 30)

