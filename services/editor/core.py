@@ -15,6 +15,7 @@ import math
 import time
 import uuid
 import dataclasses
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from faceedit.errors import FaceEditError, InvalidInputError, NotFoundError
 from services.common import jobs as jobstates
 from services.common.artifacts import ArtifactStore
 from services.common.jobs import Job, JobStore
-from services.common.registry import GeneratorIndex, GeneratorRecord
+from services.common.registry import GeneratorIndex, GeneratorRecord, check_id
 from services.editor.budget import RenderBudget
 from services.common.errors import PreconditionError, TooLargeError, UnavailableError
 from services.editor.inference import Inference
@@ -237,6 +238,7 @@ class GeneratorCatalog:
             raise InvalidInputError(field_name, f"longer than {protocol.MAX_ID_LENGTH} characters")
         if self.index is None:
             raise NotFoundError("generator", generator_id)
+        check_id(generator_id, field_name)  # the index checks it too, but names it generator_id
         with redis_errors():
             record = self.index.get(generator_id, tenant)  # another tenant's id: NotFound, like a missing one
         base = self.bases.get(record.base_generator)
@@ -328,9 +330,15 @@ class LatentCache:
         self.ttl_s = int(ttl_s)
         self.ns = namespace
         self.metrics = metrics
+        # Threads start on first use; a few, so one slow Redis call does not hold up every RPC's put.
+        self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="latent-put")
 
     def _key(self, latent_id: str) -> str:
         return f"{self.ns}:latent:{latent_id}"
+
+    def put_in_background(self, tenant: str, family: str, ws: np.ndarray) -> "Future[StoredLatent]":
+        """`put` on a writer thread; the future raises what `put` would."""
+        return self._writer.submit(self.put, tenant, family, ws)
 
     def put(self, tenant: str, family: str, ws: np.ndarray) -> StoredLatent:
         ws = np.ascontiguousarray(ws, dtype="<f4")  # [1, L, D]
@@ -379,7 +387,9 @@ def check_upload(data: bytes, max_bytes: int, max_pixels: int, field_name: str =
             image.load()  # a truncated or corrupt file fails here
     except FaceEditError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:  # PIL refuses to open a header that claims over ~179 Mpx at all
+        raise TooLargeError(field_name, f"declares too many pixels (the limit is {max_pixels})") from None
+    except (OSError, ValueError, SyntaxError):
         raise InvalidInputError(field_name, f"cannot be decoded as {fmt.upper()} (corrupt or truncated)") from None
     return fmt, width, height
 
@@ -454,6 +464,8 @@ class EditorCore:
             started = time.perf_counter()
             with self.metrics.stage("inference.synthesize"):
                 response = self.inference.synthesize(generator.id, tenant, chunk, fmt)
+            if response.handler_ms is not None:
+                self.metrics.observe_stage("inference.handler", response.handler_ms / 1e3)
             self.budget.observe(key, len(chunk), time.perf_counter() - started,
                                 [len(img) for img in response.images], fmt)
             done += len(chunk)
@@ -532,6 +544,8 @@ class EditorCore:
                 else:
                     layers = resolve_layers(step.layers or entry.layers, n_latent, field="layers")
                     plan.w.append(Edit(entry.direction, float(step.strength), layers=layers, conditions=conditions))
+                if conditions:  # projected now: a degenerate set is this step's error, not a bare "conditions" later
+                    (plan.z if entry.space == "z" else plan.w)[-1].resolved_direction()
             except InvalidInputError as exc:
                 raise _prefixed(exc, prefix) from None
         return plan
@@ -610,9 +624,12 @@ class EditorCore:
 
             with self.metrics.stage("edit"):
                 ws = apply_edits(torch.from_numpy(ws), plan.w).numpy()  # [1, L, D]
+        # Stored while TorchServe renders it, so the Redis round trip overlaps the synthesis instead of
+        # following it; after a failed render the unseen latent just expires with its TTL.
+        stored = self.cache.put_in_background(tenant, generator.family, ws)
         image = self._render(generator, tenant, ws, fmt)[0]
-        with self.metrics.stage("cache.put"):
-            latent = self.cache.put(tenant, generator.family, ws)
+        with self.metrics.stage("cache.put"):  # what the RPC still waits for once the image is back
+            latent = stored.result()
         return EditResult(image, latent)
 
     def animate(self, tenant: str, generator_id: str, source: LatentSource, steps: Sequence[Step],

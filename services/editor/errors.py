@@ -14,15 +14,17 @@ log = logging.getLogger("faceedit.editor")
 
 
 # Default gRPC clients drop a status message over 8 KB (the caller then sees RESOURCE_EXHAUSTED
-# "Stream removed" instead of the error); errors stay far below that.
+# "Stream removed" instead of the error); errors stay far below that. Counted in characters and in
+# UTF-8 bytes (what travels): 1000 characters of echoed emoji would be ~4 KB.
 MAX_MESSAGE_CHARS = 1000
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """Status code and message (at most MAX_MESSAGE_CHARS) for an exception."""
+    """Status code and message (at most MAX_MESSAGE_CHARS characters and bytes) for an exception."""
     code, message = _status_for(exc)
-    if len(message) > MAX_MESSAGE_CHARS:
-        message = message[:MAX_MESSAGE_CHARS - 1] + "…"
+    if len(message) > MAX_MESSAGE_CHARS or len(message.encode("utf-8")) > MAX_MESSAGE_CHARS:
+        cut = message.encode("utf-8")[:MAX_MESSAGE_CHARS - 3].decode("utf-8", "ignore")  # "…" is 3 bytes
+        message = cut[:MAX_MESSAGE_CHARS - 1] + "…"
     return code, message
 
 

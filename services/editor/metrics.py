@@ -36,6 +36,11 @@ class EditorMetrics:
         finally:
             self.stage_seconds.labels(name).observe(time.perf_counter() - start)
 
+    def observe_stage(self, name: str, seconds: float) -> None:
+        """A stage timed elsewhere: `inference.handler` is the model handler's own time as it reports it,
+        within inference.synthesize (the difference is TorchServe's queue, batching delay and transport)."""
+        self.stage_seconds.labels(name).observe(seconds)
+
     def set_queue_depth_source(self, read: Callable[[], float]) -> None:
         """Read the depth at scrape time (a Redis LLEN), so it is never stale."""
         self.queue_depth.set_function(read)

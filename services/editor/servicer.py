@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import time
 import uuid
 from typing import Any, Callable, Iterator
@@ -16,6 +17,7 @@ from google.rpc import status_pb2
 
 from faceedit.proto import adaptation_pb2, adaptation_pb2_grpc, common_pb2, editor_pb2, editor_pb2_grpc
 from services.common import jobs as jobstates
+from services.common.errors import TooLargeError
 from services.editor import core
 from services.editor.auth import ApiKeys
 from services.editor.errors import CODE_NUMBERS, status_for
@@ -36,6 +38,10 @@ _STATES = {jobstates.QUEUED: adaptation_pb2.ADAPTATION_STATE_QUEUED,
            jobstates.FAILED: adaptation_pb2.ADAPTATION_STATE_FAILED,
            jobstates.CANCELLED: adaptation_pb2.ADAPTATION_STATE_CANCELLED}
 MAX_LATENT_VALUES = 64 * 32 * 1024
+# grpcio's time_remaining() for a call without a deadline is ~9.2e18 s (its infinite deadline), not None;
+# passed on as TorchServe's timeout, that overflowed grpc-core's deadline and every render failed at once
+# with DEADLINE_EXCEEDED. Anything longer than a year means "none".
+NO_DEADLINE_S = 365 * 24 * 3600.0
 
 
 class CallContext:
@@ -59,7 +65,9 @@ def rpc(method: str, streaming: bool = False) -> Callable:
 
     def wrap(handler: Callable) -> Callable:
         def begin(self: Any, context: grpc.ServicerContext) -> tuple[CallContext, float]:
-            remaining = context.time_remaining()  # None when the client set no deadline
+            remaining = context.time_remaining()
+            if remaining is not None and remaining > NO_DEADLINE_S:
+                remaining = None  # the client set no deadline
             CALLER_DEADLINE.set(None if remaining is None else time.monotonic() + remaining)
             CALLER_ACTIVE.set(context.is_active)
             request_id = _request_id(context)
@@ -130,10 +138,13 @@ def latent_msg(ws: np.ndarray) -> common_pb2.Latent:
 def latent_array(msg: common_pb2.Latent, field_name: str) -> np.ndarray:
     from faceedit.errors import InvalidInputError
 
+    if not 2 <= len(msg.shape) <= 3:  # counted before they become a list: a request may hold millions
+        raise InvalidInputError(f"{field_name}.shape",
+                                f"must be 2 or 3 positive dimensions, got {len(msg.shape)} dimensions")
     shape = list(msg.shape)
-    if not shape or any(d <= 0 for d in shape) or len(shape) > 3:
+    if any(d <= 0 for d in shape):
         raise InvalidInputError(f"{field_name}.shape", f"must be 2 or 3 positive dimensions, got {shape}")
-    count = int(np.prod(shape))
+    count = math.prod(shape)  # Python ints: np.prod wraps around in int64 ([2^30, 2^30, 16] gave 0)
     if count > MAX_LATENT_VALUES:
         raise InvalidInputError(f"{field_name}.shape", f"{shape} has too many values")
     if len(msg.values) != count:
@@ -153,6 +164,12 @@ def latent_source(msg: common_pb2.LatentRef, field_name: str = "latent") -> core
 
 
 def steps(msgs: Any) -> list[core.Step]:
+    # Counted before any becomes a Step: one request may carry millions of (tiny) steps or conditions.
+    if len(msgs) > core.MAX_STEPS:
+        raise TooLargeError("edits", f"{len(msgs)} steps exceeds the limit of {core.MAX_STEPS}")
+    for i, m in enumerate(msgs):
+        if len(m.conditions) > core.MAX_CONDITIONS:
+            raise TooLargeError(f"edits[{i}].conditions", f"more than {core.MAX_CONDITIONS}")
     return [core.Step(m.attribute, m.strength, m.layers, tuple(m.conditions), m.space) for m in msgs]
 
 
@@ -204,7 +221,9 @@ class EditorServicer(editor_pb2_grpc.EditorServicer):
 
     @rpc("Generate")
     def Generate(self, request: editor_pb2.GenerateRequest, call: CallContext) -> editor_pb2.GenerateResponse:
-        faces = self.core.generate(call.tenant, request.generator_id, list(request.seeds), request.truncation,
+        # The repeated field itself, not a list: the core checks its length before reading a seed, so 20M
+        # seeds (a 20 MB request) never become 20M Python ints.
+        faces = self.core.generate(call.tenant, request.generator_id, request.seeds, request.truncation,
                                    _FORMATS.get(request.format, "?"))
         out = editor_pb2.GenerateResponse(generator_id=request.generator_id or self.core.catalog.default)
         for face in faces:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -62,6 +63,7 @@ class GeneratorHandler:
                         self.config.images_per_call(g.config.size), "on" if self.index else "off")
 
     def handle(self, data: list[dict], context: Any) -> list[bytes]:
+        started = time.perf_counter()
         responses: list[bytes | None] = [None] * len(data)
         resolved: dict[tuple[str, str], Generator | Exception] = {}
         # Keyed by the generator object, so every tenant's base-generator requests share one call.
@@ -87,7 +89,7 @@ class GeneratorHandler:
             groups[(id(generator), request.noise_mode)].append((i, request))
         for (generator_key, noise_mode), members in groups.items():
             try:
-                for i, body in self._synthesize(generators[generator_key], noise_mode, members):
+                for i, body in self._synthesize(generators[generator_key], noise_mode, members, started):
                     responses[i] = body
             except Exception as exc:  # noqa: BLE001
                 for i, _ in members:
@@ -126,8 +128,9 @@ class GeneratorHandler:
             raise InvalidInputError("ws", f"expected shape [B, {expected[0]}, {expected[1]}] for this generator, "
                                           f"got {list(ws.shape)}")
 
-    def _synthesize(self, generator: Generator, noise_mode: str,
-                    members: list[tuple[int, protocol.GenerateRequest]]) -> list[tuple[int, bytes]]:
+    def _synthesize(self, generator: Generator, noise_mode: str, members: list[tuple[int, protocol.GenerateRequest]],
+                    started: float) -> list[tuple[int, bytes]]:
+        """Each member's reply; `started` (perf_counter) is when handle() began, for the handler time it reports."""
         assert self.config is not None
         ws = torch.from_numpy(np.concatenate([r.ws for _, r in members])).to(self.device)
         with torch.inference_mode():  # a dynamic batch split to stay within the memory budget
@@ -139,6 +142,7 @@ class GeneratorHandler:
         for i, request in members:
             count = request.ws.shape[0]
             encoded = [encode_image(img, request.image_format) for img in pil[start:start + count]]
-            out.append((i, protocol.encode_generate_response(encoded, request.image_format, generator.config.size)))
+            out.append((i, protocol.encode_generate_response(encoded, request.image_format, generator.config.size,
+                                                             handler_ms=(time.perf_counter() - started) * 1e3)))
             start += count
         return out

@@ -33,9 +33,11 @@ def test_float64_latents_travel_as_float32():
 
 
 def test_generate_response_round_trip():
-    body = p.encode_generate_response([PNG, PNG + b"x"], "png", 32)
+    body = p.encode_generate_response([PNG, PNG + b"x"], "png", 32, handler_ms=41.5)
     response = p.decode_generate_response(body)
     assert response.images == [PNG, PNG + b"x"] and response.size == 32 and response.format == "png"
+    assert response.handler_ms == 41.5
+    assert p.decode_generate_response(p.encode_generate_response([PNG], "png", 32)).handler_ms is None
 
 
 def test_invert_round_trip_with_aligned_crop():
@@ -45,6 +47,52 @@ def test_invert_round_trip_with_aligned_crop():
     response = p.decode_invert_response(p.encode_invert_response(latents, PNG, 32))
     assert np.array_equal(response.ws, latents) and response.aligned == PNG and response.size == 32
     assert p.decode_invert_response(p.encode_invert_response(latents, None, 32)).aligned is None
+
+
+def test_images_travel_as_raw_bytes_after_a_json_header():
+    body = p.encode_generate_response([PNG, PNG], "png", 32)
+    assert body.startswith(p.FRAME_MAGIC) and body.endswith(PNG + PNG)
+    assert len(body) < 2 * len(PNG) + 100  # no base64: a 1024 px PNG would grow by a third
+
+
+def _frame(header: dict, payload: bytes) -> bytes:
+    head = json.dumps(header).encode()
+    return p.FRAME_MAGIC + len(head).to_bytes(4, "big") + head + payload
+
+
+@pytest.mark.parametrize("body, field", [
+    (_frame({"v": p.VERSION, "format": "png", "size": 32, "images": [len(PNG) + 1]}, PNG), "images"),
+    (_frame({"v": p.VERSION, "format": "png", "size": 32, "images": [-1, len(PNG) + 1]}, PNG), "images"),
+    (_frame({"v": p.VERSION, "format": "png", "size": 32, "images": "all"}, PNG), "images"),
+    (_frame({"v": p.VERSION, "format": "gif", "size": 32, "images": [len(PNG)]}, PNG), "format"),
+    (_frame({"v": 1, "format": "png", "size": 32, "images": [len(PNG)]}, PNG), "v"),
+    (p.FRAME_MAGIC + (10**6).to_bytes(4, "big") + b"{}", "header"),
+    (p.FRAME_MAGIC + b"\x00", "body"),
+    (p.FRAME_MAGIC + (3).to_bytes(4, "big") + b"[1]", "header"),
+    (json.dumps({"v": p.VERSION, "images": []}).encode(), "body"),
+])
+def test_bad_reply_frames_are_named(body, field):
+    with pytest.raises(InvalidInputError) as info:
+        p.decode_generate_response(body)
+    assert info.value.field == field
+
+
+def test_a_frame_listing_too_many_images_is_refused_before_copying():
+    body = _frame({"v": p.VERSION, "format": "png", "size": 32, "images": [0] * (p.MAX_BATCH + 1)}, b"")
+    with pytest.raises(p.PayloadTooLargeError) as info:
+        p.decode_generate_response(body)
+    assert info.value.field == "images"
+
+
+def test_an_invert_reply_must_carry_its_latent_bytes():
+    header = {"v": p.VERSION, "ws": {"shape": [1, 8, 64], "dtype": "float32"}, "size": 32}
+    with pytest.raises(InvalidInputError) as info:
+        p.decode_invert_response(_frame({**header, "parts": [100, len(PNG)]}, b"\0" * 100 + PNG))
+    assert info.value.field == "parts"
+    nan = np.full((1, 8, 64), np.nan, "<f4").tobytes()
+    with pytest.raises(InvalidInputError, match="NaN") as info:
+        p.decode_invert_response(_frame({**header, "parts": [len(nan)]}, nan))
+    assert info.value.field == "ws"
 
 
 def _tamper(body: bytes, **changes) -> bytes:
@@ -59,7 +107,7 @@ def _tamper(body: bytes, **changes) -> bytes:
     ({"image_format": "gif"}, "image_format"),
     ({"noise_mode": "loud"}, "noise_mode"),
     ({"ws": None}, "ws"),
-    ({"v": 2}, "v"),
+    ({"v": 1}, "v"),
     ({"tenant": 5}, "tenant"),
 ])
 def test_bad_generate_fields_are_named(changes, field):
