@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import grpc
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,6 +25,7 @@ sys.path.insert(0, str(REPO))
 from faceedit.client import FaceEditClient, Step  # noqa: E402
 from faceedit.images import to_pil  # noqa: E402
 from faceedit.models import load_generator  # noqa: E402
+from faceedit.proto import inference_pb2, inference_pb2_grpc  # noqa: E402
 from services import launcher  # noqa: E402
 from services.common.models import load_model_config  # noqa: E402
 from services.inference.archive import build_archive  # noqa: E402
@@ -76,10 +78,6 @@ def warm_torchserve(target: str, calls: int) -> None:
     """TorchServe's Java frontend runs interpreted until its JIT has seen a few thousand calls (measured:
     ~3 ms more per call before); a server in use is past that. Calls the handler refuses at once warm
     the same gRPC → queue → worker → reply path without minutes of synthesis."""
-    import grpc
-
-    from faceedit.proto import inference_pb2, inference_pb2_grpc
-
     with grpc.insecure_channel(target) as channel:
         stub = inference_pb2_grpc.InferenceAPIsServiceStub(channel)
         request = inference_pb2.PredictionsRequest(model_name="generator", input={"data": b'{"probe": true}'})
@@ -154,29 +152,41 @@ def throughput(target: str, key: str, latent_id: str, steps: list[Step], clients
 
 
 def print_breakdown(b: Breakdown, local_mean: float) -> None:
-    """Where the client's mean time goes beyond the in-process mean; the lines add up to the total."""
+    """Where the client's mean time goes beyond the in-process mean; the indented lines add up to it."""
 
     def ms(x: float | None) -> str:
         return "    n/a" if x is None else f"{x * 1e3:7.2f}"
 
-    print(f"  per-stage means (ms): client call {ms(b.client)}, in process {ms(local_mean)}, "
-          f"overhead {ms(b.client - local_mean)}")
-    if b.rpc is None:
-        print("    (no editor metrics)")
+    synthesize = b.stages.get("inference.synthesize")
+    if b.rpc is None or synthesize is None or b.handler is None:
+        print(f"  means (ms): client call {ms(b.client)}, in process {ms(local_mean)} (no editor or handler metrics)")
         return
-    print(f"    client ↔ editor gRPC (client call - editor RPC)   {ms(b.client - b.rpc)}")
-    known = 0.0
-    for stage in EDIT_STAGES:
-        value = b.stages.get(stage)
-        if stage == "inference.synthesize" and value is not None and b.handler is not None:
-            print(f"    editor ↔ TorchServe (synthesize - handler)       {ms(value - b.handler)}")
-            print(f"    handler beyond in process (handler - in process) {ms(b.handler - local_mean)}")
-        elif stage == "inference.synthesize" and value is not None:
-            print(f"    inference.synthesize beyond in process           {ms(value - local_mean)}")
-        else:
-            print(f"    editor {stage:<42}{ms(value)}")
-        known += value or 0.0
-    print(f"    editor rest of the RPC (RPC - stages)            {ms(b.rpc - known)}")
+    # The handler's own time is the same work as the in-process run, so client - handler is the serving
+    # overhead without the synthesis time's run-to-run noise.
+    print(f"  means (ms): client call {ms(b.client)} = in process {ms(local_mean)} + overhead "
+          f"{ms(b.client - local_mean)}; serving alone (client call - handler's own time) {ms(b.client - b.handler)}")
+    print(f"    client ↔ editor gRPC (client call - editor RPC)       {ms(b.client - b.rpc)}")
+    print(f"    editor cache.get (Redis)                              {ms(b.stages['cache.get'])}")
+    print(f"    editor edit (apply the steps)                         {ms(b.stages['edit'])}")
+    print(f"    editor ↔ TorchServe (synthesize - handler's time)     {ms(synthesize - b.handler)}")
+    print(f"    editor cache.put (Redis)                              {ms(b.stages['cache.put'])}")
+    print(f"    editor rest of the RPC (RPC - its stages)             "
+          f"{ms(b.rpc - sum(b.stages[s] or 0.0 for s in EDIT_STAGES))}")
+    print(f"    handler - in process (the same work elsewhere)        {ms(b.handler - local_mean)}")
+
+
+def start_stack(run_root: Path, store: Path, models: Path) -> tuple[launcher.Stack, str]:
+    """The stack and its editor's Prometheus URL, read from the launcher's log line (FACEEDIT_METRICS_PORT)."""
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log):
+            stack = launcher.up(run_root, store, worker=False, models=models)
+    finally:
+        print(log.getvalue(), end="")
+    found = re.search(r"metrics (http://\S+/metrics)", log.getvalue())
+    if found is None:
+        raise RuntimeError("the launcher logged no editor metrics URL")
+    return stack, found.group(1)
 
 
 def main() -> int:
@@ -234,20 +244,6 @@ def main() -> int:
     by_mode = {batching: eight for batching, _, _, _, eight, _ in rows}
     print(f"8 clients, batching on vs off: {by_mode[True] / by_mode[False]:.2f}x")
     return 0
-
-
-def start_stack(run_root: Path, store: Path, models: Path) -> tuple[launcher.Stack, str]:
-    """The stack and its editor's Prometheus URL, read from the launcher's log line (FACEEDIT_METRICS_PORT)."""
-    log = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(log):
-            stack = launcher.up(run_root, store, worker=False, models=models)
-    finally:
-        print(log.getvalue(), end="")
-    found = re.search(r"metrics (http://\S+/metrics)", log.getvalue())
-    if found is None:
-        raise RuntimeError("the launcher logged no editor metrics URL")
-    return stack, found.group(1)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import math
 import time
 import uuid
 import dataclasses
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -330,15 +329,9 @@ class LatentCache:
         self.ttl_s = int(ttl_s)
         self.ns = namespace
         self.metrics = metrics
-        # Threads start on first use; a few, so one slow Redis call does not hold up every RPC's put.
-        self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="latent-put")
 
     def _key(self, latent_id: str) -> str:
         return f"{self.ns}:latent:{latent_id}"
-
-    def put_in_background(self, tenant: str, family: str, ws: np.ndarray) -> "Future[StoredLatent]":
-        """`put` on a writer thread; the future raises what `put` would."""
-        return self._writer.submit(self.put, tenant, family, ws)
 
     def put(self, tenant: str, family: str, ws: np.ndarray) -> StoredLatent:
         ws = np.ascontiguousarray(ws, dtype="<f4")  # [1, L, D]
@@ -624,12 +617,9 @@ class EditorCore:
 
             with self.metrics.stage("edit"):
                 ws = apply_edits(torch.from_numpy(ws), plan.w).numpy()  # [1, L, D]
-        # Stored while TorchServe renders it, so the Redis round trip overlaps the synthesis instead of
-        # following it; after a failed render the unseen latent just expires with its TTL.
-        stored = self.cache.put_in_background(tenant, generator.family, ws)
         image = self._render(generator, tenant, ws, fmt)[0]
-        with self.metrics.stage("cache.put"):  # what the RPC still waits for once the image is back
-            latent = stored.result()
+        with self.metrics.stage("cache.put"):
+            latent = self.cache.put(tenant, generator.family, ws)
         return EditResult(image, latent)
 
     def animate(self, tenant: str, generator_id: str, source: LatentSource, steps: Sequence[Step],
