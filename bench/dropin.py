@@ -220,25 +220,10 @@ def run_flow(target: str, api_key: str, size: int, adaptation_steps: int = 2, ti
 
 
 def peak_rss_mb(run_dir: Path) -> dict[str, float]:
-    """VmHWM (peak resident set) of every process of each started service, from their process groups."""
-    groups = {p.stem: int(p.read_text()) for p in run_dir.glob("*.pid") if p.read_text().strip()}
-    peaks: dict[str, float] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            pgid = os.getpgid(int(proc.name))
-            status = (proc / "status").read_text()
-            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, ProcessLookupError):
-            continue
-        for name, group in groups.items():
-            if pgid == group:
-                hwm = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")), 0)
-                label = name if name != "torchserve" else (
-                    "torchserve (java)" if "java" in command.split(" ")[0] else "torchserve (model worker)")
-                peaks[label] = max(peaks.get(label, 0.0), hwm / 1024)
-    return peaks
+    """Peak resident set (VmHWM, MB) of each service's largest process."""
+    from processes import service_memory_kb
+
+    return {name: max(values) / 1024 for name, values in service_memory_kb(run_dir, "VmHWM").items()}
 
 
 def main(argv: list[str] | None = None) -> int:

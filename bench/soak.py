@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import collections
 import io
-import os
 import sys
 import tempfile
 import threading
@@ -27,25 +26,10 @@ sys.path.insert(0, str(REPO))
 
 
 def rss_mb(run_dir: Path) -> dict[str, float]:
-    """Current resident set (MB) per service of a run, summed over each service's process group."""
-    groups = {p.stem: int(p.read_text()) for p in run_dir.glob("*.pid") if p.read_text().strip()}
-    totals: dict[str, float] = collections.defaultdict(float)
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            pgid = os.getpgid(int(proc.name))
-            status = (proc / "status").read_text()
-            command = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-        except (OSError, ProcessLookupError):
-            continue
-        for name, group in groups.items():
-            if pgid == group:
-                rss = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")), 0)
-                label = name if name != "torchserve" else ("torchserve-java" if command.endswith("java")
-                                                           else "torchserve-workers")
-                totals[label] += rss / 1024
-    return dict(totals)
+    """Current resident set (VmRSS, MB) per service of a run, summed over its processes."""
+    from processes import service_memory_kb
+
+    return {name: sum(values) / 1024 for name, values in service_memory_kb(run_dir, "VmRSS").items()}
 
 
 def slope(points: list[tuple[float, float]]) -> float:
