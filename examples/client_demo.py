@@ -84,8 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         base = next(g for g in generators if g.kind == "base")
         print(f"generator {base.id}: {base.size} px, W+ {base.n_latent}x{base.style_dim}")
         for a in attributes:
-            print(f"  attribute {a.name:<12} accuracy {a.accuracy:.2f}  "
-                  f"recommended [{a.recommended_min:+.2f}, {a.recommended_max:+.2f}]  layers {a.default_layers or 'all'}")
+            # Official direction files record no accuracy; Z-space ones edit seeds only.
+            accuracy = "unknown" if a.accuracy is None else f"{a.accuracy:.2f}"
+            print(f"  attribute {a.name:<12} {a.space.upper()}  accuracy {accuracy:<7}  "
+                  f"recommended [{a.recommended_min:+.2f}, {a.recommended_max:+.2f}]  layers {a.default_layers or 'all'}"
+                  f"  ({a.format} {a.source})")
 
         with timed("Generate (8 seeds)"):
             faces = client.generate(list(range(1, 9)), truncation=0.7)
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             inversion = client.invert(photo)
         _save(out, "invert_reconstruction.png", inversion.reconstruction.data, written)
 
-        chosen = attributes[:4]
+        chosen = [a for a in attributes if a.space == "w"][:4]  # an inverted latent has no z to move
         edits = [_pil(inversion.reconstruction.data)]
         with timed(f"Edit x{2 * len(chosen)}"):
             for a in chosen:
