@@ -18,9 +18,10 @@ What every response must be:
   it answers before any application code runs (only for the raw-bytes cases).
 * INVALID_ARGUMENT messages start with the field they are about, as a path into the request message
   (e.g. "edits[0].layers: ..."); a case that breaks a single field must get that field named.
-* every message under 1 KB (UTF-8). How fast rejections come back is printed (slowest and median), not
-  asserted: a timed assertion fails on a slow CI machine (a 17 MiB image takes 0.5 s just to cross
-  loopback there) and proves nothing about the product.
+* every message under 1 KB (UTF-8). Each rejection is handled by the editor in under 0.5 s of its own time
+  (from its log: a bound on the work a bad request can cause, ~500x the measured median). The caller's wall
+  time is printed, not asserted: it includes moving a 17 MiB body over loopback (0.54 s on a busy CI
+  machine) and grpc-core's own refusal of oversized metadata, which take what the machine takes.
 
 And over the campaign: the editor process is the same one (the supervisor restarts a crashed editor, which
 would hide a crash), its log records no INTERNAL/UNKNOWN RPC, its RSS grows by at most 60 MB (measured
@@ -68,6 +69,7 @@ WATCHDOG_S = 60.0  # a call without a deadline that is still unanswered after th
 RANDOM_CASES = 1400  # on top of the ~290 fixed cases: ~1,700 requests, >= 130 per RPC
 MAX_MESSAGE_BYTES = 1024
 MAX_RSS_GROWTH_MB = 60
+MAX_REJECTION_MS = 500  # the editor's own handling time of one rejected request
 MAX_SECOND_PASS_GROWTH_MB = 20  # the same requests again: allocator noise, not a leak
 DESERIALIZE_ERROR = "Exception deserializing request!"  # grpcio's answer, before any servicer code
 S = grpc.StatusCode
@@ -696,8 +698,11 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
-def _logged_codes(log: Path, offset: int) -> Counter:
+def _logged_rpcs(log: Path, offset: int) -> tuple[Counter, list[tuple[float, str, str]]]:
+    """The editor's own record of what it served: (method, code) counts and, for each rejection it made
+    (not the caller's own deadline or cancellation), its handling time in ms."""
     codes: Counter = Counter()
+    rejections = []
     with log.open("rb") as f:
         f.seek(offset)
         for line in f:
@@ -707,7 +712,9 @@ def _logged_codes(log: Path, offset: int) -> Counter:
                 continue
             if isinstance(record, dict) and record.get("event") == "rpc":
                 codes[(record.get("method"), record.get("code"))] += 1
-    return codes
+                if record.get("code") not in ("OK", "DEADLINE_EXCEEDED", "CANCELLED"):
+                    rejections.append((float(record["ms"]), record["method"], record["code"]))
+    return codes, sorted(rejections)
 
 
 # -- the campaign ---------------------------------------------------------------------------------
@@ -772,9 +779,15 @@ def test_no_request_takes_the_service_down(stack):
         # The editor never went down: same process (a restart by the supervisor would hide a crash) ...
         assert int((stack.run_dir / "editor.pid").read_text()) == pid and Path(f"/proc/{pid}").exists()
         # ... nothing it answered was untyped (its own log of every RPC it served) ...
-        logged = _logged_codes(log, log_offset)
+        logged, handled = _logged_rpcs(log, log_offset)
         untyped = {k: n for k, n in logged.items() if k[1] in ("INTERNAL", "UNKNOWN")}
         assert not untyped, untyped
+        # ... each rejection cost it little: its own handling time (the log's, so loopback transfer of a
+        # 17 MiB body on a busy CI machine does not count; measured median ~1 ms, so 0.5 s is a bound on
+        # work done, e.g. a synthesis or a huge allocation before the check, not a speed goal) ...
+        print(f"editor's own handling of {len(handled)} rejections: median {handled[len(handled) // 2][0]:.1f} ms, "
+              f"slowest {handled[-1][0]:.1f} ms {handled[-1][1:]}")
+        assert len(handled) >= 1000 and handled[-1][0] < MAX_REJECTION_MS, handled[-5:]
         # ... it kept no memory of the campaign ...
         assert rss_after - rss_before <= MAX_RSS_GROWTH_MB, (rss_before, rss_after_pass)
         assert rss_after - rss_after_pass[0] <= MAX_SECOND_PASS_GROWTH_MB, (rss_before, rss_after_pass)
