@@ -114,6 +114,7 @@ class GeneratorInfo:
     size: int
     n_latent: int
     style_dim: int
+    display_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,8 @@ class Adaptation:
     error_code: int = 0
     error_message: str = ""
     idempotency_key: str = ""
+    display_name: str = ""
+    generator_deleted: bool = False  # SUCCEEDED, and its generator has been deleted since
 
 
 @dataclass
@@ -185,7 +188,8 @@ def _operation(op: adaptation_pb2.AdaptationOperation) -> Adaptation:
     return Adaptation(op.name, STATES.get(op.metadata.state, "UNSPECIFIED"), op.metadata.progress, op.done,
                       op.metadata.message, op.response.generator_id if which == "response" else "",
                       op.error.code if which == "error" else 0, op.error.message if which == "error" else "",
-                      op.metadata.idempotency_key)
+                      op.metadata.idempotency_key, op.metadata.display_name,
+                      which == "response" and op.response.generator_deleted)
 
 
 class FaceEditClient:
@@ -294,7 +298,7 @@ class FaceEditClient:
     def list_generators(self, timeout_s: float | None = None) -> list[GeneratorInfo]:
         reply = self._call(self.editor.ListGenerators, editor_pb2.ListGeneratorsRequest(), timeout_s)
         kinds = {common_pb2.GENERATOR_KIND_BASE: "base", common_pb2.GENERATOR_KIND_ADAPTED: "adapted"}
-        return [GeneratorInfo(g.id, kinds.get(g.kind, ""), g.family, g.size, g.n_latent, g.style_dim)
+        return [GeneratorInfo(g.id, kinds.get(g.kind, ""), g.family, g.size, g.n_latent, g.style_dim, g.display_name)
                 for g in reply.generators]
 
     def list_attributes(self, generator_id: str = "", timeout_s: float | None = None) -> list[Attribute]:

@@ -8,7 +8,7 @@ DEMO_OUT ?= out
 MODELS ?=
 MODELS_ARG := $(if $(MODELS),--models $(abspath $(MODELS)))
 
-.PHONY: protos demo stop demo-up test-editor
+.PHONY: protos demo stop demo-up test-editor reindex
 
 # Python stubs of faceedit.v1 and of TorchServe's inference.proto (from its jar), never committed.
 protos: $(PROTO_STAMP)
@@ -31,6 +31,10 @@ demo-up: install protos mar
 
 stop:
 	@test -x $(BIN)/python && $(BIN)/python -m services.launcher down --run-root $(RUN_DIR) || true
+
+# The running stack's generator index rebuilt from its artifact store; orphans reported (COLLECT=1 removes them).
+reindex: install
+	$(BIN)/python -m services.launcher reindex --run-root $(RUN_DIR) $(if $(COLLECT),--collect)
 
 test-editor: install protos
 	nice -n 19 $(BIN)/python -m pytest -q tests/services/test_editor_*.py $(PYTEST_ARGS)

@@ -456,6 +456,31 @@ def run_demo(stack: Stack, out: Path) -> int:
                            cwd=REPO, env=env)
 
 
+def reindex_generators(run_root: Path, collect: bool) -> int:
+    import redis
+
+    from services.common.artifacts import open_artifact_store
+    from services.common.registry import GeneratorIndex
+
+    redis_url, store_url = os.environ.get("FACEEDIT_REDIS_URL", ""), os.environ.get("FACEEDIT_ARTIFACT_STORE_URL", "")
+    stack_file = run_root / CURRENT / "stack.json"
+    if not (redis_url and store_url):
+        if not stack_file.is_file():
+            _log(f"reindex: set FACEEDIT_REDIS_URL and FACEEDIT_ARTIFACT_STORE_URL, or start a stack ({stack_file})")
+            return 2
+        redis_url = redis_url or json.loads(stack_file.read_text())["redis_url"]
+        store_url = store_url or str((run_root / CURRENT).resolve() / "artifacts")
+    index = GeneratorIndex(redis.Redis.from_url(redis_url), open_artifact_store(store_url),
+                           os.environ.get("FACEEDIT_REDIS_NAMESPACE", "faceedit"))
+    report = index.rebuild(collect=collect)
+    for line in report.orphans:
+        _log(f"orphan artifact  {line}")
+    for line in report.dangling:
+        _log(f"dangling record  {line}")
+    _log(f"reindex: {report.summary()}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -475,6 +500,11 @@ def main(argv: list[str] | None = None) -> int:
     stop.add_argument("--run-root", type=Path, default=REPO / "run")
     watch = sub.add_parser("supervise", help="(started by up) restart any process of a run that exits")
     watch.add_argument("--run-dir", type=Path, required=True)
+    reindex = sub.add_parser("reindex", help="rebuild the generator index from the artifact store; report "
+                                             "(and with --collect remove) orphans. Redis and the store: "
+                                             "$FACEEDIT_REDIS_URL/$FACEEDIT_ARTIFACT_STORE_URL, else the current run's")
+    reindex.add_argument("--run-root", type=Path, default=REPO / "run")
+    reindex.add_argument("--collect", action="store_true", help="delete orphan artifacts and dangling records")
     args = parser.parse_args(argv)
 
     if args.command == "down":
@@ -482,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "supervise":
         return supervise(args.run_dir)
+    if args.command == "reindex":
+        return reindex_generators(args.run_root, args.collect)
     # SIGTERM (e.g. from a CI runner) takes the same path as Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     current = args.run_root / CURRENT

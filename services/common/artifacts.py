@@ -6,7 +6,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Iterator, Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
 from faceedit.errors import InvalidInputError, NotFoundError
@@ -43,6 +43,8 @@ class ArtifactStore(Protocol):
     def exists(self, key: str) -> bool: ...
 
     def path_hint(self, key: str) -> str: ...  # where it lives, for logs and humans
+
+    def keys(self, prefix: str) -> Iterator[str]: ...  # every key under `prefix/`, in no set order
 
 
 class LocalArtifactStore:
@@ -88,6 +90,14 @@ class LocalArtifactStore:
 
     def path_hint(self, key: str) -> str:
         return str(self._path(key))
+
+    def keys(self, prefix: str) -> Iterator[str]:
+        folder = self._path(prefix)
+        if not folder.is_dir():
+            return
+        for path in folder.rglob("*"):
+            if path.is_file() and not path.name.startswith("."):  # "." files are put()'s unfinished writes
+                yield path.relative_to(self.root).as_posix()
 
 
 class S3ArtifactStore:
@@ -142,6 +152,18 @@ class S3ArtifactStore:
 
     def path_hint(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
+
+    def keys(self, prefix: str) -> Iterator[str]:
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        token = None
+        while True:  # list_objects_v2 answers 1,000 keys at a time
+            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(prefix) + "/",
+                                               **({"ContinuationToken": token} if token else {}))
+            for item in page.get("Contents", []):
+                yield item["Key"][strip:]
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
 
 
 def _is_missing(exc: Exception) -> bool:

@@ -67,6 +67,7 @@ class Job:
     updated: float = 0.0
     cancel_requested: bool = False
     attempts: int = 0
+    display_name: str = ""  # the caller's label, given to the generator the job makes
 
     @property
     def done(self) -> bool:
@@ -82,7 +83,8 @@ class Job:
                    result_generator_id=h.get("result_generator_id", ""),
                    error_code=h.get("error_code", ""), error_message=h.get("error_message", ""),
                    created=float(h["created"]), updated=float(h["updated"]),
-                   cancel_requested=h.get("cancel_requested") == "1", attempts=int(h.get("attempts", 0)))
+                   cancel_requested=h.get("cancel_requested") == "1", attempts=int(h.get("attempts", 0)),
+                   display_name=h.get("display_name", ""))
 
 
 class JobStore:
@@ -112,19 +114,19 @@ class JobStore:
 
     # -- create and read ----------------------------------------------------------------------
     def create(self, tenant: str, base_generator: str, target_key: str, params: dict[str, Any] | None = None,
-               idempotency_key: str = "", kind: str = "adapt") -> tuple[Job, bool]:
+               idempotency_key: str = "", kind: str = "adapt", display_name: str = "") -> tuple[Job, bool]:
         """A new QUEUED job, or (existing job, False) when the tenant reused `idempotency_key`."""
         if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
             raise InvalidInputError("idempotency_key", f"longer than {MAX_IDEMPOTENCY_KEY} characters")
         now = time.time()
         job = Job(id=f"job-{uuid.uuid4().hex[:20]}", tenant=tenant, kind=kind, base_generator=base_generator,
                   target_key=target_key, params=dict(params or {}), idempotency_key=idempotency_key,
-                  created=now, updated=now)
+                  created=now, updated=now, display_name=display_name)
         fields = {"id": job.id, "tenant": tenant, "kind": kind, "base_generator": base_generator,
                   "target_key": target_key, "params": json.dumps(job.params, sort_keys=True),
                   "idempotency_key": idempotency_key, "state": QUEUED, "progress": "0", "message": "",
                   "result_generator_id": "", "error_code": "", "error_message": "", "created": repr(now),
-                  "updated": repr(now), "cancel_requested": "0", "attempts": "0"}
+                  "updated": repr(now), "cancel_requested": "0", "attempts": "0", "display_name": display_name}
         # Write the record before claiming the key, so a claimed key always points at a real job.
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(self._key(job.id), mapping=fields)
@@ -229,6 +231,11 @@ class JobStore:
 
     def cancelled(self, job_id: str, message: str = "cancelled") -> bool:
         return self._move(job_id, (QUEUED, RUNNING), state=CANCELLED, message=message)
+
+    def generator_deleted(self, job_id: str, generator_id: str) -> bool:
+        """The job succeeded, and the generator it made has since been deleted: it stays SUCCEEDED (it did),
+        and says so, so a caller polling it is not left with a result that no RPC accepts."""
+        return self._move(job_id, (SUCCEEDED,), message=f"done; its generator {generator_id} has been deleted")
 
     # -- lease ----------------------------------------------------------------------------------
     def acquire_lease(self, job_id: str, worker_id: str, ttl: float) -> bool:

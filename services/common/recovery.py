@@ -1,4 +1,5 @@
-"""Jobs whose worker died: noticed from their expired lease, re-queued to resume, or cancelled if a cancel was asked."""
+"""State that lost its owner: jobs whose worker died (expired lease → re-queued or cancelled) and a generator
+index lost with Redis (rebuilt from the artifacts)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import threading
 from typing import Callable
 
 from services.common.jobs import JobStore
+from services.common.registry import GeneratorIndex
 
 log = logging.getLogger("faceedit.recovery")
 
@@ -30,23 +32,40 @@ def recover_orphans(jobs: JobStore, submit: Callable[[str], None]) -> dict[str, 
     return done
 
 
-class OrphanWatch:
-    """Runs recover_orphans every `interval_s` on a daemon thread; errors (Redis down) are logged and retried."""
+class RecoveryWatch:
+    """Runs recover_orphans every `interval_s` on a daemon thread, and with an `index`, rebuilds it when
+    Redis has lost it (checked at start and on every pass); errors (Redis down) are logged and retried."""
 
-    def __init__(self, jobs: JobStore, submit: Callable[[str], None], interval_s: float):
-        self.jobs, self.submit, self.interval_s = jobs, submit, interval_s
+    def __init__(self, jobs: JobStore, submit: Callable[[str], None], interval_s: float,
+                 index: GeneratorIndex | None = None):
+        self.jobs, self.submit, self.interval_s, self.index = jobs, submit, interval_s, index
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="orphan-watch", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="recovery-watch", daemon=True)
+
+    def check_index(self) -> None:
+        if self.index is None:
+            return
+        report = self.index.ensure_built()
+        if report is not None:
+            log.warning(json.dumps({"event": "generator index built from the artifact store",
+                                    "summary": report.summary(), "orphans": report.orphans[:20],
+                                    "dangling": report.dangling[:20]}))
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        first = True
+        while first or not self._stop.wait(self.interval_s):
             try:
-                recover_orphans(self.jobs, self.submit)
+                self.check_index()
+                if not first:
+                    recover_orphans(self.jobs, self.submit)
             except Exception as exc:  # noqa: BLE001 - a dependency outage must not end the watch
-                log.info(json.dumps({"event": "orphan watch", "error": type(exc).__name__}))
+                log.info(json.dumps({"event": "recovery watch", "error": type(exc).__name__}))
+            first = False
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
+        if self._thread.is_alive():  # a pass under way finishes (and logs) before stop returns
+            self._thread.join(timeout_s)

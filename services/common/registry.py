@@ -1,4 +1,5 @@
-"""Index of adapted generators in Redis, and the weights helpers that write and verify their safetensors deltas."""
+"""Index of adapted generators in Redis over the artifact store (the source of truth), and the weights
+helpers that write and verify their self-describing safetensors deltas."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import re
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from faceedit.errors import ChecksumMismatchError, InvalidInputError, NotFoundError
 from services.common.artifacts import ArtifactStore
@@ -23,6 +24,9 @@ if TYPE_CHECKING:  # torch stays out of the editor's imports: only the weights h
 
 READY = "READY"
 DELTA_KIND = "generator-delta"
+GENERATOR_PREFIX = "generators"
+RECORD_METADATA = "faceedit.record"  # the artifact's own copy of its index record (without what hashing gives)
+_RECORD_FIELDS = ("id", "tenant", "base_generator", "created", "job_id", "display_name")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 # SET NX and the tenant's index entry in one step, so a crash never leaves half a record.
@@ -46,6 +50,7 @@ class GeneratorRecord:
     state: str
     artifact_key: str
     job_id: str = ""
+    display_name: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -111,20 +116,120 @@ class GeneratorIndex:
         return [GeneratorRecord.from_json(r) for r in raws if r is not None]
 
     def delete(self, generator_id: str, tenant: str) -> None:
-        """Remove the record first (so nothing serves it from then on), then its weights."""
+        """Remove the weights first, then the record: a crash in between leaves a record without weights
+        (answered NotFound, reported by `rebuild`), never weights without a record, which `rebuild` would
+        take for a generator whose index entry was lost and bring back."""
         record = self.get(generator_id, tenant)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(self._key(generator_id))
-        pipe.zrem(self._tenant_key(tenant), generator_id)
-        pipe.execute()
         self.store.delete(record.artifact_key)
+        self._unindex(record)
+
+    def _unindex(self, record: GeneratorRecord) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self._key(record.id))
+        pipe.zrem(self._tenant_key(record.tenant), record.id)
+        pipe.execute()
+
+    def ensure_built(self) -> "RebuildReport | None":
+        """Rebuild when Redis no longer holds the index (its marker is gone with everything else: a new,
+        wiped or restored-from-nothing Redis); a no-op, one EXISTS, otherwise."""
+        if self.client.exists(self._marker):
+            return None
+        report = self.rebuild()
+        self.client.set(self._marker, repr(time.time()))
+        return report
+
+    @property
+    def _marker(self) -> str:
+        return f"{self.ns}:generator-index:built"
+
+    def rebuild(self, collect: bool = False) -> "RebuildReport":
+        """Bring the index in line with the artifact store: every generator artifact whose id has no record
+        gets its record back (from the artifact's own metadata, its sha256 recomputed). Artifacts that
+        cannot be indexed (unreadable metadata, or an id indexed to another artifact: the leftover of a
+        lost write race) are orphans; records whose artifact is gone are dangling. `collect` deletes
+        orphans and drops dangling records; without it they are only reported."""
+        report = RebuildReport()
+        for key in sorted(self.store.keys(GENERATOR_PREFIX)):
+            data = self.store.get(key)
+            try:
+                record = record_from_artifact(key, data)
+            except InvalidInputError as exc:
+                report.orphans.append(f"{key}: {exc}")
+                if collect:
+                    self.store.delete(key)
+                continue
+            stored = self.add(record)
+            if stored.artifact_key == key:
+                (report.restored if stored is record else report.indexed).append(record.id)
+            else:
+                report.orphans.append(f"{key}: {record.id} is indexed to {stored.artifact_key}")
+                if collect:
+                    self.store.delete(key)
+        for raw_key in self.client.scan_iter(match=f"{self.ns}:generator:*", count=1000):
+            raw = self.client.get(raw_key)
+            if raw is None:
+                continue
+            record = GeneratorRecord.from_json(raw)
+            if not self.store.exists(record.artifact_key):
+                report.dangling.append(f"{record.id}: {record.artifact_key} is missing")
+                if collect:
+                    self._unindex(record)
+        report.collected = collect
+        return report
+
+
+@dataclass
+class RebuildReport:
+    restored: list[str] = field(default_factory=list)  # ids whose record was missing and is back
+    indexed: list[str] = field(default_factory=list)  # ids already indexed to their artifact
+    orphans: list[str] = field(default_factory=list)  # "key: why", artifacts no record can point at
+    dangling: list[str] = field(default_factory=list)  # "id: why", records without their artifact
+    collected: bool = False
+
+    def summary(self) -> str:
+        verb = "removed" if self.collected else "found (collect with --collect)"
+        return (f"{len(self.indexed)} indexed, {len(self.restored)} restored, {len(self.orphans)} orphan artifacts "
+                f"and {len(self.dangling)} dangling records {verb}")
+
+
+def record_from_artifact(key: str, data: bytes) -> GeneratorRecord:
+    """The index record a generator artifact describes in its own safetensors metadata."""
+    meta = safetensors_metadata(data)
+    try:
+        fields = json.loads(meta[RECORD_METADATA])
+        values = {name: fields[name] for name in _RECORD_FIELDS}
+        sha = hashlib.sha256(data).hexdigest()
+        record = GeneratorRecord(state=READY, artifact_key=key, sha256=sha, size_bytes=len(data),
+                                 **{**values, "created": float(values["created"])})
+        check_id(record.id)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidInputError("artifact", f"no usable {RECORD_METADATA} metadata ({type(exc).__name__})") from None
+    if key != artifact_key_for(record.tenant, record.id, sha):
+        raise InvalidInputError("artifact", "its key does not match its tenant, id and content hash")
+    return record
+
+
+def safetensors_metadata(data: bytes) -> dict[str, str]:
+    """A safetensors file's `__metadata__` from its JSON header (8-byte little-endian length, then JSON),
+    without torch: the editor and the index tools read it."""
+    if len(data) < 8:
+        raise InvalidInputError("artifact", "is not a safetensors file (shorter than its header)")
+    length = int.from_bytes(data[:8], "little")
+    if length > min(len(data) - 8, 100 << 20):
+        raise InvalidInputError("artifact", "is not a safetensors file (header length out of range)")
+    try:
+        header = json.loads(data[8:8 + length])
+    except ValueError:
+        raise InvalidInputError("artifact", "is not a safetensors file (header is not JSON)") from None
+    meta = header.get("__metadata__", {}) if isinstance(header, dict) else {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def artifact_key_for(tenant: str, generator_id: str, sha256: str) -> str:
     # The tenant is hashed into the key: tenant names need not be valid key segments. The content
     # hash makes two racing writers of one id write different objects, so the object the index
     # records is never overwritten by the loser of the race.
-    return f"generators/{tenant_segment(tenant)}/{generator_id}-{sha256[:16]}.safetensors"
+    return f"{GENERATOR_PREFIX}/{tenant_segment(tenant)}/{generator_id}-{sha256[:16]}.safetensors"
 
 
 def tenant_segment(tenant: str) -> str:
@@ -132,9 +237,10 @@ def tenant_segment(tenant: str) -> str:
     return "t" + hashlib.sha256(tenant.encode("utf-8")).hexdigest()[:24]
 
 
-def delta_bytes(tensors: Mapping[str, "Tensor"], base: "Generator") -> bytes:
+def delta_bytes(tensors: Mapping[str, "Tensor"], base: "Generator", record: Mapping[str, Any] | None = None) -> bytes:
     """Trained tensors (rosinality names, a subset of the base's) → safetensors bytes in the library's
-    generator-delta layout (`faceedit.adaptation.delta`): base config and fingerprint in the metadata."""
+    generator-delta layout (`faceedit.adaptation.delta`): base config and fingerprint in the metadata, and
+    `record` (the index fields the artifact cannot derive from its bytes) so the index can be rebuilt."""
     from safetensors.torch import save
 
     from faceedit.adaptation.delta import state_fingerprint
@@ -143,12 +249,15 @@ def delta_bytes(tensors: Mapping[str, "Tensor"], base: "Generator") -> bytes:
         raise InvalidInputError("tensors", "no tensors to save")
     config = {"generator": base.config.to_dict(), "base_fingerprint": state_fingerprint(base)}
     meta = {"faceedit.kind": DELTA_KIND, "faceedit.config": json.dumps(config, sort_keys=True)}
+    if record is not None:
+        meta[RECORD_METADATA] = json.dumps({name: record[name] for name in _RECORD_FIELDS}, sort_keys=True)
     return save({k: v.detach().to("cpu").float().contiguous() for k, v in tensors.items()}, metadata=meta)
 
 
 def save_adapted_generator(store: ArtifactStore, index: GeneratorIndex, tenant: str, base_id: str,
                            tensors: Mapping[str, "Tensor"], base: "Generator",
-                           generator_id: str | None = None, job_id: str = "") -> GeneratorRecord:
+                           generator_id: str | None = None, job_id: str = "",
+                           display_name: str = "") -> GeneratorRecord:
     """Write the delta to the store, then index it. Passing the same `generator_id` again (a
     redelivered job) returns the first record instead of creating a second generator."""
     generator_id = check_id(generator_id or new_generator_id())
@@ -156,13 +265,13 @@ def save_adapted_generator(store: ArtifactStore, index: GeneratorIndex, tenant: 
         return index._read(generator_id)
     except NotFoundError:
         pass
-    data = delta_bytes(tensors, base)
+    described = {"id": generator_id, "tenant": tenant, "base_generator": base_id, "created": time.time(),
+                 "job_id": job_id, "display_name": display_name}
+    data = delta_bytes(tensors, base, described)
     sha = hashlib.sha256(data).hexdigest()
     key = artifact_key_for(tenant, generator_id, sha)
     store.put(key, data)
-    record = GeneratorRecord(id=generator_id, tenant=tenant, base_generator=base_id, sha256=sha,
-                             size_bytes=len(data), created=time.time(), state=READY, artifact_key=key,
-                             job_id=job_id)
+    record = GeneratorRecord(sha256=sha, size_bytes=len(data), state=READY, artifact_key=key, **described)
     stored = index.add(record)
     if stored.artifact_key != key:  # lost a race for this id: the winner's weights stand
         store.delete(key)

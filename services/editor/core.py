@@ -154,7 +154,6 @@ class AttributeSummary:
 class AdaptationJob:
     job: Job
     generator: GeneratorSummary | None  # set once the job succeeded and the generator still exists
-    display_name: str = ""
 
 
 # -- generators -----------------------------------------------------------------------------------
@@ -260,7 +259,7 @@ class GeneratorCatalog:
 
 def _summary(g: ResolvedGenerator) -> GeneratorSummary:
     return GeneratorSummary(g.id, g.kind, g.family, g.base.size, g.base.n_latent, g.base.style_dim,
-                            display_name=g.id if g.record is None else (g.record.job_id or g.id),
+                            display_name=g.id if g.record is None else (g.record.display_name or g.id),
                             created=0.0 if g.record is None else g.record.created)
 
 
@@ -774,19 +773,13 @@ class AdaptationCore:
         key = f"targets/{tenant_seg}/{digest}.{fmt}"
         self.store.put(key, image)
         with redis_errors():
-            job, created = self.jobs.create(tenant, base.id, key, params, idempotency_key=idempotency_key)
-        if created and display_name:
-            with redis_errors():
-                self.jobs.client.set(self._display_key(job.id), display_name)
+            job, created = self.jobs.create(tenant, base.id, key, params, idempotency_key=idempotency_key,
+                                            display_name=display_name)
         if created or job.state == jobstates.QUEUED:
             # A retry of a create whose task may never have reached the broker re-sends it; the
             # worker's lease and state machine turn a duplicate delivery into a no-op.
             self.queue.submit(job.id)
         return self._view(job), created
-
-    def _display_key(self, job_id: str) -> str:
-        # The job record's params go to the fine-tuner verbatim, so the label lives beside it.
-        return f"{self.jobs.ns}:job-display:{job_id}"
 
     @staticmethod
     def _params(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -804,11 +797,6 @@ class AdaptationCore:
             params["lr"] = lr
         return params
 
-    def display_name(self, job_id: str) -> str:
-        with redis_errors():
-            raw = self.jobs.client.get(self._display_key(job_id))
-        return raw.decode() if raw else ""
-
     def _view(self, job: Job) -> AdaptationJob:
         generator = None
         if job.state == jobstates.SUCCEEDED and job.result_generator_id:
@@ -816,7 +804,7 @@ class AdaptationCore:
                 generator = _summary(self.catalog.resolve(job.tenant, job.result_generator_id))
             except (NotFoundError, PreconditionError):
                 generator = None  # deleted since
-        return AdaptationJob(job, generator, self.display_name(job.id))
+        return AdaptationJob(job, generator)
 
     def get(self, tenant: str, job_id: str) -> AdaptationJob:
         _check_job_name(job_id)
@@ -849,4 +837,10 @@ class AdaptationCore:
         if generator_id in self.catalog.bases:
             raise PreconditionError(f"{generator_id!r} is a base generator; only adapted generators can be deleted")
         with redis_errors():
+            record = self.index.get(generator_id, tenant)
             self.index.delete(generator_id, tenant)
+            if record.job_id:
+                try:
+                    self.jobs.generator_deleted(record.job_id, generator_id)
+                except NotFoundError:
+                    pass  # the job record has expired or was never kept

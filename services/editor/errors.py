@@ -8,7 +8,7 @@ import grpc
 
 from faceedit.errors import CheckpointError, InvalidInputError, NoFaceFound
 from services.common.errors import code_for
-from services.inference.protocol import FAILED_PRECONDITION, InferenceError, PayloadTooLargeError
+from services.inference.protocol import FAILED_PRECONDITION, UNAVAILABLE, InferenceError
 
 log = logging.getLogger("faceedit.editor")
 
@@ -32,10 +32,10 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The code from the shared table (services.common.errors); the message says what the caller
     may know. Untyped exceptions become INTERNAL with a fixed message: their text may hold paths or
     internals, so it goes to the log, never to the caller."""
-    code = grpc.StatusCode[code_for(exc, ((PayloadTooLargeError, "RESOURCE_EXHAUSTED"),))]
-    if isinstance(exc, InferenceError):
-        if exc.code == FAILED_PRECONDITION:
-            return grpc.StatusCode.FAILED_PRECONDITION, f"model server: {exc.message}"
+    code = grpc.StatusCode[code_for(exc)]
+    if isinstance(exc, InferenceError):  # a handler's error body: its code came from the same table
+        if exc.code in (FAILED_PRECONDITION, UNAVAILABLE):
+            return grpc.StatusCode[exc.code], f"model server: {exc.message}"
         return grpc.StatusCode.INTERNAL, "the model server failed on this request; see its log"
     if isinstance(exc, InvalidInputError):
         return code, f"{exc.field}: {exc.problem}"

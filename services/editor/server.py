@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from faceedit.errors import FaceEditError
 from faceedit.proto import adaptation_pb2, adaptation_pb2_grpc, editor_pb2, editor_pb2_grpc
 from services.common.models import ModelConfig, load_model_config
-from services.common.recovery import OrphanWatch
+from services.common.recovery import RecoveryWatch
 from services.editor import core
 from services.editor.budget import RenderBudget
 from services.editor.auth import ApiKeys
@@ -147,7 +147,7 @@ class EditorServer:
         self.adaptation = core.AdaptationCore(self.catalog, self.jobs, self.index, self.store, self.queue,
                                               config.max_image_bytes, config.max_image_pixels)
         self.metrics.set_queue_depth_source(self._queue_depth)
-        self.orphans = OrphanWatch(self.jobs, self.queue.submit, config.job_check_interval_s)
+        self.recovery = RecoveryWatch(self.jobs, self.queue.submit, config.job_check_interval_s, self.index)
 
         options = [("grpc.max_receive_message_length", config.max_message_bytes),
                    ("grpc.max_send_message_length", config.max_message_bytes)]
@@ -178,7 +178,7 @@ class EditorServer:
         self.server.start()
         self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self.monitor.start()
-        self.orphans.start()
+        self.recovery.start()
         if self.config.metrics_port:
             self.metrics.serve(self.config.host, self.config.metrics_port)
         if self.config.port_file:
@@ -191,7 +191,7 @@ class EditorServer:
     def stop(self, grace: float = 5.0) -> None:
         self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.monitor.stop()
-        self.orphans.stop()
+        self.recovery.stop()
         self.server.stop(grace).wait()
         self.inference.close()
         self.redis.close()

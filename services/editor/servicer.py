@@ -195,11 +195,12 @@ def operation_msg(view: core.AdaptationJob) -> adaptation_pb2.AdaptationOperatio
         state = adaptation_pb2.ADAPTATION_STATE_CANCELLING
     metadata = adaptation_pb2.AdaptationMetadata(
         state=state, progress=job.progress, base_generator_id=job.base_generator,
-        idempotency_key=job.idempotency_key, display_name=view.display_name,
+        idempotency_key=job.idempotency_key, display_name=job.display_name,
         create_time=timestamp(job.created), update_time=timestamp(job.updated), message=job.message)
     op = adaptation_pb2.AdaptationOperation(name=job.id, metadata=metadata, done=job.done)
     if job.state == jobstates.SUCCEEDED:
-        result = adaptation_pb2.AdaptationResult(generator_id=job.result_generator_id)
+        result = adaptation_pb2.AdaptationResult(generator_id=job.result_generator_id,
+                                                  generator_deleted=view.generator is None)
         if view.generator is not None:
             result.generator.CopyFrom(generator_msg(view.generator))
         op.response.CopyFrom(result)

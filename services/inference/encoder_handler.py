@@ -110,7 +110,7 @@ def _decode_image(data: bytes) -> Image.Image:
         raise InvalidInputError("image", f"cannot be decoded ({type(exc).__name__})") from None
     width, height = image.size
     if width * height > MAX_PIXELS:
-        raise protocol.PayloadTooLargeError("image", f"{width}x{height} exceeds {MAX_PIXELS} pixels")
+        raise protocol.TooLargeError("image", f"{width}x{height} exceeds {MAX_PIXELS} pixels")
     try:
         image.load()
     except errors as exc:

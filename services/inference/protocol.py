@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from faceedit.errors import FaceEditError, InvalidInputError, NotFoundError
+from services.common.errors import TooLargeError, code_for
 
 VERSION = 2
 IMAGE_FORMATS = ("png", "jpeg", "webp")
@@ -50,10 +51,6 @@ _MAGIC = {
     "png": (b"\x89PNG\r\n\x1a\n",),
     "jpeg": (b"\xff\xd8\xff",),
 }
-
-
-class PayloadTooLargeError(InvalidInputError):
-    """A field exceeds a size limit; maps to RESOURCE_EXHAUSTED rather than INVALID_ARGUMENT."""
 
 
 class InferenceError(FaceEditError):
@@ -183,21 +180,23 @@ def decode_invert_response(data: bytes | bytearray | str) -> InvertResponse:
 # -- errors -------------------------------------------------------------------------------------
 
 def encode_error(exc: BaseException) -> bytes:
-    """Handler side: one request's failure → an error body. Only typed errors carry their text:
-    anything else is reported as INTERNAL without the exception string (the server log has it)."""
-    error: dict[str, Any]
-    if isinstance(exc, PayloadTooLargeError):
-        error = {"code": RESOURCE_EXHAUSTED, "field": exc.field, "message": exc.problem}
+    """Handler side: one request's failure → an error body, its code from the services' one table
+    (services.common.errors). Only typed errors carry their text: anything else is reported as INTERNAL
+    without the exception string (the server log has it)."""
+    code = exc.code if isinstance(exc, InferenceError) else code_for(exc)
+    error: dict[str, Any] = {"code": code}
+    if code == INTERNAL:
+        error["message"] = "internal error in the model handler; see its log"
     elif isinstance(exc, InvalidInputError):
-        error = {"code": INVALID_ARGUMENT, "field": exc.field, "message": exc.problem}
+        error.update(field=exc.field, message=exc.problem)
     elif isinstance(exc, NotFoundError):
-        error = {"code": NOT_FOUND, "kind": exc.kind, "name": exc.name, "message": str(exc)}
+        error.update(kind=exc.kind, name=exc.name, message=str(exc))
     elif isinstance(exc, InferenceError):
-        error = {"code": exc.code, "message": exc.message}
-    elif isinstance(exc, FaceEditError):
-        error = {"code": FAILED_PRECONDITION, "message": str(exc)}
+        error["message"] = exc.message
+    elif code == INVALID_ARGUMENT:  # a typed input error without a field of its own (NoFaceFound)
+        error.update(field="image", message=str(exc))
     else:
-        error = {"code": INTERNAL, "message": "internal error in the model handler; see its log"}
+        error["message"] = str(exc)
     return _dumps({"v": VERSION, "error": error})
 
 
@@ -211,7 +210,7 @@ def _raise_if_error(body: dict) -> None:
     if code == INVALID_ARGUMENT:
         raise InvalidInputError(str(error.get("field", "request")), message)
     if code == RESOURCE_EXHAUSTED:
-        raise PayloadTooLargeError(str(error.get("field", "request")), message)
+        raise TooLargeError(str(error.get("field", "request")), message)
     if code == NOT_FOUND:
         raise NotFoundError(str(error.get("kind", "object")), str(error.get("name", "")))
     raise InferenceError(code, message)
@@ -229,7 +228,7 @@ def _body_bytes(data: bytes | bytearray | str) -> bytes | bytearray:
     if not isinstance(data, (bytes, bytearray)):
         raise InvalidInputError("body", f"expected bytes, got {type(data).__name__}")
     if len(data) > MAX_BODY_BYTES:
-        raise PayloadTooLargeError("body", f"{len(data)} bytes exceeds the limit of {MAX_BODY_BYTES}")
+        raise TooLargeError("body", f"{len(data)} bytes exceeds the limit of {MAX_BODY_BYTES}")
     return data
 
 
@@ -272,7 +271,7 @@ def _unframe(data: bytes | bytearray | str) -> tuple[dict, memoryview]:
 def _split(payload: memoryview, lengths: list, field: str) -> list[bytes]:
     """The payload cut into the parts the header lists, each checked before anything is copied."""
     if len(lengths) > MAX_BATCH:
-        raise PayloadTooLargeError(field, f"{len(lengths)} parts exceed the limit of {MAX_BATCH}")
+        raise TooLargeError(field, f"{len(lengths)} parts exceed the limit of {MAX_BATCH}")
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in lengths):
         raise InvalidInputError(field, "must list the byte length of each part")
     if sum(lengths) != len(payload):
@@ -318,9 +317,9 @@ def _check_ws(ws: np.ndarray, field: str) -> np.ndarray:
     if batch < 1 or n_latent < 1 or dim < 1:
         raise InvalidInputError(field, f"has an empty dimension: {list(ws.shape)}")
     if batch > MAX_BATCH:
-        raise PayloadTooLargeError(field, f"batch {batch} exceeds the limit of {MAX_BATCH}")
+        raise TooLargeError(field, f"batch {batch} exceeds the limit of {MAX_BATCH}")
     if n_latent > MAX_N_LATENT or dim > MAX_STYLE_DIM:
-        raise PayloadTooLargeError(field, f"shape {list(ws.shape)} exceeds [*, {MAX_N_LATENT}, {MAX_STYLE_DIM}]")
+        raise TooLargeError(field, f"shape {list(ws.shape)} exceeds [*, {MAX_N_LATENT}, {MAX_STYLE_DIM}]")
     if ws.dtype.kind != "f":
         raise InvalidInputError(field, f"expected floating point, got {ws.dtype}")
     ws = ws.astype("<f4", copy=False)
@@ -345,7 +344,7 @@ def _array_shape(packed: dict, field: str) -> tuple[list[int], int]:
         raise InvalidInputError(f"{field}.shape", f"must be a list of up to 4 non-negative ints, got {shape!r}")
     count = math.prod(shape)
     if count > MAX_BATCH * MAX_N_LATENT * MAX_STYLE_DIM:
-        raise PayloadTooLargeError(f"{field}.shape", f"{shape} has too many elements")
+        raise TooLargeError(f"{field}.shape", f"{shape} has too many elements")
     return shape, count
 
 
@@ -364,7 +363,7 @@ def _b64(value: Any, field: str) -> bytes:
     if not isinstance(value, str):
         raise InvalidInputError(field, "must be a base64 string")
     if len(value) > MAX_BODY_BYTES:
-        raise PayloadTooLargeError(field, "exceeds the body size limit")
+        raise TooLargeError(field, "exceeds the body size limit")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
@@ -375,7 +374,7 @@ def _check_image_bytes(data: bytes, field: str) -> None:
     if not data:
         raise InvalidInputError(field, "is empty")
     if len(data) > MAX_IMAGE_BYTES:
-        raise PayloadTooLargeError(field, f"{len(data)} bytes exceeds the limit of {MAX_IMAGE_BYTES}")
+        raise TooLargeError(field, f"{len(data)} bytes exceeds the limit of {MAX_IMAGE_BYTES}")
     if image_format_of(data) is None:
         raise InvalidInputError(field, "is not a PNG, JPEG or WebP image")
 

@@ -349,7 +349,8 @@ def _difa_job(job: Job, rt: Runtime, keeper: LeaseKeeper, on_progress: Callable[
     if result.resumed_from:
         log.warning("job %s resumed from iteration %d of %d", job.id, result.resumed_from, result.iterations)
     record = save_adapted_generator(rt.store, rt.index, job.tenant, job.base_generator, result.delta,
-                                    base=base, generator_id=generator_id, job_id=job.id)
+                                    base=base, generator_id=generator_id, job_id=job.id,
+                                    display_name=job.display_name)
     rt.jobs.succeed(job.id, record.id)
     rt.store.delete(state_key(job.id))
     loss = result.history[-1]["total"] if result.history else float("nan")
@@ -382,7 +383,8 @@ def _finetune_job(job: Job, rt: Runtime, keeper: LeaseKeeper, on_progress: Calla
         rt.store.delete(state_key(job.id, "finetune"))
         return {"status": "CANCELLED", "iterations": result.iterations}
     record = save_adapted_generator(rt.store, rt.index, job.tenant, job.base_generator, result.tensors,
-                                    base=base, generator_id=generator_id, job_id=job.id)
+                                    base=base, generator_id=generator_id, job_id=job.id,
+                                    display_name=job.display_name)
     rt.jobs.succeed(job.id, record.id)
     rt.store.delete(state_key(job.id, "finetune"))
     return {"status": "SUCCEEDED", "generator_id": record.id, "method": "finetune", "iterations": result.iterations,

@@ -123,13 +123,14 @@ def queue_missing_means(**_: Any) -> None:
 
 
 @signals.worker_ready.connect
-def watch_for_orphaned_jobs(**_: Any) -> None:
-    """Re-queue jobs whose worker died (their lease expired) every lease_ttl/4 seconds; the editor
-    runs the same watch, so a job is recovered while either is up."""
-    from services.common.recovery import OrphanWatch
+def watch_for_lost_state(**_: Any) -> None:
+    """Re-queue jobs whose worker died (their lease expired) every lease_ttl/4 seconds, and rebuild a
+    generator index Redis lost; the editor runs the same watch, so both recover while either is up."""
+    from services.common.recovery import RecoveryWatch
 
-    OrphanWatch(runtime().jobs, lambda job_id: app.send_task(TASK_ADAPT, args=[job_id], queue=config.queue),
-                config.lease_ttl / 4).start()
+    rt = runtime()
+    RecoveryWatch(rt.jobs, lambda job_id: app.send_task(TASK_ADAPT, args=[job_id], queue=config.queue),
+                  config.lease_ttl / 4, rt.index).start()
 
 
 @functools.cache

@@ -48,7 +48,9 @@ def test_symlink_out_of_the_root_is_refused(tmp_path):
 
 
 class FakeS3:
-    """The four calls S3ArtifactStore makes, with botocore-shaped errors for missing keys."""
+    """The calls S3ArtifactStore makes, with botocore-shaped errors for missing keys and S3's paging."""
+
+    PAGE = 2  # S3 pages 1,000 keys; two here so the paging loop runs
 
     class ClientError(Exception):
         def __init__(self, code: str):
@@ -72,6 +74,14 @@ class FakeS3:
 
     def delete_object(self, Bucket, Key):
         self.objects.pop((Bucket, Key), None)
+
+    def list_objects_v2(self, Bucket, Prefix, ContinuationToken=None):
+        keys = sorted(k for b, k in self.objects if b == Bucket and k.startswith(Prefix))
+        start = int(ContinuationToken or 0)
+        page = keys[start:start + self.PAGE]
+        more = start + self.PAGE < len(keys)
+        return {"Contents": [{"Key": k} for k in page], "IsTruncated": more,
+                **({"NextContinuationToken": str(start + self.PAGE)} if more else {})}
 
 
 def test_s3_store_prefixes_keys_and_maps_missing_to_not_found():
@@ -125,3 +135,13 @@ def test_s3_url_opens_a_boto3_client_lazily(monkeypatch):
     assert made == [("s3", "http://127.0.0.1:9000")]
     store.put("k", b"v")
     assert store.client.objects == {("models", "faceedit/prod/k"): b"v"}
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_keys_lists_everything_under_a_prefix_and_nothing_else(kind, tmp_path):
+    store = LocalArtifactStore(tmp_path) if kind == "local" else S3ArtifactStore("b", "pre/fix", client=FakeS3())
+    wanted = {f"generators/t{i % 2}/g{i}.safetensors" for i in range(5)}
+    for key in wanted | {"targets/t0/a.png", "generatorsX/g.safetensors"}:
+        store.put(key, b"x")
+    assert set(store.keys("generators")) == wanted
+    assert list(store.keys("nothing-here")) == []

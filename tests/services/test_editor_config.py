@@ -13,7 +13,7 @@ from services.editor.config import EditorConfig
 from services.common.errors import (DeadlineError, PreconditionError, TooLargeError, UnauthenticatedError,
                                     UnavailableError)
 from services.editor.errors import status_for
-from services.inference.protocol import InferenceError, PayloadTooLargeError
+from services.inference.protocol import InferenceError
 
 KEY = "k" * 20
 
@@ -65,7 +65,7 @@ def test_short_keys_are_refused():
 @pytest.mark.parametrize("exc, code, text", [
     (InvalidInputError("latent.inline", "bad shape"), grpc.StatusCode.INVALID_ARGUMENT, "latent.inline: bad shape"),
     (TooLargeError("image.data", "too big"), grpc.StatusCode.RESOURCE_EXHAUSTED, "image.data"),
-    (PayloadTooLargeError("ws", "batch too big"), grpc.StatusCode.RESOURCE_EXHAUSTED, "ws"),
+    (TooLargeError("ws", "batch too big"), grpc.StatusCode.RESOURCE_EXHAUSTED, "ws"),
     (NotFoundError("attribute", "wings"), grpc.StatusCode.NOT_FOUND, "wings"),
     (NoFaceFound("no face"), grpc.StatusCode.INVALID_ARGUMENT, "image"),
     (UnauthenticatedError("no key"), grpc.StatusCode.UNAUTHENTICATED, "no key"),

@@ -238,7 +238,8 @@ class TestAdaptation:
         assert created and not created_again and again.job.id == first.job.id
         other, _ = adaptation.create("t2", "", png_bytes(), "key-1")  # keys are per tenant
         assert other.job.id != first.job.id
-        assert first.job.params == {"iterations": 5} and first.display_name == "my style"
+        assert first.job.params == {"iterations": 5} and first.job.display_name == "my style"
+        assert again.job.display_name == "my style"  # a retry keeps the first name
         assert world["store"].get(first.job.target_key) == png_bytes()
         # The retry re-sends the still-queued job (its first send may never have reached the broker).
         assert queue.submitted == [first.job.id, first.job.id, other.job.id]

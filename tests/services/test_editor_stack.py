@@ -134,13 +134,15 @@ def test_missing_or_unknown_key_is_unauthenticated(stack):
 @pytest.mark.skipif(not HAS_WORKER, reason="services.worker.app (the Celery worker) is not there yet")
 def test_adaptation_job_to_an_adapted_generator_and_back(stack, client):
     started, _ = stack
-    job = client.create_adaptation(png_bytes(64, seed=5), idempotency_key="stack-1", steps=2)
+    job = client.create_adaptation(png_bytes(64, seed=5), idempotency_key="stack-1", steps=2,
+                                   display_name="watercolour")
     assert client.create_adaptation(png_bytes(64, seed=5), idempotency_key="stack-1").name == job.name
     seen = []
     done = client.wait_for_adaptation(job.name, timeout_s=300, poll_s=0.5, on_progress=lambda j: seen.append(j.state))
     assert done.state == "SUCCEEDED" and done.generator_id and seen[-1] == "SUCCEEDED"
-    ids = [g.id for g in client.list_generators()]
-    assert done.generator_id in ids
+    assert done.display_name == "watercolour" and not done.generator_deleted
+    names = {g.id: g.display_name for g in client.list_generators()}
+    assert names[done.generator_id] == "watercolour"  # the name given, not the job id
     base = client.edit([Step("age", 1.0)], seed=7)
     adapted = client.edit([Step("age", 1.0)], seed=7, generator_id=done.generator_id)
     assert adapted.image.data != base.image.data
@@ -158,6 +160,8 @@ def test_adaptation_job_to_an_adapted_generator_and_back(stack, client):
     with pytest.raises(FaceEditError) as info:
         client.edit([], seed=7, generator_id=done.generator_id)
     assert info.value.code == grpc.StatusCode.NOT_FOUND
+    after = client.get_adaptation(job.name)  # still SUCCEEDED (it did), and it says the result is gone
+    assert after.state == "SUCCEEDED" and after.generator_deleted and "deleted" in after.message
 
 
 @pytest.mark.skipif(not HAS_WORKER, reason="services.worker.app (the Celery worker) is not there yet")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import pytest
 
 from faceedit.errors import CheckpointFormatError, FaceEditError, InvalidInputError, NoFaceFound, NotFoundError
 from services.common.errors import TooLargeError, UnavailableError, code_for
 from services.editor.errors import status_for
+from services.inference import protocol
 
 
 @pytest.mark.parametrize("exc, code", [
@@ -20,6 +23,11 @@ from services.editor.errors import status_for
     (FaceEditError("other"), "FAILED_PRECONDITION"),
     (RuntimeError("boom"), "INTERNAL"),
 ])
-def test_the_editor_and_the_worker_read_the_same_table(exc, code):
+def test_the_editor_the_worker_and_the_handlers_read_the_same_table(exc, code):
     assert code_for(exc) == code  # what the worker writes into a failed job
     assert status_for(exc)[0] == grpc.StatusCode[code]  # what the editor answers
+    body = protocol.encode_error(exc)  # what a TorchServe handler replies ...
+    assert json.loads(body)["error"]["code"] == code
+    with pytest.raises(FaceEditError) as relayed:  # ... and what the editor makes of that reply
+        protocol.decode_generate_response(body)
+    assert status_for(relayed.value)[0] == grpc.StatusCode[code]

@@ -204,7 +204,7 @@ def test_encoder_bad_photo_fails_alone(encoder_handler, base):
     with pytest.raises(InvalidInputError) as info:
         protocol.decode_invert_response(bad)
     assert info.value.field == "image"
-    with pytest.raises(protocol.PayloadTooLargeError):
+    with pytest.raises(protocol.TooLargeError):
         protocol.decode_invert_response(big)
     assert protocol.decode_invert_response(ok).aligned is None
 

@@ -147,3 +147,115 @@ def test_the_loser_of_a_race_for_one_id_keeps_the_winners_weights(index, store, 
     assert objects == [winner.artifact_key.rsplit("/", 1)[1]]
     assert torch.equal(load_adapted_generator(store, winner, base).state_dict()["convs.0.conv.weight"],
                        _trained(base)["convs.0.conv.weight"])
+
+
+def test_a_lost_index_is_rebuilt_from_the_artifacts_own_metadata(index, store, redis_client, namespace):
+    base = tiny_generator()
+    saved = [save_adapted_generator(store, index, tenant, "demo", _trained(base), base=base, job_id=f"job-{i}",
+                                    display_name=f"style {i}") for i, tenant in enumerate(["acme", "acme", "other"])]
+    for key in redis_client.scan_iter(match=f"{namespace}:*"):  # Redis lost everything
+        redis_client.delete(key)
+    assert index.list("acme") == []
+
+    report = index.ensure_built()  # what the editor runs at start and every job check
+    assert sorted(report.restored) == sorted(r.id for r in saved) and not report.orphans and not report.dangling
+    assert [r for r in index.list("acme")] == saved[:2]  # every field, created order and tenant included
+    assert index.list("other") == saved[2:]
+    assert load_adapted_generator(store, index.get(saved[0].id, "acme"), base)  # sha256 recomputed and right
+    assert index.ensure_built() is None  # built: nothing more to do until Redis loses it again
+    again = index.rebuild()
+    assert again.restored == [] and sorted(again.indexed) == sorted(r.id for r in saved)
+
+
+def test_orphans_and_dangling_records_are_reported_then_collected(index, store):
+    base = tiny_generator()
+    kept = save_adapted_generator(store, index, "acme", "demo", _trained(base), base=base)
+    gone = save_adapted_generator(store, index, "acme", "demo", _trained(base), base=base)
+    store.delete(gone.artifact_key)  # a record whose weights are gone
+    store.put("generators/tX/junk.safetensors", b"not safetensors")  # no metadata to index it by
+    # A copy of kept's weights under another key: the id is indexed to its first artifact.
+    data = store.get(kept.artifact_key)
+    stray = kept.artifact_key.replace(kept.sha256[:16], "0" * 16)
+    store.put(stray, data)
+
+    report = index.rebuild()
+    assert report.indexed == [kept.id] and report.restored == []
+    assert sorted(o.split(":")[0] for o in report.orphans) == sorted(["generators/tX/junk.safetensors", stray])
+    assert [d.split(":")[0] for d in report.dangling] == [gone.id]
+    assert store.exists(stray) and index.get(gone.id, "acme")  # reporting changes nothing
+    assert "2 orphan artifacts and 1 dangling records found" in report.summary()
+
+    collected = index.rebuild(collect=True)
+    assert len(collected.orphans) == 2 and len(collected.dangling) == 1
+    assert not store.exists(stray) and not store.exists("generators/tX/junk.safetensors")
+    with pytest.raises(NotFoundError):
+        index.get(gone.id, "acme")
+    assert index.get(kept.id, "acme") == kept and store.exists(kept.artifact_key)
+    clean = index.rebuild()
+    assert not clean.orphans and not clean.dangling
+
+
+def test_delete_removes_the_weights_before_the_record(index, store, monkeypatch):
+    # A crash between the two steps must leave a dangling record, never weights rebuild would bring back.
+    base = tiny_generator()
+    saved = save_adapted_generator(store, index, "acme", "demo", _trained(base), base=base)
+    monkeypatch.setattr(index, "_unindex", lambda record: (_ for _ in ()).throw(RuntimeError("crash")))
+    with pytest.raises(RuntimeError):
+        index.delete(saved.id, "acme")
+    assert not store.exists(saved.artifact_key)
+    assert index.rebuild().restored == []
+
+
+def test_the_recovery_watch_rebuilds_a_lost_index_as_soon_as_it_starts(index, store, redis_client, namespace, caplog):
+    from services.common.jobs import JobStore
+    from services.common.recovery import RecoveryWatch
+
+    base = tiny_generator()
+    saved = save_adapted_generator(store, index, "acme", "demo", _trained(base), base=base)
+    for key in redis_client.scan_iter(match=f"{namespace}:*"):
+        redis_client.delete(key)
+    # The product's job-check interval is 15 s; an hour here shows the first check does not wait for it.
+    watch = RecoveryWatch(JobStore(redis_client, namespace), lambda job_id: None, interval_s=3600, index=index)
+    with caplog.at_level("WARNING", logger="faceedit.recovery"):
+        watch.start()
+        try:
+            for _ in range(200):  # a watchdog of 10 s, not a speed assertion
+                if redis_client.exists(f"{namespace}:generator:{saved.id}"):
+                    break
+                time.sleep(0.05)
+        finally:
+            watch.stop()
+    assert index.get(saved.id, "acme") == saved
+    assert "1 restored" in caplog.text
+
+
+def test_make_reindex_repairs_the_current_runs_index(index, store, redis_client, redis_server, namespace, tmp_path,
+                                                     monkeypatch, capsys):
+    """`make reindex` (services.launcher reindex) against a run directory laid out as `make demo` leaves it."""
+    import json
+
+    from services import launcher
+
+    run_root = tmp_path / "run"
+    run = run_root / "demo-1"
+    run.mkdir(parents=True)
+    (run_root / launcher.CURRENT).symlink_to(run.name)
+    (run / "stack.json").write_text(json.dumps({"redis_url": redis_server.url}))
+    run_store = LocalArtifactStore(run / "artifacts")
+    base = tiny_generator()
+    saved = save_adapted_generator(run_store, GeneratorIndex(redis_client, run_store, namespace), "acme", "demo",
+                                   _trained(base), base=base)
+    run_store.put("generators/tX/junk.safetensors", b"junk")
+    redis_client.delete(f"{namespace}:generator:{saved.id}")
+    for name in ("FACEEDIT_REDIS_URL", "FACEEDIT_ARTIFACT_STORE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FACEEDIT_REDIS_NAMESPACE", namespace)
+
+    assert launcher.main(["reindex", "--run-root", str(run_root)]) == 0
+    out = capsys.readouterr().out
+    assert "1 restored, 1 orphan artifacts" in out and "generators/tX/junk.safetensors" in out
+    assert GeneratorIndex(redis_client, run_store, namespace).get(saved.id, "acme") == saved
+    assert launcher.main(["reindex", "--run-root", str(run_root), "--collect"]) == 0
+    assert "1 indexed, 0 restored, 1 orphan artifacts and 0 dangling records removed" in capsys.readouterr().out
+    assert not run_store.exists("generators/tX/junk.safetensors")
+    assert launcher.main(["reindex", "--run-root", str(tmp_path / "nothing")]) == 2  # no stack, no env: says so
