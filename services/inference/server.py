@@ -8,6 +8,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -240,6 +241,8 @@ class TorchServe:
                 pass
         _sweep(self.pgid)
         (self.workdir / "server.json").unlink(missing_ok=True)
+        if self.tmp_dir.parent != self.workdir.resolve():  # the short one outside the work dir: ours alone
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
         self.process, self.pgid = None, None
 
     def __enter__(self) -> "TorchServe":

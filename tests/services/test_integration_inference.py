@@ -59,6 +59,8 @@ def served(tiny_models, redis_server, tmp_path_factory):
         server.stop()
     with pytest.raises(ProcessLookupError):  # nothing of the process group survives stop()
         os.killpg(pgid, 0)
+    if server.tmp_dir.parent != server.workdir.resolve():  # a deep work dir's short TMPDIR is removed too
+        assert not server.tmp_dir.exists()
 
 
 @pytest.fixture(scope="module")
