@@ -8,6 +8,7 @@ from typing import Mapping
 
 from faceedit.errors import InvalidInputError
 from services.common.settings import read_settings
+from services.common.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS
 
 
 @dataclass(frozen=True)
@@ -18,8 +19,10 @@ class EditorConfig:
     port_file: str = ""  # written with the bound port once the server listens (tests, launcher)
     max_workers: int = 8
     max_message_bytes: int = 32 * 1024 * 1024  # gRPC send/receive limit
-    max_image_bytes: int = 16 * 1024 * 1024  # an upload larger than this is RESOURCE_EXHAUSTED
-    max_image_pixels: int = 4096 * 4096  # decompression-bomb guard on uploads
+    # Upload limits (RESOURCE_EXHAUSTED above them): the handlers and the worker check the same
+    # services.common.uploads defaults, so these may be lowered, not raised past them.
+    max_image_bytes: int = MAX_UPLOAD_BYTES
+    max_image_pixels: int = MAX_UPLOAD_PIXELS  # decompression-bomb guard
     metrics_port: int = 0  # Prometheus /metrics on host:port; 0 disables it
     # Dependencies.
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -73,6 +76,9 @@ class EditorConfig:
             raise InvalidInputError("inference_timeout_s/chunk_seconds/frame_batch", "must be positive")
         if self.max_image_bytes >= self.max_message_bytes:
             raise InvalidInputError("max_image_bytes", "must stay below max_message_bytes")
+        if not (0 < self.max_image_bytes <= MAX_UPLOAD_BYTES and 0 < self.max_image_pixels <= MAX_UPLOAD_PIXELS):
+            raise InvalidInputError("max_image_bytes/max_image_pixels", f"must be in (0, {MAX_UPLOAD_BYTES}] bytes and "
+                                    f"(0, {MAX_UPLOAD_PIXELS}] pixels: the handlers and the worker refuse more")
         for path in (self.api_keys_file, self.torchserve_key_file):
             if path and not Path(path).is_file():
                 raise InvalidInputError("api_keys_file" if path == self.api_keys_file else "torchserve_key_file",

@@ -31,9 +31,10 @@ from services.common.jobs import Job, JobStore
 from services.common.registry import GeneratorIndex, GeneratorRecord, check_id
 from services.editor.budget import RenderBudget
 from services.common.errors import PreconditionError, TooLargeError, UnavailableError
+from services.common.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, decode_upload
 from services.editor.inference import Inference
 from services.editor.metrics import EditorMetrics
-from services.inference import protocol
+from services.common import protocol
 
 if TYPE_CHECKING:
     import redis
@@ -361,31 +362,6 @@ class LatentCache:
 
 # -- image helpers --------------------------------------------------------------------------------
 
-def check_upload(data: bytes, max_bytes: int, max_pixels: int, field_name: str = "image.data") -> tuple[str, int, int]:
-    """Reject oversize, unknown, corrupt and decompression-bomb images before they go anywhere.
-    Decoding is not running a network: the editor may look at pixels, TorchServe does the models."""
-    if not data:
-        raise InvalidInputError(field_name, "is empty")
-    if len(data) > max_bytes:
-        raise TooLargeError(field_name, f"{len(data)} bytes exceeds the limit of {max_bytes}")
-    fmt = protocol.image_format_of(data)
-    if fmt is None:
-        raise InvalidInputError(field_name, "is not a PNG, JPEG or WebP image")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise TooLargeError(field_name, f"{width}x{height} pixels exceeds the limit of {max_pixels}")
-            image.load()  # a truncated or corrupt file fails here
-    except FaceEditError:
-        raise
-    except Image.DecompressionBombError:  # PIL refuses to open a header that claims over ~179 Mpx at all
-        raise TooLargeError(field_name, f"declares too many pixels (the limit is {max_pixels})") from None
-    except (OSError, ValueError, SyntaxError):
-        raise InvalidInputError(field_name, f"cannot be decoded as {fmt.upper()} (corrupt or truncated)") from None
-    return fmt, width, height
-
-
 def encode_animation(frames: Sequence[bytes], fmt: str, duration_ms: int) -> RenderedImage:
     """Encoded frames → one looping GIF or animated WebP."""
     images = [Image.open(io.BytesIO(f)).convert("RGB") for f in frames]
@@ -416,7 +392,7 @@ class EditorCore:
     def __init__(self, catalog: GeneratorCatalog, boundaries: BoundaryRegistry, cache: LatentCache,
                  inference: Inference, metrics: EditorMetrics | None = None, default_truncation: float = 0.7,
                  max_seeds: int = 64, max_frames: int = 120, frame_batch: int = 8,
-                 max_image_bytes: int = 16 << 20, max_image_pixels: int = 4096 * 4096,
+                 max_image_bytes: int = MAX_UPLOAD_BYTES, max_image_pixels: int = MAX_UPLOAD_PIXELS,
                  encoder_family: str | None = None, budget: RenderBudget | None = None):
         self.catalog = catalog
         self.boundaries = boundaries
@@ -591,7 +567,7 @@ class EditorCore:
             raise InvalidInputError("generator_id", f"the encoder inverts into family {self.encoder_family!r}; "
                                                     f"{generator.id!r} is of family {generator.family!r}")
         with self.metrics.stage("validate.image"):
-            check_upload(image, self.max_image_bytes, self.max_image_pixels)
+            decode_upload(image, "image.data", self.max_image_bytes, self.max_image_pixels)
         with self.metrics.stage("inference.invert"):
             inverted = self.inference.invert(image, align=align, return_aligned=return_aligned)
         ws = self._check_ws(inverted.ws, generator.base, "encoder output")
@@ -745,7 +721,7 @@ class AdaptationCore:
     """Create, read, list and cancel DIFA jobs; delete adapted generators. Tenant-scoped throughout."""
 
     def __init__(self, catalog: GeneratorCatalog, jobs: JobStore, index: GeneratorIndex, store: ArtifactStore,
-                 queue: TaskQueue | Any, max_image_bytes: int = 16 << 20, max_image_pixels: int = 4096 * 4096):
+                 queue: TaskQueue | Any, max_image_bytes: int = MAX_UPLOAD_BYTES, max_image_pixels: int = MAX_UPLOAD_PIXELS):
         self.catalog = catalog
         self.jobs = jobs
         self.index = index
@@ -766,7 +742,7 @@ class AdaptationCore:
         if base.kind != BASE:
             raise InvalidInputError("base_generator_id", f"{base.id!r} is an adapted generator; adapt a base one")
         params = self._params(options or {})
-        fmt, _, _ = check_upload(image, self.max_image_bytes, self.max_image_pixels, "style_image.data")
+        _, fmt = decode_upload(image, "style_image.data", self.max_image_bytes, self.max_image_pixels)
         # Content-addressed: a retried upload writes the same key again, harmlessly.
         digest = hashlib.sha256(image).hexdigest()
         tenant_seg = "t" + hashlib.sha256(tenant.encode()).hexdigest()[:24]

@@ -8,7 +8,7 @@ import grpc
 
 from faceedit.errors import CheckpointError, InvalidInputError, NoFaceFound
 from services.common.errors import code_for
-from services.inference.protocol import FAILED_PRECONDITION, UNAVAILABLE, InferenceError
+from services.common.protocol import FAILED_PRECONDITION, UNAVAILABLE, InferenceError
 
 log = logging.getLogger("faceedit.editor")
 

@@ -12,8 +12,8 @@ import grpc
 import numpy as np
 
 from services.common.errors import DeadlineError, PreconditionError, TooLargeError, UnavailableError
-from services.inference import protocol
-from services.inference.protocol import GenerateResponse, InvertResponse
+from services.common import protocol
+from services.common.protocol import GenerateResponse, InvertResponse
 
 
 # The caller's deadline (time.monotonic() seconds) for the RPC being served on this thread: set by

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import io
 import logging
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from faceedit.errors import FaceEditError, InvalidInputError, NoFaceFound, NotFoundError
 from faceedit.images import from_pil
 from faceedit.models import Encoder, load_encoder
+from services.common import protocol
 from services.common.models import load_model_config
-from services.inference import protocol
+from services.common.uploads import center_square, decode_upload
 from services.inference.handler_support import (
     InferenceConfig,
-    center_square,
     encode_image,
     request_body,
     set_torch_threads,
@@ -24,10 +23,6 @@ from services.inference.handler_support import (
 )
 
 log = logging.getLogger(__name__)
-
-# Decoded size limit, checked from the header before pixels are decoded (decompression bombs).
-MAX_PIXELS = 40_000_000
-
 
 class EncoderHandler:
     """Decodes and (optionally) aligns each photo on its own, then encodes the whole batch in one call;
@@ -61,7 +56,7 @@ class EncoderHandler:
         for i, row in enumerate(data):
             try:
                 request = protocol.decode_invert_request(request_body(row))
-                photo = _decode_image(request.image)
+                photo, _ = decode_upload(request.image, "image")
                 # The crop the caller gets back (to paste an edit into its photo) is kept at up to
                 # aligned_size; the encoder sees it resized to its own input size.
                 side = min(self.aligned_size, min(photo.size))
@@ -100,19 +95,3 @@ class EncoderHandler:
             raise InvalidInputError("image", str(exc)) from None
         except FaceEditError as exc:  # dlib or its model missing: the deployment's problem, not the caller's
             raise protocol.InferenceError(protocol.FAILED_PRECONDITION, f"alignment unavailable: {exc}") from None
-
-
-def _decode_image(data: bytes) -> Image.Image:
-    errors = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-    try:
-        image = Image.open(io.BytesIO(data))
-    except errors as exc:
-        raise InvalidInputError("image", f"cannot be decoded ({type(exc).__name__})") from None
-    width, height = image.size
-    if width * height > MAX_PIXELS:
-        raise protocol.TooLargeError("image", f"{width}x{height} exceeds {MAX_PIXELS} pixels")
-    try:
-        image.load()
-    except errors as exc:
-        raise InvalidInputError("image", f"cannot be decoded ({type(exc).__name__})") from None
-    return image.convert("RGB")

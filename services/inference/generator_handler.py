@@ -18,7 +18,7 @@ from faceedit.models.precision import autocast_dtype
 from services.common.artifacts import open_artifact_store
 from services.common.models import load_model_config
 from services.common.registry import GeneratorIndex, load_adapted_generator
-from services.inference import protocol
+from services.common import protocol
 from services.inference.handler_support import (
     LRU,
     InferenceConfig,

@@ -105,14 +105,6 @@ def encode_image(image: Image.Image, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def center_square(image: Image.Image, size: int) -> Image.Image:
-    """Centre crop to a square, then resize to size×size: a photo that was not aligned keeps its
-    proportions instead of being squashed."""
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    return image.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
-
-
 class LRU(Generic[T]):
     """At most `size` values, least recently used evicted first (models are large: keep few)."""
 

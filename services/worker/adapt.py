@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import math
@@ -16,7 +15,6 @@ from typing import Any, Callable, Mapping
 
 import redis
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from faceedit.adaptation.clip import ClipConfig, ClipModel, load_clip, parse_clip_spec
 from faceedit.adaptation.difa import CHECKPOINT_FILE, AdaptationCancelled, DifaConfig, adapt
@@ -30,7 +28,7 @@ from services.common.errors import code_for
 from services.common.models import ModelConfig, load_model_config
 from services.common.jobs import Job, JobStore
 from services.common.registry import GeneratorIndex, save_adapted_generator
-from services.inference.handler_support import center_square
+from services.common.uploads import center_square, decode_upload
 from services.worker.config import WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -392,14 +390,7 @@ def _finetune_job(job: Job, rt: Runtime, keeper: LeaseKeeper, on_progress: Calla
 
 
 def load_target(rt: Runtime, job: Job, size: int) -> torch.Tensor:
-    data = rt.store.get(job.target_key)
-    try:
-        image = Image.open(io.BytesIO(data))
-        if image.width * image.height > rt.config.max_target_pixels:
-            raise InvalidInputError("target", f"{image.width}x{image.height} is too large")
-        image = image.convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise InvalidInputError("target", f"cannot be decoded ({type(exc).__name__})") from None
+    image, _ = decode_upload(rt.store.get(job.target_key), "style_image")
     return from_pil([center_square(image, size)])  # [1, 3, size, size]
 
 

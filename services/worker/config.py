@@ -45,7 +45,6 @@ class WorkerConfig:
     checkpoint_every: int = 25
     torch_threads: int = 1
     device: str = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:1"
-    max_target_pixels: int = 40_000_000
     # Peak memory of a job's forward + backward passes: DIFA's batch (and the source CLIP mean's
     # sampling batch) is reduced until batch x size^2 x training_bytes_per_pixel fits. Sized for an
     # 8 GB CPU container; 1024 px needs ~3 GB per training sample (measured: 7 GB at batch 2).

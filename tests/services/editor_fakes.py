@@ -14,7 +14,7 @@ from faceedit.editing import BoundarySet, DirectionEntry
 from faceedit.errors import NotFoundError
 from faceedit.images import from_pil, to_pil
 from faceedit.models import load_encoder, load_generator
-from services.inference import protocol
+from services.common import protocol
 
 
 class FakeInference:

@@ -114,7 +114,7 @@ def _slow_torchserve(seconds: float):
         calls = 0
 
         def Predictions(self, request, context):
-            from services.inference import protocol
+            from services.common import protocol
 
             type(self).calls += 1
             time.sleep(seconds)

@@ -13,7 +13,7 @@ from services.editor.config import EditorConfig
 from services.common.errors import (DeadlineError, PreconditionError, TooLargeError, UnauthenticatedError,
                                     UnavailableError)
 from services.editor.errors import status_for
-from services.inference.protocol import InferenceError
+from services.common.protocol import InferenceError
 
 KEY = "k" * 20
 

@@ -16,7 +16,7 @@ from faceedit.proto import inference_pb2, inference_pb2_grpc
 from services.common.errors import DeadlineError, PreconditionError, TooLargeError, UnavailableError
 from services.editor.errors import status_for
 from services.editor.inference import CALLER_DEADLINE, TorchServeInference, read_inference_token
-from services.inference import protocol
+from services.common import protocol
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from faceedit.images import from_pil, to_pil
 from faceedit.models import load_encoder, load_generator
 from services.common.artifacts import LocalArtifactStore
 from services.common.registry import GeneratorIndex, save_adapted_generator
-from services.inference import protocol
+from services.common import protocol
 from services.inference.encoder_handler import EncoderHandler
 from services.inference.generator_handler import GeneratorHandler
 

@@ -22,7 +22,7 @@ from faceedit.images import to_pil
 from faceedit.models import load_generator
 from services.common.artifacts import LocalArtifactStore
 from services.common.registry import GeneratorIndex, save_adapted_generator
-from services.inference import protocol
+from services.common import protocol
 from services.inference.archive import build_archive
 from services.inference.server import TorchServe, TorchServeConfig
 

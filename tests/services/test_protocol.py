@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from faceedit.errors import InvalidInputError, NotFoundError
-from services.inference import protocol as p
+from services.common import protocol as p
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 

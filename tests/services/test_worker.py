@@ -307,7 +307,7 @@ def test_a_job_leased_by_another_worker_is_retried_later(runtime, target_png):
 
 
 @pytest.mark.parametrize("target, params, base, field", [
-    (b"\x89PNG\r\n\x1a\nbroken", None, "tiny", "target"),
+    (b"\x89PNG\r\n\x1a\nbroken", None, "tiny", "style_image"),  # the request field it came in
     (None, None, "unknown-base", "base_generator"),
     (None, {"iterations": -1}, "tiny", "iterations"),
     (None, {"iterations": 2.5}, "tiny", "iterations"),

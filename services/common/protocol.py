@@ -14,6 +14,7 @@ import numpy as np
 
 from faceedit.errors import FaceEditError, InvalidInputError, NotFoundError
 from services.common.errors import TooLargeError, code_for
+from services.common.uploads import check_upload_bytes
 
 VERSION = 2
 IMAGE_FORMATS = ("png", "jpeg", "webp")
@@ -25,7 +26,6 @@ MAX_BODY_BYTES = 48 * 1024 * 1024
 MAX_BATCH = 64
 MAX_N_LATENT = 32
 MAX_STYLE_DIM = 1024
-MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_ID_LENGTH = 128
 MAX_HEADER_BYTES = 64 * 1024
 
@@ -46,11 +46,6 @@ RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
 FAILED_PRECONDITION = "FAILED_PRECONDITION"
 UNAVAILABLE = "UNAVAILABLE"  # a dependency of the handler (Redis, the artifact store) is down: retryable
 INTERNAL = "INTERNAL"
-
-_MAGIC = {
-    "png": (b"\x89PNG\r\n\x1a\n",),
-    "jpeg": (b"\xff\xd8\xff",),
-}
 
 
 class InferenceError(FaceEditError):
@@ -147,7 +142,7 @@ def decode_generate_response(data: bytes | bytearray | str) -> GenerateResponse:
 
 def encode_invert_request(image: bytes, align: bool = False, return_aligned: bool = False) -> bytes:
     """Editor side: an encoded photo → request body for the encoder."""
-    _check_image_bytes(bytes(image), "image")
+    check_upload_bytes(bytes(image), "image")
     return _dumps({"v": VERSION, "image": base64.b64encode(bytes(image)).decode("ascii"),
                    "align": bool(align), "return_aligned": bool(return_aligned)})
 
@@ -155,7 +150,7 @@ def encode_invert_request(image: bytes, align: bool = False, return_aligned: boo
 def decode_invert_request(data: bytes | bytearray | str) -> InvertRequest:
     body = _loads(data)
     image = _b64(_get(body, "image", str), "image")
-    _check_image_bytes(image, "image")
+    check_upload_bytes(image, "image")
     return InvertRequest(image, _get(body, "align", bool, default=False),
                          _get(body, "return_aligned", bool, default=False))
 
@@ -368,22 +363,3 @@ def _b64(value: Any, field: str) -> bytes:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidInputError(field, "is not valid base64") from None
-
-
-def _check_image_bytes(data: bytes, field: str) -> None:
-    if not data:
-        raise InvalidInputError(field, "is empty")
-    if len(data) > MAX_IMAGE_BYTES:
-        raise TooLargeError(field, f"{len(data)} bytes exceeds the limit of {MAX_IMAGE_BYTES}")
-    if image_format_of(data) is None:
-        raise InvalidInputError(field, "is not a PNG, JPEG or WebP image")
-
-
-def image_format_of(data: bytes) -> str | None:
-    """'png', 'jpeg' or 'webp' from the magic bytes, else None."""
-    for fmt, magics in _MAGIC.items():
-        if data.startswith(magics):
-            return fmt
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return None
