@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test bench clean
+.PHONY: install lint test test-fast bench clean
 
 # Service targets (protos, archives, demo, stop) live beside the code they build.
 -include mk/*.mk
@@ -13,17 +13,28 @@ PYTEST_ARGS ?=
 install: $(STAMP)
 
 # Reinstall when the dependency list changes; the constraint keeps torch on the CPU wheel.
-$(STAMP): pyproject.toml constraints.txt Makefile
+# The gRPC client is a distribution of its own (clients/python): installed editable beside the library, it
+# reads the faceedit.v1 stubs that `make protos` generates into its folder.
+$(STAMP): pyproject.toml clients/python/pyproject.toml constraints.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,align,serve,clip]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,align,serve,clip]' -e ./clients/python
 	@touch $@
 
-test: install
+# Lint and import order (ruff, configured in pyproject.toml); `make test` runs it first.
+lint: install
+	$(BIN)/ruff check .
+
+test: install lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The inner loop: everything but the tests marked slow or integration, in about a minute (`make test` runs all).
+test-fast: install protos
+	$(BIN)/python -m pytest -q -m "not slow and not integration" $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python bench/generator.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache clients/python/build clients/python/*.egg-info \
+		$(PROTO_OUT_ALL)

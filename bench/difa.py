@@ -1,4 +1,5 @@
-"""DIFA seconds per iteration on this machine at the demo-zoo size (64 px generator, demo CLIP, demo e4e), random weights."""
+"""DIFA seconds per iteration on this machine at the demo-zoo size (64 px generator, demo CLIP, demo e4e),
+random weights."""
 
 from __future__ import annotations
 

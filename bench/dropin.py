@@ -1,4 +1,4 @@
-"""Real weights drop-in, end to end: random-weight files in the official layouts, one models.yaml, the stack, every call timed.
+"""Real weights drop-in end to end: random-weight files in official layouts, one models.yaml, the stack, calls timed.
 
 What a product team does with the official FFHQ files, with random weights of exactly those layouts
 (the official files may not be shipped): rosinality's converted `stylegan2-ffhq-config-f.pt`
@@ -22,9 +22,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import yaml
@@ -96,14 +96,13 @@ def build_clip(out: Path, kind: str) -> str:
         from faceedit.zoo import paths
 
         return str(paths()["clip"])
-    from safetensors.torch import save_file
-
+    from faceedit import artifacts
     from faceedit.adaptation.torchvision_shim import import_open_clip
 
     open_clip = import_open_clip()
     torch.manual_seed(0)
     model = open_clip.create_model("ViT-B-32", pretrained=None)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "clip-vit-b-32.safetensors"))
+    artifacts.write(out / "clip-vit-b-32.safetensors", model.state_dict())  # a plain state dict, as users have
     return f"ViT-B-32={out / 'clip-vit-b-32.safetensors'}"
 
 
@@ -173,7 +172,7 @@ def photo_png(size: int) -> bytes:
 def run_flow(target: str, api_key: str, size: int, adaptation_steps: int = 2, timeout_s: float = 1800
              ) -> FlowResult:
     """Every RPC the drop-in promises, in order; raises on the first that fails."""
-    from faceedit.client import FaceEditClient, Step
+    from faceedit_client import FaceEditClient, Step
 
     result = FlowResult()
     photo = photo_png(size)

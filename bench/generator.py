@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> None:
             fp32_rate = None
             for p in precisions:
                 with torch.inference_mode():
-                    seconds = best_time(lambda: generator.synthesis(ws, precision=p), repeats=2,
+                    seconds = best_time(lambda g=generator, w=ws, p=p: g.synthesis(w, precision=p), repeats=2,
                                         budget_s=args.budget, sync=sync, warmup=warmup)
                 rate = batch / seconds
                 flops = 2 * macs * rate

@@ -1,5 +1,6 @@
 """Edit latency through the serving stack (client → editor → TorchServe) vs the same synthesis + PNG in process,
-where the difference goes, and throughput at 1 and 8 concurrent clients with TorchServe's dynamic batching on and off."""
+where the difference goes, and throughput at 1 and 8 concurrent clients with TorchServe's dynamic batching
+on and off."""
 
 from __future__ import annotations
 
@@ -13,25 +14,25 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import grpc
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from faceedit.client import FaceEditClient, Step  # noqa: E402
 from faceedit.images import to_pil  # noqa: E402
 from faceedit.models import load_generator  # noqa: E402
-from faceedit.proto import inference_pb2, inference_pb2_grpc  # noqa: E402
+from faceedit_client import FaceEditClient, Step  # noqa: E402
 from services import launcher  # noqa: E402
 from services.common.models import load_model_config  # noqa: E402
+from services.common.ts_grpc import inference_pb2, inference_pb2_grpc  # noqa: E402
 from services.inference.archive import build_archive  # noqa: E402
 from services.inference.handler_support import encode_image  # noqa: E402
 
-# Editor stages of one Edit by latent id, in the order they run (services/editor/core.py).
+# Editor stages of one Edit by latent id, in the order they run (services/editor/editing.py).
 EDIT_STAGES = ("cache.get", "edit", "inference.synthesize", "cache.put")
 
 

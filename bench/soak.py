@@ -46,9 +46,9 @@ def slope(points: list[tuple[float, float]]) -> float:
 def traffic(target: str, key: str, stop: threading.Event, counts: collections.Counter, lock: threading.Lock) -> None:
     import grpc
 
-    from faceedit.client import FaceEditClient, FaceEditError, Step
     from faceedit.images import to_pil
     from faceedit.synth import render_faces
+    from faceedit_client import FaceEditClient, FaceEditClientError, Step
 
     buffer = io.BytesIO()
     to_pil(render_faces(1, seed=3, size=64)[0])[0].save(buffer, format="PNG")
@@ -58,16 +58,17 @@ def traffic(target: str, key: str, stop: threading.Event, counts: collections.Co
         seed = 0
         while not stop.is_set():
             seed += 1
-            calls = (lambda: client.generate([seed % 1000]),
-                     lambda: client.edit([Step(attribute, 1.5)], seed=seed % 1000),
+            calls = (lambda seed=seed: client.generate([seed % 1000]),
+                     lambda seed=seed: client.edit([Step(attribute, 1.5)], seed=seed % 1000),
                      lambda: client.invert(photo),
-                     lambda: list(client.animate([Step(attribute, 2.0)], seed=seed % 1000, frames=6, animation="gif")),
+                     lambda seed=seed: list(client.animate([Step(attribute, 2.0)], seed=seed % 1000, frames=6,
+                                                        animation="gif")),
                      lambda: client.list_attributes())
             for call in calls:
                 try:
                     call()
                     code = "OK"
-                except FaceEditError as exc:
+                except FaceEditClientError as exc:
                     code = exc.code.name if isinstance(exc.code, grpc.StatusCode) else str(exc.code)
                 with lock:
                     counts[code] += 1

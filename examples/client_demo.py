@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from faceedit.client import Adaptation, FaceEditClient, FaceEditError, Step
+from faceedit_client import Adaptation, FaceEditClient, FaceEditClientError, Step
 
 UPSCALE = 4  # the demo generator is 64 px: enlarge so the files are easy to look at
 
@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             # Official direction files record no accuracy; Z-space ones edit seeds only.
             accuracy = "unknown" if a.accuracy is None else f"{a.accuracy:.2f}"
             print(f"  attribute {a.name:<12} {a.space.upper()}  accuracy {accuracy:<7}  "
-                  f"recommended [{a.recommended_min:+.2f}, {a.recommended_max:+.2f}]  layers {a.default_layers or 'all'}"
+                  f"recommended [{a.recommended_min:+.2f}, {a.recommended_max:+.2f}]"
+                  f"  layers {a.default_layers or 'all'}"
                   f"  ({a.format} {a.source})")
 
         with timed("Generate (8 seeds)"):
@@ -164,6 +165,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except FaceEditError as exc:
+    except FaceEditClientError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -90,10 +90,6 @@ class AlignedFace:
         p = np.asarray(points, dtype=np.float64)
         return (p - origin) @ np.linalg.inv(matrix).T
 
-    @property
-    def landmarks_in_crop(self) -> np.ndarray:
-        return self.to_crop(self.landmarks)
-
 
 @runtime_checkable
 class LandmarkDetector(Protocol):

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import pickle
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
-from faceedit.errors import (
-    CheckpointError,
-    CheckpointFormatError,
-    ChecksumMismatchError,
-    UnsafeCheckpointError,
-)
+from faceedit import artifacts
+from faceedit.artifacts import sha256_file, sidecar_path, verify_sidecar  # noqa: F401 - also imported from here
+from faceedit.errors import CheckpointError, CheckpointFormatError, UnsafeCheckpointError
 
 # Formats a checkpoint file can be in.
 ROSINALITY = "rosinality"  # stylegan2-pytorch: {'g_ema', 'latent_avg'?, 'g'?, 'd'?, ...}
@@ -28,10 +22,10 @@ PSP = "psp"  # pixel2style2pixel: {'state_dict': encoder.*/decoder.*, 'opts', 'l
 E4E = "e4e"  # encoder4editing: same layout, opts['encoder_type'] == 'Encoder4Editing'
 FACEEDIT = "faceedit"  # our safetensors export, kind in the metadata
 
-FACEEDIT_KINDS = ("generator", "encoder", "generator-delta")
-TRAINING_STATE_KEYS = ("g", "d", "g_optim", "d_optim", "optimizer", "discriminator_state_dict",
-                       "discriminator_optimizer_state_dict", "args", "ada_aug_p", "global_step",
-                       "best_val_loss")
+GENERATOR_KIND = "generator"
+ENCODER_KIND = "encoder"
+DELTA_KIND = "generator-delta"  # an adaptation's trained tensors on a base generator (faceedit.models.delta)
+FACEEDIT_KINDS = (GENERATOR_KIND, ENCODER_KIND, DELTA_KIND)
 
 _CONVERT_HINT = (
     "If you trust the file, convert it once with `faceedit convert --trust-pickle {path} OUT_DIR`, "
@@ -53,19 +47,6 @@ class Checkpoint:
     sha256: str = ""
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sidecar_path(path: str | Path) -> Path:
-    """`model.safetensors` → `model.json`: the config and sha256 written next to an export."""
-    return Path(path).with_suffix(".json")
-
-
 def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
     """Open any supported checkpoint safely and say what it is.
 
@@ -79,38 +60,15 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
         raise UnsafeCheckpointError(
             path, "NVIDIA .pkl files need NVIDIA's own code to unpickle, which we never run. Convert "
                   "it with rosinality's stylegan2-pytorch convert_weight.py, then use the .pt it writes.")
-    recorded_sha = verify_recorded_sha256(path)
+    recorded_sha = verify_sidecar(path)
     with open(path, "rb") as f:
         head = f.read(8)
-    if path.suffix == ".safetensors" or _looks_like_safetensors(head):
-        ckpt = _read_faceedit(path)
+    if path.suffix == ".safetensors" or artifacts.looks_like_safetensors(head):
+        ckpt = checkpoint_from_artifact(artifacts.read(path, verify=False))
     else:
         ckpt = _classify(path, _torch_load(path, head, trust_pickle))
     ckpt.sha256 = recorded_sha or ckpt.sha256
     return ckpt
-
-
-def verify_recorded_sha256(path: Path) -> str:
-    """Check `path` against the sha256 its sidecar JSON records (the zoo and our exports have
-    one); returns the verified digest, or "" when nothing is recorded."""
-    sidecar = sidecar_path(path)
-    if not sidecar.is_file():
-        return ""
-    recorded = _read_json(sidecar).get("sha256")
-    if not recorded:
-        return ""
-    actual = sha256_file(path)
-    if actual != recorded:
-        raise ChecksumMismatchError(path, f"sha256 is {actual}, but {sidecar.name} records {recorded}; "
-                                          "the file was modified or is incomplete")
-    return actual
-
-
-def _looks_like_safetensors(head: bytes) -> bool:
-    if len(head) < 8:
-        return False
-    header_len = int.from_bytes(head, "little")
-    return 2 <= header_len < 100_000_000 and not head.startswith(b"PK")
 
 
 def _torch_load(path: Path, head: bytes, trust_pickle: bool) -> Any:
@@ -175,38 +133,21 @@ def _classify(path: Path, obj: Any) -> Checkpoint:
               "{'g_ema', 'latent_avg'}, pSp/e4e {'state_dict', 'opts', 'latent_avg'} or faceedit safetensors")
 
 
-def _read_faceedit(path: Path) -> Checkpoint:
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointFormatError(path, f"truncated or corrupt safetensors ({_first_line(exc)})") from None
-    kind = meta.get("faceedit.kind")
+def checkpoint_from_artifact(artifact: artifacts.Artifact) -> Checkpoint:
+    """Our safetensors export (a file or bytes) as a Checkpoint: its kind and config from the metadata."""
+    kind = artifact.kind
     if kind not in FACEEDIT_KINDS:
-        raise CheckpointFormatError(path, f"safetensors file without faceedit metadata "
-                                          f"(faceedit.kind={kind!r}); write it with `faceedit convert`")
-    try:
-        config = json.loads(meta.get("faceedit.config", "{}"))
-    except json.JSONDecodeError:
-        raise CheckpointFormatError(path, "faceedit.config metadata is not valid JSON") from None
+        raise CheckpointFormatError(artifact.source, f"safetensors file without faceedit metadata "
+                                                     f"(faceedit.kind={kind!r}); write it with `faceedit convert`")
+    tensors = dict(artifact.tensors)
     latent_avg = tensors.pop("latent_avg", None)
-    ckpt = Checkpoint(path, FACEEDIT, kind, latent_avg=latent_avg, config=config)
-    if kind == "encoder":
+    ckpt = Checkpoint(Path(artifact.source), FACEEDIT, kind, latent_avg=latent_avg, config=artifact.config(),
+                      sha256=artifact.sha256)
+    if kind == ENCODER_KIND:
         ckpt.encoder = tensors
     else:
         ckpt.generator = tensors
     return ckpt
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointFormatError(path, f"unreadable JSON ({_first_line(exc)})") from None
-    if not isinstance(data, dict):
-        raise CheckpointFormatError(path, "expected a JSON object")
-    return data
 
 
 def write_safetensors(path: str | Path, tensors: Mapping[str, Tensor], kind: str,
@@ -214,13 +155,5 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, Tensor], kind: str
     """Write `tensors` as safetensors with our metadata, plus the sidecar JSON; returns the sha256."""
     if kind not in FACEEDIT_KINDS:
         raise ValueError(f"kind must be one of {FACEEDIT_KINDS}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    meta = {"faceedit.kind": kind, "faceedit.config": json.dumps(dict(config), sort_keys=True)}
-    save_file(contiguous, str(path), metadata=meta)
-    sha = sha256_file(path)
-    record = {"format": FACEEDIT, "kind": kind, "file": path.name, "sha256": sha,
-              "size_bytes": path.stat().st_size, "config": dict(config), **dict(info or {})}
-    sidecar_path(path).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    return sha
+    record = {"format": FACEEDIT, "kind": kind, "config": dict(config), **dict(info or {})}
+    return artifacts.write(path, tensors, artifacts.metadata(kind, config), record)

@@ -1,4 +1,10 @@
-"""Where the shipped demo models live (`model_store/demo/`, or $FACEEDIT_ZOO_DIR)."""
+"""Where the shipped demo models live: an explicit folder, $FACEEDIT_ZOO_DIR, or the checkout's `model_store/demo`.
+
+The zoo (~55 MB of weights) is not packaged with the library: a wheel or non-editable install of faceedit
+carries none, and there the folder comes from $FACEEDIT_ZOO_DIR (a checkout's `model_store/demo`, or a copy)
+or from the `root` argument. Running from a checkout (editable install, PYTHONPATH, the container images'
+/app), the checkout's own folder is the default.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ from pathlib import Path
 from faceedit.errors import NotFoundError
 
 ZOO_ENV = "FACEEDIT_ZOO_DIR"
+# The source tree this module runs from, if it runs from one (its pyproject.toml sits beside the package).
+CHECKOUT = Path(__file__).resolve().parents[1]
 FILES = {
     "generator": "generator.pt",
     "encoder": "encoder.pt",
@@ -16,26 +24,33 @@ FILES = {
 }
 
 
-def zoo_dir() -> Path:
-    """The demo zoo folder: $FACEEDIT_ZOO_DIR if set, else `model_store/demo` in the checkout."""
+def zoo_dir(root: str | Path | None = None) -> Path:
+    """The demo zoo folder: `root` if given, else $FACEEDIT_ZOO_DIR if set, else `model_store/demo` of the
+    checkout faceedit runs from. Installed outside a checkout with neither: NotFoundError saying what to set."""
+    if root is not None:
+        return Path(root).expanduser()
     override = os.environ.get(ZOO_ENV)
     if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[1] / "model_store" / "demo"
+        return Path(override).expanduser()
+    if (CHECKOUT / "pyproject.toml").is_file():
+        return CHECKOUT / "model_store" / "demo"
+    raise NotFoundError("demo zoo", "model_store/demo",
+                        f"faceedit is installed outside its checkout ({Path(__file__).resolve().parent}) and the "
+                        f"zoo is not packaged: set {ZOO_ENV} to the zoo folder (a checkout's model_store/demo)")
 
 
-def paths() -> dict[str, Path]:
-    """The shipped generator, encoder, scorer and CLIP files (those that exist)."""
-    root = zoo_dir()
+def paths(root: str | Path | None = None) -> dict[str, Path]:
+    """The shipped generator, encoder, scorer and CLIP files (those that exist) in `zoo_dir(root)`."""
+    root = zoo_dir(root)
     found = {name: root / file for name, file in FILES.items() if (root / file).is_file()}
     if not found:
         raise NotFoundError("demo zoo", str(root), f"no models there; train them (see README) or set {ZOO_ENV}")
     return found
 
 
-def boundaries() -> dict[str, Path]:
-    """The shipped InterfaceGAN boundaries, by attribute name: `zoo_dir()/boundaries/<attribute>.safetensors`."""
-    folder = zoo_dir() / "boundaries"
+def boundaries(root: str | Path | None = None) -> dict[str, Path]:
+    """The shipped InterfaceGAN boundaries, by attribute name: `zoo_dir(root)/boundaries/<attribute>.safetensors`."""
+    folder = zoo_dir(root) / "boundaries"
     found = {p.stem: p for p in sorted(folder.glob("*.safetensors"))} if folder.is_dir() else {}
     if not found:
         raise NotFoundError("demo boundaries", str(folder), "train them with `faceedit train boundary`")

@@ -5,10 +5,6 @@ MAR_STAMP := $(MAR_DIR)/.mar-built
 # configuration names (FACEEDIT_MODELS, `make demo MODELS=...`), so they need no rebuild for other weights.
 MAR_INPUTS := $(wildcard services/inference/*.py services/inference/config/*)
 SERVICE_TEST_ARGS ?=
-# The inference, state and worker tests (the editor's tests in tests/services run under test-editor).
-INFERENCE_TESTS := $(addprefix tests/services/,test_protocol.py test_artifacts.py test_registry.py \
-	test_jobs.py test_service_config.py test_handlers.py test_worker.py test_integration_inference.py test_integration_worker.py) \
-	tests/test_finetune.py
 
 .PHONY: mar inference-start inference-stop test-services
 
@@ -26,6 +22,7 @@ inference-start: mar
 inference-stop:
 	-$(BIN)/python -m services.inference.server stop
 
+# The inference, state and worker tests: those marked `inference` (the editor's run under test-editor).
 # protos: the TorchServe integration test talks gRPC through the stubs the editor uses.
 test-services: install protos
-	nice -n 19 $(BIN)/python -m pytest -q $(INFERENCE_TESTS) $(SERVICE_TEST_ARGS)
+	nice -n 19 $(BIN)/python -m pytest -q -m inference $(SERVICE_TEST_ARGS)

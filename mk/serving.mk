@@ -1,6 +1,7 @@
 # gRPC stubs, the demo stack (Redis, TorchServe, editor, worker) and its client session. Included by the Makefile.
-PROTO_GEN := build/gen
-PROTO_STAMP := $(PROTO_GEN)/.stamp
+# Generated stubs (one file of each set stands for it): faceedit.v1 in the client package, TorchServe's in services.
+PROTO_OUT := clients/python/faceedit_client/v1/editor_pb2.py services/common/ts_grpc/inference_pb2.py
+PROTO_OUT_ALL = $(wildcard clients/python/faceedit_client/v1/*_pb2*.py* services/common/ts_grpc/*_pb2*.py*)
 PROTO_SRC := $(wildcard protos/faceedit/v1/*.proto)
 RUN_DIR ?= run
 DEMO_OUT ?= out
@@ -10,12 +11,14 @@ MODELS_ARG := $(if $(MODELS),--models $(abspath $(MODELS)))
 
 .PHONY: protos demo stop demo-up test-editor reindex
 
-# Python stubs of faceedit.v1 and of TorchServe's inference.proto (from its jar), never committed.
-protos: $(PROTO_STAMP)
+# Python stubs, never committed: faceedit.v1 into clients/python/faceedit_client/v1 (the client package
+# ships them; the editor imports them from there), TorchServe's inference.proto (from its jar) into
+# services/common/ts_grpc.
+protos: $(PROTO_OUT)
 
-$(PROTO_STAMP): $(PROTO_SRC) services/build_protos.py | $(STAMP)
-	$(BIN)/python services/build_protos.py --out $(PROTO_GEN)
-	@touch $@
+$(PROTO_OUT) &: $(PROTO_SRC) services/build_protos.py | $(STAMP)
+	$(BIN)/python services/build_protos.py
+	@touch $(PROTO_OUT)
 
 # The tests import the stubs: build them before `make test` runs.
 test: protos

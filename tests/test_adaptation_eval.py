@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
-from faceedit.adaptation.clip import build_clip_module
 from faceedit.adaptation.evaluate import (
     AdaptationEvalConfig,
     attribute_agreement,
@@ -21,16 +19,13 @@ from faceedit.checkpoints import sha256_file
 from faceedit.cli import main
 from faceedit.editing.directions import save_boundary
 from faceedit.errors import InvalidInputError
-from faceedit.models import Encoder, EncoderConfig, Generator, GeneratorConfig, load_generator
+from faceedit.models import (
+    load_generator,
+)
 from faceedit.synth import load_scorer
-from faceedit.training.encoder import export_e4e
-from faceedit.training.generator import export_rosinality
 
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 4, "head_width": 16},
-    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
-}
+from factories import write_tiny_models
+
 # Small enough for a test: a few source samples for the CLIP mean, a one-iteration code window.
 TINY_SETTINGS = {"clip_mean_samples": 4, "clip_mean_batch": 4, "sliding_window": 1}
 
@@ -39,23 +34,7 @@ TINY_SETTINGS = {"clip_mean_samples": 4, "clip_mean_batch": 4, "sliding_window":
 def zoo(tmp_path_factory) -> dict[str, Path]:
     """Tiny generator, encoder, CLIP (with card) and one boundary, as files the command reads."""
     root = tmp_path_factory.mktemp("tiny-zoo")
-    torch.manual_seed(0)
-    generator = Generator(GeneratorConfig(size=32, style_dim=64, n_mlp=2,
-                                          channels={4: 32, 8: 32, 16: 16, 32: 16})).eval()
-    with torch.no_grad():  # noise strengths start at 0; a trained generator's are not
-        for name, param in generator.named_parameters():
-            if name.endswith("noise.weight"):
-                param.fill_(0.1)
-    export_rosinality(generator, root / "generator.pt", n_w_avg=500)
-    torch.manual_seed(1)
-    encoder = Encoder(EncoderConfig(kind="e4e", n_styles=generator.n_latent, style_dim=64, input_size=32,
-                                    stage_units=(1, 1, 1, 1), stage_channels=(8, 16, 24, 32), se_reduction=4)).eval()
-    encoder.set_latent_avg(generator.w_avg.clone())
-    export_e4e(encoder, generator, root / "encoder.pt")
-    torch.manual_seed(2)
-    clip = build_clip_module(TINY_CLIP)
-    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(root / "clip.safetensors"))
-    (root / "clip.json").write_text(json.dumps({"model_cfg": TINY_CLIP}))
+    write_tiny_models(root, n_w_avg=500, noise_strength=0.1)
     normal = torch.randn(64, generator=torch.Generator().manual_seed(3))
     save_boundary(root / "boundaries" / "age.safetensors", normal,
                   {"attribute": "age", "offset": 0.0, "accuracy": 0.9, "recommended_strength": [-3.0, 3.0],
@@ -103,6 +82,7 @@ def test_config_errors_name_the_field():
         assert err.value.field == field
 
 
+@pytest.mark.slow
 def test_an_adaptation_that_changes_nothing_scores_as_perfectly_faithful(zoo):
     from faceedit.adaptation.clip import ClipConfig, load_clip
     from faceedit.models import load_encoder
@@ -122,6 +102,7 @@ def test_an_adaptation_that_changes_nothing_scores_as_perfectly_faithful(zoo):
 
 
 # -- the command --------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_eval_adaptation_end_to_end_writes_the_table_json_and_grid(zoo, tmp_path, capsys):
     out = tmp_path / "docs"
     assert run_command(zoo, out, "--boundaries", str(zoo["boundaries"]), "--styles", "sketch,comic",
@@ -145,6 +126,7 @@ def test_eval_adaptation_end_to_end_writes_the_table_json_and_grid(zoo, tmp_path
     assert "| sketch |" in readme and "before_after.png" in readme
 
 
+@pytest.mark.slow
 def test_without_boundaries_the_edit_column_is_skipped_with_a_note(zoo, tmp_path, monkeypatch, capsys):
     from faceedit.synth.scorer import default_scorer_path
 

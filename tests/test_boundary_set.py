@@ -9,17 +9,25 @@ import numpy as np
 import pytest
 import torch
 
-from faceedit.editing import (BoundarySet, BoundarySetError, BoundarySetSpec, attribute_name, load_boundary_set,
-                              save_boundary)
+from faceedit.editing import (
+    BoundarySet,
+    BoundarySetError,
+    BoundarySetSpec,
+    attribute_name,
+    load_boundary_set,
+    save_boundary,
+)
 from faceedit.errors import CheckpointFormatError, InvalidInputError, NotFoundError
 from faceedit.models.stylegan2 import GeneratorConfig
 
+from reference import REFERENCE_DIR, reference_mark
+
 REPO = Path(__file__).resolve().parents[1]
-DIRECTIONS = REPO.parent / "shared" / "reference" / "directions"
+DIRECTIONS = REFERENCE_DIR / "directions"
 IGAN = DIRECTIONS / "interfacegan_stylegan1_ffhq"
 E4E = DIRECTIONS / "e4e_stylegan2_ffhq"
 DEMO = REPO / "model_store" / "demo"
-needs_reference = pytest.mark.skipif(not DIRECTIONS.is_dir(), reason=f"reference directions not found at {DIRECTIONS}")
+needs_reference = reference_mark(DIRECTIONS)
 needs_demo = pytest.mark.skipif(not (DEMO / "boundaries").is_dir(), reason="demo zoo not found")
 
 IGAN_ATTRIBUTES = ["age", "eyeglasses", "gender", "pose", "smile"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pickle
 
@@ -19,7 +20,6 @@ from faceedit.errors import (
 )
 from faceedit.models import (
     Encoder,
-    EncoderConfig,
     Generator,
     GeneratorConfig,
     convert_checkpoint,
@@ -28,13 +28,14 @@ from faceedit.models import (
     load_encoder,
     load_generator,
 )
-from reference import REFERENCE_DIR, REFERENCE_MISSING_REASON, build_state_dict_from_plan
 
-needs_reference = pytest.mark.skipif(not REFERENCE_DIR.is_dir(), reason=REFERENCE_MISSING_REASON)
+from factories import SLIM_CHANNELS, tiny_encoder_config, tiny_generator_config
+from reference import REFERENCE_DIR, build_state_dict_from_plan, reference_mark
 
-TINY_G = GeneratorConfig(size=32, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 8})
-TINY_E = EncoderConfig(kind="e4e", n_styles=8, style_dim=32, input_size=64,
-                       stage_channels=(8, 16, 24, 32), stage_units=(1, 1, 1, 1), se_reduction=4)
+needs_reference = reference_mark()
+
+TINY_G = tiny_generator_config(style_dim=32, channels=SLIM_CHANNELS)
+TINY_E = dataclasses.replace(tiny_encoder_config(style_dim=32), input_size=64)
 
 
 @pytest.fixture
@@ -86,6 +87,7 @@ def test_e4e_file_gives_both_encoder_and_decoder(tmp_path, tiny_generator, tiny_
         torch.testing.assert_close(encoder.encode(x), expected, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_convert_strips_training_state_and_round_trips(tmp_path, tiny_generator, tiny_encoder):
     src = tmp_path / "train.pt"
     save_rosinality(src, tiny_generator, g_optim={"state": {}}, d={"w": torch.ones(3)})
@@ -251,6 +253,7 @@ class TestOfficialManifests:
         assert built == encoder
 
 
+@pytest.mark.slow
 @needs_reference
 def test_psp_pipeline_reproduces_upstream_images(tmp_path):
     """A pSp-layout file built from the reference weights: encoder → decoder equals upstream."""

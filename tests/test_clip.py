@@ -59,6 +59,7 @@ def test_open_clip_imports_offline_through_the_shim():
     assert import_open_clip() is open_clip  # cached after the first import
 
 
+@pytest.mark.slow
 def test_the_torchvision_workaround_is_applied_only_when_a_plain_import_fails():
     import subprocess
     import sys
@@ -218,6 +219,7 @@ def test_zero_shot_labels_and_accuracy_on_a_perfect_toy_model(tiny):
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in results.values() if r["faces"])
 
 
+@pytest.mark.slow
 def test_train_clip_smoke_exports_a_loadable_model_with_a_card(tmp_path):
     config = ClipTrainConfig(faces_per_style=4, steps=2, batch_size=8, eval_faces_per_style=2, warmup_steps=1,
                              size=32, model_cfg=TINY_CLIP)
@@ -228,8 +230,9 @@ def test_train_clip_smoke_exports_a_loadable_model_with_a_card(tmp_path):
     card = json.loads(card_path.read_text())
     assert card["model_cfg"] == TINY_CLIP and len(card["sha256"]) == 64
     assert {"style", "photo_vs_sketch", "glasses"} <= set(card["metrics"]["zero_shot_held_out"])
-    assert card["command"] == "faceedit train clip --test" and card["wall_seconds"] == record["wall_seconds"]
-    assert card["git_commit"] and ("CPU" in card["hardware"] or "CUDA" in card["hardware"])
+    training = card["training"]  # the one card schema: command, commit and hardware (a string) under "training"
+    assert training["command"] == "faceedit train clip --test" and training["wall_seconds"] == record["wall_seconds"]
+    assert training["commit"] and ("CPU" in training["hardware"] or "CUDA" in training["hardware"])
     loaded = load_clip(ClipConfig(config_path=str(card_path), weights=str(out)))
     images = torch.rand(1, 3, 32, 32) * 2 - 1
     assert torch.allclose(loaded.encode_image(images), clip.encode_image(images), atol=1e-6)
@@ -254,6 +257,7 @@ def test_learning_rate_warms_up_then_anneals_to_zero_at_the_planned_end():
     assert err.value.field == "time_budget_s"
 
 
+@pytest.mark.slow
 def test_a_run_too_slow_for_its_budget_plans_fewer_steps_and_still_anneals():
     ticks = iter(range(10**6))  # a fake clock: every reading is one second later
 
@@ -270,8 +274,8 @@ def test_a_run_too_slow_for_its_budget_plans_fewer_steps_and_still_anneals():
 
 
 def test_train_clip_command_takes_a_time_budget(monkeypatch, tmp_path):
-    from faceedit.cli import build_parser
     from faceedit.cli import adaptation as cli_adaptation
+    from faceedit.cli import build_parser
 
     seen = {}
 
@@ -291,6 +295,7 @@ def test_train_clip_command_takes_a_time_budget(monkeypatch, tmp_path):
     assert build_parser().parse_args(["train", "clip"]).time_budget_min == 15
 
 
+@pytest.mark.slow
 def test_eval_clip_command_updates_the_card(tiny, tmp_path, capsys):
     import argparse
 

@@ -4,34 +4,36 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from dataclasses import replace
 
 import pytest
 import torch
 
-from faceedit.adaptation import clip_mean, difa
-from faceedit.adaptation.clip import ClipModel, build_clip_module, wrap_clip
-from faceedit.adaptation.delta import apply_delta, state_fingerprint, trainable_names
+from faceedit.adaptation import clip_mean, difa, difa_losses
+from faceedit.adaptation.blob_cache import DirectoryCache, MemoryCache
+from faceedit.adaptation.clip import ClipModel
+from faceedit.adaptation.clip_mean import (
+    cached_source_clip_mean,
+    has_source_mean,
+    prepare_source_mean,
+    source_clip_mean,
+    source_mean_key,
+)
 from faceedit.adaptation.difa import (
     CHECKPOINT_FILE,
     AdaptationCancelled,
-    CodeWindow,
-    DifaConfig,
-    DirectoryCache,
-    MemoryCache,
     adapt,
-    cached_source_clip_mean,
+    make_target,
+)
+from faceedit.adaptation.difa_config import DifaConfig
+from faceedit.adaptation.difa_losses import (
+    CodeWindow,
     consistency_loss,
     consistency_mask,
     consistency_ramp,
     global_loss,
     local_loss,
-    make_target,
-    reference_direction,
-    source_clip_mean,
 )
-from faceedit.adaptation.clip_mean import has_source_mean, prepare_source_mean, source_mean_key
 from faceedit.checkpoints import read_checkpoint
 from faceedit.errors import (
     CheckpointError,
@@ -40,38 +42,16 @@ from faceedit.errors import (
     ChecksumMismatchError,
     InvalidInputError,
 )
-from faceedit.models.encoders import Encoder, EncoderConfig
+from faceedit.models.delta import apply_delta, state_fingerprint, trainable_names
 from faceedit.models.loading import load_generator
-from faceedit.models.stylegan2 import Generator, GeneratorConfig
+from faceedit.models.stylegan2 import Generator
 
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 4, "head_width": 16},
-    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
-}
+import factories
+from factories import TINY_CLIP, tiny_clip, tiny_encoder
 
 
-def tiny_generator(seed: int = 0) -> Generator:
-    torch.manual_seed(seed)
-    config = GeneratorConfig(size=32, style_dim=64, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 16})
-    generator = Generator(config).eval()
-    with torch.no_grad():  # noise strengths start at 0; a trained generator's are not
-        for name, param in generator.named_parameters():
-            if name.endswith("noise.weight"):
-                param.fill_(0.1)
-    return generator
-
-
-def tiny_encoder(seed: int = 1) -> Encoder:
-    torch.manual_seed(seed)
-    config = EncoderConfig(kind="e4e", n_styles=8, style_dim=64, input_size=32, stage_units=(1, 1, 1, 1),
-                           stage_channels=(8, 16, 24, 32), se_reduction=4)
-    return Encoder(config).eval()
-
-
-def tiny_clip(seed: int = 2) -> ClipModel:
-    torch.manual_seed(seed)
-    return wrap_clip(build_clip_module(TINY_CLIP)).eval().requires_grad_(False)
+def tiny_generator(seed: int = 0):
+    return factories.tiny_generator(seed, noise_strength=0.1)
 
 
 def reference(seed: int = 3) -> torch.Tensor:
@@ -84,6 +64,19 @@ FAST = DifaConfig(iterations=5, sliding_window=2, clip_mean_samples=4, clip_mean
                   clips=())
 
 
+def moved_target_and_inputs(generator: Generator, seed: int):
+    """A target a little off the source (so the global direction is defined), and 2 latents with their noise."""
+    target = make_target(generator)
+    with torch.no_grad():
+        for _name, param in target.named_parameters():
+            if param.requires_grad:
+                param.add_(0.01 * torch.randn_like(param))
+    rng = torch.Generator().manual_seed(seed)
+    z = torch.randn(2, generator.style_dim, generator=rng)
+    noise = (generator.make_noise(2, generator=rng), generator.make_noise(2, generator=rng))
+    return target, z, noise
+
+
 @pytest.fixture(scope="module")
 def models():
     return tiny_generator(), tiny_encoder(), tiny_clip()
@@ -93,102 +86,6 @@ def models():
 def full_run(models):
     generator, encoder, clip = models
     return adapt(generator, encoder, [clip], reference(), FAST)
-
-
-# -- losses -------------------------------------------------------------------------------------------
-def test_global_loss_is_one_minus_cosine_to_the_reference_direction():
-    direction = reference_direction(torch.tensor([[3.0, 0.0, 0.0]]), torch.tensor([1.0, 0.0, 0.0]))
-    assert torch.allclose(direction, torch.tensor([1.0, 0.0, 0.0]))
-    source = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    along = source + torch.tensor([[2.0, 0.0, 0.0], [0.5, 0.0, 0.0]])  # moved exactly along the direction
-    against = source - torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
-    sideways = source + torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
-    assert global_loss(along, source, direction).item() == pytest.approx(0.0, abs=1e-6)
-    assert global_loss(against, source, direction).item() == pytest.approx(2.0, abs=1e-6)
-    assert global_loss(sideways, source, direction).item() == pytest.approx(1.0, abs=1e-6)
-    mixed = torch.cat([along[:1], against[1:]])
-    assert global_loss(mixed, source, direction).item() == pytest.approx(1.0, abs=1e-6)  # batch mean
-
-
-def test_global_loss_ignores_pairs_that_have_not_moved_yet():
-    direction = torch.tensor([1.0, 0.0])
-    source = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
-    target = torch.tensor([[0.0, 1.0], [1.0, 1.0]], requires_grad=True)  # first pair identical
-    loss = global_loss(target, source, direction)
-    assert loss.item() == pytest.approx((1.0 + 0.0) / 2)
-    loss.backward()
-    assert torch.isfinite(target.grad).all() and target.grad[0].abs().sum() == 0
-
-
-def test_global_loss_gradient_moves_the_target_along_the_direction():
-    direction = torch.tensor([1.0, 0.0])
-    source = torch.tensor([[0.0, 1.0]])
-    target = torch.tensor([[1.0, 2.0]], requires_grad=True)  # 45° off the direction
-    global_loss(target, source, direction).backward()
-    assert target.grad[0, 0] < 0 < target.grad[0, 1]  # descent adds x and removes y
-
-
-def test_local_loss_is_the_larger_directed_nearest_neighbour_cost():
-    e = torch.eye(3)
-    same = local_loss(e[None, :2], e[None, :2])
-    assert same.item() == pytest.approx(0.0, abs=1e-6)
-    # One generated token (e0) vs reference {e0, e1}: e0 finds e0 (cost 0); e1's nearest costs 1.
-    subset = local_loss(e[None, :1], e[None, :2])
-    assert subset.item() == pytest.approx(0.5, abs=1e-6)
-    tilted = torch.nn.functional.normalize(torch.tensor([[[1.0, 1.0, 0.0]]]), dim=-1)
-    assert local_loss(tilted, e[None, :1]).item() == pytest.approx(1 - 1 / math.sqrt(2), abs=1e-6)
-    batch = torch.stack([e[:2], e[1:3]])  # [2, 2, 3]: second sample shares only e1 with the reference
-    assert local_loss(batch, e[None, :2]).item() == pytest.approx((0.0 + 0.5) / 2, abs=1e-6)
-
-
-def test_local_loss_gradient_pulls_tokens_towards_the_reference():
-    reference_tokens = torch.eye(2)[None]  # [1, 2, 2]
-    tokens = torch.tensor([[[0.6, 0.8]]], requires_grad=True)
-    local_loss(tokens, reference_tokens).backward()
-    assert tokens.grad.abs().sum() > 0
-
-
-def test_consistency_mask_keeps_the_most_stable_dims():
-    source = torch.zeros(5)
-    target = torch.tensor([0.5, -0.1, 2.0, 0.0, -0.3])
-    mask = consistency_mask(source, target, alpha=0.6)  # int(0.6·5) = 3 smallest |Δ|: dims 3, 1, 4
-    assert mask.tolist() == [0.0, 1.0, 0.0, 1.0, 1.0]
-    target_codes = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]], requires_grad=True)
-    source_codes = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0]])
-    loss = consistency_loss(target_codes, source_codes, mask)
-    assert loss.item() == pytest.approx((2 + 4 + 5) / 5)  # masked dims count as zero in the mean
-    loss.backward()
-    assert target_codes.grad[0].tolist() == pytest.approx([0.0, 0.2, 0.0, 0.2, 0.2])
-
-
-def test_code_window_uses_the_last_batch_means_only():
-    window = CodeWindow(size=2)
-    window.push(torch.zeros(2, 3), torch.full((2, 3), 100.0))  # pushed out by the next two
-    window.push(torch.zeros(2, 3), torch.tensor([[0.0, 1.0, 4.0], [0.0, 1.0, 4.0]]))
-    window.push(torch.zeros(2, 3), torch.tensor([[0.0, 3.0, 4.0], [0.0, 3.0, 4.0]]))
-    assert window.mask(alpha=2 / 3).tolist() == [1.0, 1.0, 0.0]  # mean shifts 0, 2, 4
-
-
-def test_consistency_ramp_matches_upstream_schedule():
-    assert consistency_ramp(0, 50, 301) == 0.0
-    assert consistency_ramp(50, 50, 301) == 0.0
-    assert consistency_ramp(175, 50, 301) == pytest.approx(125 / 251)
-    assert consistency_ramp(301, 50, 301) == 1.0
-    assert consistency_ramp(10, 50, 40) == 0.0  # runs shorter than the window never enable it
-
-
-def test_defaults_are_upstreams():
-    config = DifaConfig()
-    assert (config.iterations, config.batch_size, config.clip_layer, config.num_keep_first) == (301, 2, 3, 7)
-    assert config.lr == pytest.approx(0.0016) and config.betas == pytest.approx((0.0, 0.99 ** 0.8))
-    assert [c.architecture for c in config.clips] == ["ViT-B-32-quickgelu", "ViT-B-16-quickgelu"]
-    with pytest.raises(InvalidInputError) as err:
-        DifaConfig(psp_alpha=1.5)
-    assert err.value.field == "psp_alpha"
-    assert DifaConfig.from_dict(config.to_dict()) == config  # job parameters round-trip
-    with pytest.raises(InvalidInputError) as err:
-        DifaConfig.from_dict({"iterations": 10, "lambda_globl": 2.0})
-    assert err.value.field == "lambda_globl"
 
 
 # -- one DIFA step ------------------------------------------------------------------------------------
@@ -221,14 +118,7 @@ def test_each_loss_alone_reaches_only_trainable_tensors(models, only):
     config = replace(FAST, iterations=4, sliding_window=1, lambda_global=weights[0], lambda_local=weights[1],
                      consistency_weight=weights[2])
     prepared = difa._prepare(generator, encoder, [clip], reference(), config, None)
-    target = make_target(generator)
-    with torch.no_grad():  # move the target off the source, so the global direction is defined
-        for name, param in target.named_parameters():
-            if param.requires_grad:
-                param.add_(0.01 * torch.randn_like(param))
-    rng = torch.Generator().manual_seed(4)
-    z = torch.randn(2, generator.style_dim, generator=rng)
-    noise = (generator.make_noise(2, generator=rng), generator.make_noise(2, generator=rng))
+    target, z, noise = moved_target_and_inputs(generator, seed=4)
     loss, parts = difa.difa_losses(generator, target, encoder, [clip], prepared, CodeWindow(1), z, noise, 3, config)
     assert parts[only] > 0
     loss.backward()
@@ -243,14 +133,7 @@ def test_loss_parts_on_tiny_models_are_the_losses_of_the_generated_images(models
     generator, encoder, clip = models
     config = replace(FAST, iterations=4, sliding_window=1, lambda_local=1.5, consistency_weight=7.0)
     prepared = difa._prepare(generator, encoder, [clip], reference(), config, None)
-    target = make_target(generator)
-    with torch.no_grad():
-        for name, param in target.named_parameters():
-            if param.requires_grad:
-                param.add_(0.01 * torch.randn_like(param))
-    rng = torch.Generator().manual_seed(5)
-    z = torch.randn(2, generator.style_dim, generator=rng)
-    noise = (generator.make_noise(2, generator=rng), generator.make_noise(2, generator=rng))
+    target, z, noise = moved_target_and_inputs(generator, seed=5)
     window = CodeWindow(1)
     _, parts = difa.difa_losses(generator, target, encoder, [clip], prepared, window, z, noise, 3, config)
     with torch.no_grad():  # the same terms, recomputed from the images by hand
@@ -260,8 +143,8 @@ def test_loss_parts_on_tiny_models_are_the_losses_of_the_generated_images(models
         expected_global = global_loss(clip.encode_image(target_images), clip.encode_image(source_images),
                                       prepared.directions[0])
         expected_local = local_loss(clip.tokens(target_images, config.clip_layer), prepared.reference_tokens[0])
-        source_codes = difa.encode_first_layers(encoder, source_images, config.num_keep_first)
-        target_codes = difa.encode_first_layers(encoder, target_images, config.num_keep_first)
+        source_codes = difa_losses.encode_first_layers(encoder, source_images, config.num_keep_first)
+        target_codes = difa_losses.encode_first_layers(encoder, target_images, config.num_keep_first)
         mask = consistency_mask(source_codes.mean(0), target_codes.mean(0), config.psp_alpha)
         expected_consistency = consistency_loss(target_codes, source_codes, mask)
     assert parts["global"] == pytest.approx(float(expected_global), rel=1e-5)
@@ -273,6 +156,7 @@ def test_loss_parts_on_tiny_models_are_the_losses_of_the_generated_images(models
                                            rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_store_other_than_a_directory_resumes_the_same_run(models, full_run):
     generator, encoder, clip = models
 
@@ -319,6 +203,7 @@ def test_adapt_is_deterministic(models, full_run):
     assert [h["total"] for h in again.history] == [h["total"] for h in full_run.history]
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(models, full_run, tmp_path):
     generator, encoder, clip = models
 
@@ -337,6 +222,7 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(models, full_run,
     assert [h["total"] for h in resumed.history] == [h["total"] for h in full_run.history]
 
 
+@pytest.mark.slow
 def test_cancel_stops_cooperatively_and_the_run_can_resume(models, full_run, tmp_path):
     generator, encoder, clip = models
     done: list[int] = []  # should_cancel is polled during the source mean too, so count iterations
@@ -476,6 +362,7 @@ def test_cancel_while_preparing_stops_before_any_iteration_and_caches_nothing(mo
     assert prepared == [0, 2] and cache.blobs == {} and not (tmp_path / CHECKPOINT_FILE).exists()
 
 
+@pytest.mark.slow
 def test_prepare_clip_mean_command_writes_the_key_once(models, tmp_path, capsys):
     from safetensors.torch import save_file
 

@@ -9,19 +9,35 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from faceedit.editing import (Boundary, Edit, Samples, apply_edits, check_generator_match, clamp_strengths,
-                              condition, edit_path, ganspace_edit, latent_path, layer_groups, load_direction,
-                              load_ganspace, resolve_layers, sample_scores, save_boundary, sefa_directions,
-                              train_boundary)
+from faceedit.editing import (
+    Boundary,
+    Edit,
+    Samples,
+    apply_edits,
+    check_generator_match,
+    clamp_strengths,
+    condition,
+    edit_path,
+    ganspace_edit,
+    latent_path,
+    layer_groups,
+    load_direction,
+    load_ganspace,
+    resolve_layers,
+    sample_scores,
+    save_boundary,
+    sefa_directions,
+    train_boundary,
+)
 from faceedit.editing.boundary import train_boundaries
 from faceedit.errors import CheckpointFormatError, ChecksumMismatchError, InvalidInputError
 from faceedit.models.stylegan2 import Generator, GeneratorConfig
-from tests.reference import REFERENCE_DIR, REFERENCE_MISSING_REASON
+from tests.reference import REFERENCE_DIR, reference_mark
 
 DIRECTIONS = REFERENCE_DIR / "directions"
 IGAN = DIRECTIONS / "interfacegan_stylegan1_ffhq"
 E4E = DIRECTIONS / "e4e_stylegan2_ffhq"
-needs_reference = pytest.mark.skipif(not DIRECTIONS.is_dir(), reason=REFERENCE_MISSING_REASON)
+needs_reference = reference_mark(DIRECTIONS)
 
 D = 64
 
@@ -268,6 +284,7 @@ def test_sefa_directions_are_the_principal_axes_of_the_modulation_weights(genera
 
 
 # -- boundary training -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_train_boundary_recovers_a_planted_direction() -> None:
     rng = torch.Generator().manual_seed(0)
     latents = torch.randn(3000, 16, generator=rng)
@@ -364,11 +381,11 @@ def test_train_boundaries_reports_an_inseparable_attribute_and_keeps_the_others(
 def test_boundary_without_a_recommended_range_is_refused_by_name() -> None:
     bare = Boundary(normal=unit(D, seed=1), offset=0.0, accuracy=1.0, remaining_accuracy=None)
     with pytest.raises(InvalidInputError) as err:
-        bare.strength_range
+        _ = bare.strength_range
     assert err.value.field == "recommended_strength"
     bare.metadata["recommended_strength"] = [1.0, -1.0]
     with pytest.raises(InvalidInputError):
-        bare.strength_range
+        _ = bare.strength_range
 
 
 @pytest.mark.parametrize("spec", ["0-2147483648", "1-99999999999999999999", "0-2000000", "x" * 300, "3-1", "-1",

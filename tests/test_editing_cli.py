@@ -10,17 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
+from faceedit import zoo
 from faceedit.checkpoints import sha256_file
 from faceedit.cli import CommandGroups, main
 from faceedit.cli.editing import ZOO_COMMANDS, register
 from faceedit.editing import Boundary, Edit
 from faceedit.editing.media import edit_animation, edit_strip, strip_strengths
-from faceedit.images import to_pil
 from faceedit.editing.quality import evaluate_edits
 from faceedit.errors import InvalidInputError, NotFoundError
+from faceedit.images import to_pil
 from faceedit.models.stylegan2 import Generator, GeneratorConfig
 from faceedit.synth.scorer import Scorer, ScorerConfig, default_scorer_path, load_scorer, save_scorer
-from faceedit import zoo
 
 D = 64
 
@@ -162,6 +162,7 @@ def test_train_boundary_command(trained, capsys) -> None:
         args.run(args)
 
 
+@pytest.mark.slow
 def test_eval_edits_command(trained, tmp_path, capsys) -> None:
     root, common = trained
     capsys.readouterr()  # drop the fixture's training output
@@ -197,6 +198,7 @@ def test_bad_command_arguments_fail_before_any_sampling(tmp_path, capsys) -> Non
     assert capsys.readouterr().err.startswith("error: --frames: ")
 
 
+@pytest.mark.slow
 def test_zoo_flow_end_to_end_with_the_shipped_scorer(generator, tmp_path, monkeypatch, capsys) -> None:
     """The documented sequence (`train boundary` then `eval edits`) on a tiny generator, default paths."""
     monkeypatch.delenv(zoo.ZOO_ENV, raising=False)

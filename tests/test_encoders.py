@@ -13,26 +13,16 @@ from faceedit.errors import CheckpointMismatchError, InvalidInputError
 from faceedit.models.encoders import Encoder, EncoderConfig, infer_encoder_config
 from faceedit.models.loading import build_encoder
 
-try:
-    from tests.reference import (
-        REFERENCE_DIR,
-        REFERENCE_MISSING_REASON,
-        build_state_dict_from_plan,
-        hash_uniform,
-        hash_uniform_fast,
-        load_plan,
-    )
-except ImportError:  # tests/ on sys.path (pytest rootdir-relative import without a package)
-    from reference import (  # type: ignore[no-redef]
-        REFERENCE_DIR,
-        REFERENCE_MISSING_REASON,
-        build_state_dict_from_plan,
-        hash_uniform,
-        hash_uniform_fast,
-        load_plan,
-    )
+from reference import (
+    REFERENCE_DIR,
+    build_state_dict_from_plan,
+    hash_uniform,
+    hash_uniform_fast,
+    load_plan,
+    reference_mark,
+)
 
-needs_reference = pytest.mark.skipif(not REFERENCE_DIR.is_dir(), reason=REFERENCE_MISSING_REASON)
+needs_reference = reference_mark()
 
 CODE_TOL = {"atol": 2e-5, "rtol": 1e-5}  # reference README: codes / W+ tolerance
 
@@ -87,11 +77,13 @@ def test_fast_hash_matches_recipe():
         assert torch.equal(hash_uniform_fast(t, n), hash_uniform(t, n)), (t, n)
 
 
+@pytest.mark.slow
 @needs_reference
 def test_n8_plan_checksums(n8_state_dict):
     assert_plan_checksums(load_plan(plan_path(8)), n8_state_dict)
 
 
+@pytest.mark.slow
 @needs_reference
 @pytest.mark.parametrize("kind", ["psp", "e4e"])
 def test_n8_matches_upstream(kind, n8_state_dict, refs):
@@ -276,6 +268,7 @@ def test_small_structure_follows_pyramid_levels():
     assert encoder.latent_avg.shape == (10, 256) and not encoder.latent_avg.any()
 
 
+@pytest.mark.slow
 def test_small_e4e_is_w0_plus_psp_deltas():
     psp = small_encoder("psp", seed=1)
     e4e = Encoder(EncoderConfig(**{**psp.config.to_dict(), "kind": "e4e"})).eval()
@@ -301,6 +294,7 @@ def test_small_e4e_is_w0_plus_psp_deltas():
         assert not torch.equal(e4e(x), e0)  # and the deltas did matter
 
 
+@pytest.mark.slow
 def test_small_gradients_flow_to_params_and_images():
     # se_reduction 4: with 16 // 16 = 1 hidden SE unit, a dead ReLU can legitimately zero fc1's grad
     encoder = small_encoder("e4e", seed=3, se_reduction=4)
@@ -316,6 +310,7 @@ def test_small_gradients_flow_to_params_and_images():
     assert images.grad is not None and images.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_encode_resizes_and_adds_latent_avg():
     encoder = small_encoder("psp", seed=5)
     torch.manual_seed(6)

@@ -9,6 +9,8 @@ from faceedit.adaptation.finetune import FinetuneConfig, FinetuneState, finetune
 from faceedit.errors import CheckpointFormatError, InvalidInputError
 from faceedit.models import Generator, GeneratorConfig
 
+pytestmark = pytest.mark.inference  # make test-services
+
 
 @pytest.fixture(scope="module")
 def setup():
@@ -26,6 +28,7 @@ def setup():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_loss_falls_and_the_base_is_untouched(setup):
     g, ws, target = setup
     before = {k: v.clone() for k, v in g.state_dict().items()}
@@ -43,7 +46,8 @@ def test_loss_falls_and_the_base_is_untouched(setup):
 def test_cancel_stops_between_steps(setup):
     g, ws, target = setup
     seen = []
-    result = finetune(g, target, ws, FinetuneConfig(iterations=10), progress=lambda d, t, l: seen.append(d),
+    result = finetune(g, target, ws, FinetuneConfig(iterations=10),
+                      progress=lambda done, total, loss: seen.append(done),
                       should_cancel=lambda: len(seen) >= 3)
     assert result.cancelled and result.iterations == 3 and seen == [1, 2, 3]
 

@@ -8,13 +8,20 @@ import pytest
 import torch
 
 from faceedit.errors import InvalidInputError
-from faceedit.models import Generator, GeneratorConfig, infer_generator_config, load_generator
-from reference import REFERENCE_DIR, REFERENCE_MISSING_REASON
+from faceedit.models import (
+    Generator,
+    GeneratorConfig,
+    infer_generator_config,
+    load_generator,
+)
+
+from factories import SLIM_CHANNELS, tiny_generator_config
+from reference import REFERENCE_DIR, reference_mark
 
 IMAGE_TOL = dict(atol=1e-4, rtol=1e-4)
 LATENT_TOL = dict(atol=2e-5, rtol=1e-5)
 
-needs_reference = pytest.mark.skipif(not REFERENCE_DIR.is_dir(), reason=REFERENCE_MISSING_REASON)
+needs_reference = reference_mark()
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +49,7 @@ class TestUpstreamEquivalence:
             torch.testing.assert_close(reference_generator.mapping(refs["z"]), refs["w_from_z"], **LATENT_TOL)
             torch.testing.assert_close(reference_generator.mapping(refs["z_for_w"]), refs["w_in"], **LATENT_TOL)
 
+    @pytest.mark.slow
     def test_images_from_z_w_and_wplus(self, reference_generator, refs):
         g = reference_generator
         with torch.inference_mode():
@@ -51,6 +59,7 @@ class TestUpstreamEquivalence:
             torch.testing.assert_close(g.synthesis(g.broadcast(refs["w_in"])), refs["img_w"], **IMAGE_TOL)
             torch.testing.assert_close(g.synthesis(refs["wplus_in"]), refs["img_wplus"], **IMAGE_TOL)
 
+    @pytest.mark.slow
     def test_truncation(self, reference_generator, refs):
         g = reference_generator
         with torch.inference_mode():
@@ -61,6 +70,7 @@ class TestUpstreamEquivalence:
             # forward() is mapping → truncation → synthesis in one call.
             torch.testing.assert_close(g(refs["z"], truncation_psi=0.7), refs["img_z_trunc07"], **IMAGE_TOL)
 
+    @pytest.mark.slow
     def test_style_mixing(self, reference_generator, refs):
         g = reference_generator
         with torch.inference_mode():
@@ -68,12 +78,14 @@ class TestUpstreamEquivalence:
             torch.testing.assert_close(ws, refs["latents_mix_inject3"], **LATENT_TOL)
             torch.testing.assert_close(g.synthesis(ws), refs["img_mix_inject3"], **IMAGE_TOL)
 
+    @pytest.mark.slow
     def test_explicit_noise(self, reference_generator, refs):
         g = reference_generator
         with torch.inference_mode():
             img = g.synthesis(g.broadcast(refs["w_in"]), noise=refs["explicit_noise"])
         torch.testing.assert_close(img, refs["img_w_explicit_noise"], **IMAGE_TOL)
 
+    @pytest.mark.slow
     def test_gradients_reach_the_synthesis_weights(self, refs):
         g = load_generator(REFERENCE_DIR / "stylegan2_s32_cm2_seed0.pt").requires_grad_(True)
         g.synthesis(refs["wplus_in"][:1]).square().mean().backward()
@@ -82,7 +94,7 @@ class TestUpstreamEquivalence:
 
 
 def tiny_config() -> GeneratorConfig:
-    return GeneratorConfig(size=32, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 8})
+    return tiny_generator_config(style_dim=32, channels=SLIM_CHANNELS)
 
 
 @pytest.fixture

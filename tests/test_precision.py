@@ -9,7 +9,7 @@ import torch
 
 from faceedit.cli import main as cli_main
 from faceedit.errors import InvalidInputError
-from faceedit.models import Generator, GeneratorConfig, load_generator
+from faceedit.models import Generator, load_generator
 from faceedit.models.precision import (
     DeviceUnavailableError,
     autocast_dtype,
@@ -17,6 +17,9 @@ from faceedit.models.precision import (
     resolve_device,
     synthesis_precision,
 )
+
+import factories
+from factories import SLIM_CHANNELS
 
 DEMO_GENERATOR = Path(__file__).resolve().parents[1] / "model_store" / "demo" / "generator.pt"
 
@@ -31,9 +34,7 @@ MIN_BF16_EFFECT = 1e-4
 
 
 def tiny_generator() -> Generator:
-    torch.manual_seed(0)
-    config = GeneratorConfig(size=32, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 8})
-    return Generator(config).eval().requires_grad_(False)
+    return factories.tiny_generator(style_dim=32, channels=SLIM_CHANNELS).requires_grad_(False)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,7 @@ def _check_bf16_close(generator: Generator, bound: float) -> None:
             assert MIN_BF16_EFFECT < diff < bound, f"batch {batch}: max |fp32 - bf16| = {diff}"
 
 
+@pytest.mark.slow
 def test_bf16_synthesis_of_the_demo_generator_is_close_to_fp32(demo_generator):
     _check_bf16_close(demo_generator, DEMO_BF16_BOUND)
 

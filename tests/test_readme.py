@@ -35,3 +35,14 @@ def test_the_table_lists_the_commands():
 def test_each_documented_command_parses(command):
     args = shlex.split(command)[1:]
     build_parser().parse_args(args)  # argparse exits (SystemExit) on anything it does not accept
+
+
+def test_every_path_in_the_layout_table_exists():
+    section = README.read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    paths = [p for row in re.findall(r"^\| (.+?) \|", section, flags=re.M) for p in re.findall(r"`([^`]+)`", row)]
+    folder = {"services/launcher.py": "", "supervisor.py": "services/", "processes.py": "services/"}
+    missing = [p for p in paths if not (README.parent / folder.get(p, "") / p).exists()]
+    assert len(paths) >= 20 and not missing, missing
+    listed = {p.rstrip("/") for p in paths}
+    for top in ("faceedit", "services", "clients/python", "deploy", "bench", "tests"):  # every part of the picture
+        assert any(p == top or p.startswith(top + "/") for p in listed), top

@@ -65,6 +65,7 @@ def test_shipped_scorer_reads_photo_attributes(photo_scores, photos):
     assert accuracy >= 0.95
 
 
+@pytest.mark.slow
 def test_shipped_scorer_classifies_styles_and_reads_artworks(scorer):
     for index, style in enumerate(STYLES):
         images, truth = render_faces(40, HELD_OUT_SEED + 1, size=64, style=style)
@@ -81,6 +82,7 @@ def test_shipped_scorer_classifies_styles_and_reads_artworks(scorer):
                 assert mae < tol, f"{style} {name}: MAE {mae:.3f} >= {tol}"
 
 
+@pytest.mark.slow
 def test_scores_are_nearly_size_invariant(scorer, photo_scores):
     big, _ = render_faces(48, HELD_OUT_SEED, size=128, style="photo")  # the same 48 first faces
     with torch.inference_mode():
@@ -178,6 +180,7 @@ def test_tampered_missing_and_corrupt_files(tmp_path):
     assert info.value.path == str(path)
 
 
+@pytest.mark.slow
 def test_tiny_training_run_lowers_the_loss(tmp_path):
     tiny = ScorerConfig(stem_width=4, widths=(8, 16, 16, 16), feature_dim=32)
     out = tmp_path / "tiny.safetensors"

@@ -35,11 +35,17 @@ def test_each_shipped_model_has_a_card_with_its_sha256_and_fits_the_limit(zoo, n
     path = zoo[name]
     card = read_card(path)
     assert card["sha256"] == sha256_file(path), f"{path.name}: card and file disagree"
+    assert card["file"] == path.name and card["bytes"] == path.stat().st_size
     assert path.stat().st_size <= SHIPPED_LIMIT_BYTES
+    # One card schema (faceedit.training.cards): how it was trained, at which commit, on what.
+    training = card["training"]
+    assert training["command"] and training["commit"]
+    assert isinstance(training["hardware"], str) and ("CPU" in training["hardware"] or "CUDA" in training["hardware"])
     if name in ("generator", "encoder"):
-        assert "faceedit train" in card["training"]["command"] and card["training"]["hardware"]
+        assert "faceedit train" in training["command"]
 
 
+@pytest.mark.slow
 def test_generator_samples_are_photo_faces_that_cover_the_attributes(generator):
     scorer = load_scorer()
     z = torch.randn(96, generator.style_dim, generator=torch.Generator().manual_seed(11))
@@ -53,6 +59,7 @@ def test_generator_samples_are_photo_faces_that_cover_the_attributes(generator):
         assert spread > 0.1, f"{name} barely varies across samples (std {spread:.3f} of its range)"
 
 
+@pytest.mark.slow
 def test_generator_draws_the_facial_features_its_z_asks_for(generator):
     """Distillation gives every z a ground-truth face: the scorer must read the features it decides
     off the samples (eyes, mouths and glasses were missing from an earlier, pixel-loss-only zoo)."""
@@ -66,6 +73,7 @@ def test_generator_draws_the_facial_features_its_z_asks_for(generator):
         assert correlation > 0.7, f"{name}: samples follow z with correlation {correlation:.2f}"
 
 
+@pytest.mark.slow
 def test_encoder_inverts_generator_samples(zoo, generator):
     encoder = load_encoder(zoo["encoder"])
     assert encoder.latent_avg.shape == (generator.n_latent, generator.style_dim) or \
@@ -87,3 +95,18 @@ def test_a_boundary_per_scorer_attribute_for_this_generator(zoo):
         card = read_card(shipped[name])
         text = str(card)
         assert generator_sha in text, f"boundary {name} was not trained on the shipped generator"
+
+
+def test_outside_a_checkout_the_zoo_comes_from_the_variable_or_an_explicit_folder(tmp_path, monkeypatch):
+    """A non-editable install has no model_store beside the package: it says what to set, and both ways work."""
+    from faceedit import zoo
+    from faceedit.errors import NotFoundError
+
+    checkout_zoo = zoo.zoo_dir()
+    monkeypatch.setattr(zoo, "CHECKOUT", tmp_path / "site-packages")  # no pyproject.toml there
+    monkeypatch.delenv(zoo.ZOO_ENV, raising=False)
+    with pytest.raises(NotFoundError, match=zoo.ZOO_ENV):
+        paths()
+    assert paths(checkout_zoo) == paths(str(checkout_zoo)) and boundaries(checkout_zoo)
+    monkeypatch.setenv(zoo.ZOO_ENV, str(checkout_zoo))
+    assert zoo.zoo_dir() == checkout_zoo and set(paths()) >= {"generator", "encoder"}

@@ -15,11 +15,16 @@ from faceedit.metrics import kernel_inception_distance, wasserstein_1d
 from faceedit.models import load_encoder, load_generator
 from faceedit.synth import RENDER_UNIFORMS, render_from_uniform
 from faceedit.synth.attributes import ATTRIBUTE_UNIFORMS
+from faceedit.synth.scorer import Scorer, ScorerConfig
 from faceedit.training.cards import read_card, update_card, write_card
 from faceedit.training.encoder import EncoderTrainingConfig, train_demo_encoder
-from faceedit.synth.scorer import Scorer, ScorerConfig
-from faceedit.training.generator import (GeneratorTrainingConfig, GeneratorTrainer, renderer_target, scorer_guidance_loss,
-                                         train_demo_generator)
+from faceedit.training.generator import (
+    GeneratorTrainer,
+    GeneratorTrainingConfig,
+    renderer_target,
+    scorer_guidance_loss,
+    train_demo_generator,
+)
 
 TINY_GENERATOR = dict(size=32, style_dim=160, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 16},
                       batch_size=2, checkpoint_every=2, warmup_steps=1)
@@ -51,7 +56,8 @@ class TestRenderFromUniform:
         assert all(torch.equal(v[0], v[1]) for v in attrs.values())
         assert (images[0] - images[1]).abs().mean() > 0.01
 
-    @pytest.mark.parametrize("u, problem", [(np.full((2, 5), 0.5), "shape"), (np.full((1, RENDER_UNIFORMS), 1.5), "[0, 1]")])
+    @pytest.mark.parametrize("u, problem", [(np.full((2, 5), 0.5), "shape"),
+                                            (np.full((1, RENDER_UNIFORMS), 1.5), "[0, 1]")])
     def test_bad_numbers_name_the_field(self, u, problem):
         with pytest.raises(InvalidInputError, match=r"u.*" + problem.replace("[", r"\[").replace("]", r"\]")):
             render_from_uniform(u)
@@ -138,6 +144,7 @@ class TestTrainers:
         second.train(progress=False)
         assert second.step == 3
 
+    @pytest.mark.slow
     def test_a_run_paused_and_extended_replays_step_for_step(self, tmp_path):
         """The zoo's schedule: planned for N steps, paused at k, resumed for M > N. A replay with
         stop_at_step must land on exactly the same weights (what makes `make zoo` reproduce the card)."""
@@ -153,6 +160,7 @@ class TestTrainers:
         assert a.step == b.step == 5
         assert all(torch.equal(p, q) for p, q in zip(a.generator_ema.parameters(), b.generator_ema.parameters()))
 
+    @pytest.mark.slow
     def test_an_encoder_run_stopped_at_a_step_replays_exactly(self, tiny_zoo, tmp_path):
         from faceedit.training.encoder import EncoderTrainer
 
@@ -166,6 +174,7 @@ class TestTrainers:
         assert runs[0].step == runs[1].step == 2
         assert all(torch.equal(p, q) for p, q in zip(runs[0].encoder.parameters(), runs[1].encoder.parameters()))
 
+    @pytest.mark.slow
     def test_the_loss_goes_down_on_a_fixed_target(self, tmp_path):
         config = GeneratorTrainingConfig(steps=30, **{**TINY_GENERATOR, "checkpoint_every": 100})
         target = renderer_target(32)
@@ -208,6 +217,7 @@ class TestScorerGuidance:
         assert GeneratorTrainer(config, renderer_target(32), tmp_path, scorer=scorer).scorer is None
 
 
+@pytest.mark.slow
 def test_eval_zoo_prints_the_metrics_and_records_them(tiny_zoo, tmp_path, capsys):
     root, generator_path, encoder_path = tiny_zoo
     code = main(["eval", "zoo", "--generator", str(generator_path), "--encoder", str(encoder_path),
@@ -220,7 +230,8 @@ def test_eval_zoo_prints_the_metrics_and_records_them(tiny_zoo, tmp_path, capsys
     assert metrics["samples"]["n"] == 24 and 0 <= metrics["inversion"]["pixel_mse"] <= 1
     # The independent KID (the shipped CLIP's features): untrained samples sit far above the floor.
     samples = metrics["samples"]
-    assert "CLIP" in out and samples["kid_independent"] > samples["kid_independent_floor"] + 3 * samples["kid_independent_std"]
+    assert ("CLIP" in out
+            and samples["kid_independent"] > samples["kid_independent_floor"] + 3 * samples["kid_independent_std"])
     assert (tmp_path / "docs" / "samples.png").is_file() and (tmp_path / "docs" / "inversion.png").is_file()
     card = read_card(generator_path)
     assert card["metrics"]["samples"]["kid"] == pytest.approx(metrics["samples"]["kid"])

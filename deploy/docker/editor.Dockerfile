@@ -10,8 +10,8 @@ RUN useradd --system --uid 10001 --no-create-home --home-dir /var/lib/faceedit f
 WORKDIR /app
 
 # Dependencies first, with an empty package standing in for the code, so that a code change does not
-# reinstall them. The code itself runs from /app (PYTHONPATH), where faceedit finds build/gen and
-# model_store/demo exactly as in a checkout. The CPU wheel of torch keeps the image small.
+# reinstall them. The code itself runs from /app (PYTHONPATH), where faceedit finds model_store/demo
+# exactly as in a checkout. The CPU wheel of torch keeps the image small.
 COPY pyproject.toml constraints.txt ./
 RUN mkdir faceedit && touch faceedit/__init__.py \
     && pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
@@ -22,8 +22,13 @@ RUN mkdir faceedit && touch faceedit/__init__.py \
 COPY faceedit ./faceedit
 COPY services ./services
 COPY protos ./protos
-# gRPC stubs are generated at build time, as `make protos` does, never committed.
-RUN python services/build_protos.py --out build/gen
+COPY clients/python ./clients/python
+# gRPC stubs are generated at build time, as `make protos` does, never committed: TorchServe's into
+# services/common/ts_grpc, faceedit.v1 into the client package, installed here since the servicer
+# imports its stubs (faceedit_client.v1).
+RUN python services/build_protos.py \
+    && pip install -c constraints.txt ./clients/python \
+    && rm -rf clients
 COPY model_store/demo ./model_store/demo
 
 RUN mkdir -p /var/lib/faceedit/artifacts && chown -R 10001 /var/lib/faceedit

@@ -5,16 +5,22 @@ from __future__ import annotations
 import json
 import pickle
 import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from faceedit.checkpoints import verify_recorded_sha256
-from faceedit.errors import CheckpointFormatError, CheckpointMismatchError, InvalidInputError, NotFoundError
+from faceedit.artifacts import sidecar_path, verify_sidecar
+from faceedit.errors import (
+    CheckpointFormatError,
+    CheckpointMismatchError,
+    InvalidInputError,
+    NotFoundError,
+)
 
 # OpenAI's CLIP normalisation; open_clip's own models were trained with it too.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -43,7 +49,8 @@ class ClipConfig:
 
     def __post_init__(self) -> None:
         if self.resize_mode not in ("bicubic", "bilinear", "area", "nearest"):
-            raise InvalidInputError("resize_mode", f"must be bicubic, bilinear, area or nearest, got {self.resize_mode!r}")
+            raise InvalidInputError("resize_mode",
+                                    f"must be bicubic, bilinear, area or nearest, got {self.resize_mode!r}")
         for name in ("mean", "std"):
             value = getattr(self, name)
             if len(value) != 3:
@@ -51,7 +58,7 @@ class ClipConfig:
             object.__setattr__(self, name, tuple(float(v) for v in value))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ClipConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> ClipConfig:
         unknown = set(data) - {"architecture", "config_path", "weights", "mean", "std", "resize_mode"}
         if unknown:
             raise InvalidInputError("clip", f"unknown CLIP config keys {sorted(unknown)}")
@@ -113,13 +120,9 @@ class ClipModel(nn.Module):
         transformer = getattr(self.model.visual, "transformer", None)
         blocks = getattr(transformer, "resblocks", None)
         if not isinstance(blocks, nn.ModuleList):
-            raise InvalidInputError("clip_layer", f"{self.name}: token features need an open_clip ViT image "
-                                                  f"tower; {type(self.model.visual).__name__} has no transformer blocks")
+            raise InvalidInputError("clip_layer", f"{self.name}: token features need an open_clip ViT image tower; "
+                                                  f"{type(self.model.visual).__name__} has no transformer blocks")
         return blocks
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self._blocks())
 
     def token_grid(self) -> TokenGrid:
         grid = getattr(self.model.visual, "grid_size", None)
@@ -168,8 +171,6 @@ def parse_clip_spec(spec: str, field: str = "clips") -> tuple[ClipConfig, ...]:
     Without an architecture, the model config comes from the card JSON next to the weights (what
     `faceedit train clip` writes); with one, e.g. "ViT-B-32-quickgelu=/clip/b32.safetensors", open_clip's.
     """
-    from faceedit.checkpoints import sidecar_path
-
     configs = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
         architecture, sep, weights = (part.strip() for part in item.partition("="))
@@ -195,7 +196,8 @@ def read_model_config(config: ClipConfig) -> dict[str, Any]:
         model_cfg = open_clip.get_model_config(config.architecture)
         if model_cfg is None:
             raise NotFoundError("open_clip architecture", config.architecture,
-                                "pass config_path for a custom config; known: " + ", ".join(open_clip.list_models()[:20]))
+                                "pass config_path for a custom config; known: "
+                                + ", ".join(open_clip.list_models()[:20]))
         return model_cfg
     path = Path(config.config_path)
     try:
@@ -240,7 +242,7 @@ def check_weights_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise NotFoundError("CLIP weights file", str(path))
-    verify_recorded_sha256(path)
+    verify_sidecar(path)
     if _is_torchscript(path):
         raise CheckpointFormatError(
             path, "is a TorchScript archive (OpenAI's original CLIP download), which runs code to load. Convert "

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors_bytes
-from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor
 
+from faceedit import artifacts
 from faceedit.adaptation.clip import ClipModel
-from faceedit.adaptation.delta import state_fingerprint
-from faceedit.errors import FaceEditError, InvalidInputError
+from faceedit.errors import CheckpointFormatError, FaceEditError, InvalidInputError
+from faceedit.models.delta import state_fingerprint
 from faceedit.models.stylegan2 import Generator
 
-if TYPE_CHECKING:  # difa.py imports this module; these two are only types here
-    from faceedit.adaptation.difa import BlobCache, DifaConfig
+if TYPE_CHECKING:  # only types here
+    from faceedit.adaptation.blob_cache import BlobCache
+    from faceedit.adaptation.difa_config import DifaConfig
 
 MeanProgress = Callable[[int, int], None]  # (samples done, samples in all)
 
@@ -90,7 +90,7 @@ def source_clip_mean(generator: Generator, clip: ClipModel, samples: int = 512, 
     return source_clip_means(generator, [clip], samples, batch, truncation, seed, progress, should_cancel)[0]
 
 
-def source_mean_key(generator: Generator, clip: ClipModel, config: "DifaConfig",
+def source_mean_key(generator: Generator, clip: ClipModel, config: DifaConfig,
                     generator_fingerprint: str | None = None, clip_fingerprint: str | None = None) -> str:
     """The cache key of a mean: generator weights, CLIP weights and input size, sample count and truncation.
 
@@ -104,17 +104,17 @@ def source_mean_key(generator: Generator, clip: ClipModel, config: "DifaConfig",
     return f"clip-mean/{gen_fp[:24]}-{clip_fp[:24]}-{clip.image_size}-{settings}.safetensors"
 
 
-def _read(cache: "BlobCache", key: str) -> Tensor | None:
+def _read(cache: BlobCache, key: str) -> Tensor | None:
     blob = cache.get(key)
     if blob is None:
         return None
     try:
-        return load_safetensors_bytes(blob)["mean"]
-    except (SafetensorError, KeyError):
+        return artifacts.from_bytes(blob, key).tensors["mean"]
+    except (CheckpointFormatError, KeyError):
         return None  # a damaged cache entry is recomputed and overwritten, not fatal
 
 
-def source_means(generator: Generator, clips: Sequence[ClipModel], config: "DifaConfig", cache: "BlobCache | None",
+def source_means(generator: Generator, clips: Sequence[ClipModel], config: DifaConfig, cache: BlobCache | None,
                  progress: MeanProgress | None = None, should_cancel: Callable[[], bool] | None = None,
                  generator_fingerprint: str | None = None,
                  clip_fingerprints: Sequence[str] | None = None) -> list[SourceMean]:
@@ -139,11 +139,11 @@ def source_means(generator: Generator, clips: Sequence[ClipModel], config: "Difa
         todo = [clips[keys.index(key)] for key in missing]
         for key, mean in zip(missing, source_clip_means(generator, todo, *sampling, progress=progress,
                                                         should_cancel=should_cancel)):
-            cache.put(key, save_safetensors_bytes({"mean": mean.contiguous()}))
+            cache.put(key, artifacts.to_bytes({"mean": mean}))
             means[key] = mean
     return [SourceMean(means[key], key, key in missing) for key in keys]
 
-def cached_source_clip_mean(generator: Generator, clip: ClipModel, config: "DifaConfig", cache: "BlobCache | None",
+def cached_source_clip_mean(generator: Generator, clip: ClipModel, config: DifaConfig, cache: BlobCache | None,
                             generator_fingerprint: str | None = None, clip_fingerprint: str | None = None,
                             progress: MeanProgress | None = None,
                             should_cancel: Callable[[], bool] | None = None) -> Tensor:
@@ -153,7 +153,7 @@ def cached_source_clip_mean(generator: Generator, clip: ClipModel, config: "Difa
                         fingerprints)[0].mean
 
 
-def prepare_source_mean(generator: Generator, clips: Sequence[ClipModel], config: "DifaConfig", cache: "BlobCache",
+def prepare_source_mean(generator: Generator, clips: Sequence[ClipModel], config: DifaConfig, cache: BlobCache,
                         progress: MeanProgress | None = None,
                         should_cancel: Callable[[], bool] | None = None) -> dict[str, bool]:
     """Make sure `cache` holds the mean for every CLIP model, computing only the missing ones (in one pass).
@@ -164,7 +164,7 @@ def prepare_source_mean(generator: Generator, clips: Sequence[ClipModel], config
             if m.key is not None}
 
 
-def has_source_mean(generator: Generator, clips: Sequence[ClipModel], config: "DifaConfig", cache: "BlobCache",
+def has_source_mean(generator: Generator, clips: Sequence[ClipModel], config: DifaConfig, cache: BlobCache,
                     generator_fingerprint: str | None = None) -> bool:
     """Whether `cache` already holds a readable mean for every CLIP model (so an adaptation starts at once)."""
     gen_fp = generator_fingerprint or state_fingerprint(generator)

@@ -1,4 +1,5 @@
-"""DIFA one-shot domain adaptation of a StyleGAN2 generator to one reference artwork (CLIP global + local losses, e4e consistency)."""
+"""DIFA one-shot domain adaptation of a StyleGAN2 generator to one reference artwork
+(CLIP global + local losses, e4e consistency)."""
 
 from __future__ import annotations
 
@@ -10,97 +11,50 @@ import os
 import pickle
 import time
 import zipfile
-from collections import deque
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from faceedit.adaptation.clip import ClipConfig, ClipModel
+from faceedit.adaptation.blob_cache import BlobCache, DirectoryCache
+from faceedit.adaptation.clip import ClipModel
+
 # cached_source_clip_mean and source_clip_mean are re-exported: callers import them from here.
 from faceedit.adaptation.clip_mean import (
     MeanProgress,
     SourceMeanCancelled,
-    cached_source_clip_mean,
-    source_clip_mean,
     source_means,
 )
-from faceedit.adaptation.delta import save_delta, state_fingerprint, trainable_names, with_tensors
-from faceedit.errors import CheckpointFormatError, CheckpointMismatchError, FaceEditError, InvalidInputError
+from faceedit.adaptation.difa_config import DifaConfig
+from faceedit.adaptation.difa_losses import (
+    CodeWindow,
+    consistency_loss,
+    consistency_ramp,
+    encode_first_layers,
+    global_loss,
+    local_loss,
+    reference_direction,
+)
+from faceedit.errors import (
+    CheckpointFormatError,
+    CheckpointMismatchError,
+    FaceEditError,
+    InvalidInputError,
+)
+from faceedit.models.delta import (
+    save_delta,
+    state_fingerprint,
+    trainable_names,
+    with_tensors,
+)
 from faceedit.models.encoders import Encoder
 from faceedit.models.stylegan2 import Generator
 
 CHECKPOINT_FILE = "difa-checkpoint.pt"
-_MIN_STEP = 1e-6  # CLIP-space moves shorter than this have no usable direction
 ProgressCallback = Callable[[int, int, dict[str, float]], None]
-
-
-@dataclass(frozen=True)
-class DifaConfig:
-    """Every DIFA setting; defaults are upstream's (DiFa README, built on StyleGAN-NADA)."""
-
-    iterations: int = 301
-    batch_size: int = 2
-    # Upstream passes lr 0.002 and Adam applies StyleGAN2's g_reg_ratio 4/5 to lr and beta2.
-    lr: float = 0.002 * 4 / 5
-    betas: tuple[float, float] = (0.0, 0.99 ** (4 / 5))
-    # Upstream's pair: OpenAI ViT-B/32 and ViT-B/16, each weighted 1 (weights are mounted locally).
-    clips: tuple[ClipConfig, ...] = (ClipConfig("ViT-B-32-quickgelu"), ClipConfig("ViT-B-16-quickgelu"))
-    clip_weights: tuple[float, ...] | None = None  # one per CLIP model; None weighs each 1.0
-    lambda_global: float = 1.0
-    lambda_local: float = 1.0  # README; scripts/train.sh uses 1.5
-    clip_layer: int = 3  # block whose tokens the local loss compares (the 4th)
-    consistency_weight: float = 6.0  # psp_model_weight (6 or 7 in upstream's examples)
-    num_keep_first: int = 7  # W+ layers the consistency loss looks at
-    psp_alpha: float = 0.6  # fraction of code dims kept (most stable); train.sh: 0.8
-    sliding_window: int = 50  # iterations of batch-mean codes; train.sh: 30
-    clip_mean_samples: int = 512  # source samples behind the mean source CLIP embedding
-    clip_mean_batch: int = 16
-    truncation: float = 1.0  # upstream trains untruncated
-    seed: int = 2
-    checkpoint_every: int = 50
-
-    def __post_init__(self) -> None:
-        for name in ("iterations", "batch_size", "clip_mean_samples", "clip_mean_batch", "checkpoint_every",
-                     "sliding_window", "num_keep_first"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidInputError(name, f"must be a positive integer, got {value!r}")
-        if not 0.0 < self.psp_alpha <= 1.0:
-            raise InvalidInputError("psp_alpha", f"must be in (0, 1], got {self.psp_alpha}")
-        if self.lr <= 0:
-            raise InvalidInputError("lr", f"must be positive, got {self.lr}")
-        if self.clip_weights is not None and len(self.clip_weights) != len(self.clips):
-            raise InvalidInputError("clip_weights", f"{len(self.clip_weights)} weights for {len(self.clips)} CLIP models")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["clips"] = [c.to_dict() for c in self.clips]
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DifaConfig":
-        """The inverse of `to_dict` (e.g. job parameters); unknown keys are refused by name."""
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise InvalidInputError(sorted(unknown)[0], "unknown DIFA setting")
-        values = dict(data)
-        if "clips" in values:
-            values["clips"] = tuple(ClipConfig.from_dict(c) for c in values["clips"])
-        for name in ("betas", "clip_weights"):
-            if values.get(name) is not None:
-                values[name] = tuple(values[name])
-        return cls(**values)
-
-    def weights_for(self, n_clips: int) -> tuple[float, ...]:
-        if self.clip_weights is None:
-            return (1.0,) * n_clips
-        if len(self.clip_weights) != n_clips:
-            raise InvalidInputError("clip_weights", f"{len(self.clip_weights)} weights for {n_clips} CLIP models")
-        return tuple(self.clip_weights)
 
 
 class AdaptationCancelled(FaceEditError):
@@ -138,138 +92,6 @@ class AdaptationResult:
         record = {"method": "difa", "iterations": self.iterations, "seconds": round(self.seconds, 2),
                   "difa_config": self.config.to_dict(), **(info or {})}
         return save_delta(self.apply(base), base, path, record)
-
-
-# -- losses ----------------------------------------------------------------------------------------
-def reference_direction(reference_embedding: Tensor, source_mean: Tensor) -> Tensor:
-    """Unit CLIP direction from the source domain's mean embedding to the reference: [E]."""
-    direction = reference_embedding.reshape(-1) - source_mean.reshape(-1)
-    return F.normalize(direction, dim=0)
-
-
-def global_loss(target_embedding: Tensor, source_embedding: Tensor, direction: Tensor) -> Tensor:
-    """1 − cos(normalize(e(G_t) − e(G_s)), direction), averaged over the batch; embeddings [B, E].
-
-    A pair whose images still coincide (the first step of a generator without noise) has no
-    direction yet: it scores 1, like an orthogonal one, with zero gradient instead of a 1/eps one.
-    """
-    assert target_embedding.shape == source_embedding.shape and target_embedding.ndim == 2
-    diff = target_embedding - source_embedding  # [B, E]
-    norm = diff.norm(dim=-1, keepdim=True)  # [B, 1]
-    cosine = (diff / norm.clamp_min(_MIN_STEP)) @ direction.reshape(-1)  # [B]
-    cosine = torch.where(norm.squeeze(-1) > _MIN_STEP, cosine, torch.zeros_like(cosine))
-    return (1.0 - cosine).mean()
-
-
-def local_loss(generated_tokens: Tensor, reference_tokens: Tensor) -> Tensor:
-    """Relaxed earth mover's distance between unit token sets: generated [B, N, W], reference [1, M, W].
-
-    Cost C = 1 − cosine; each token travels to its nearest token in the other set, and the larger of
-    the two directed means is the bound on the EMD that is minimised.
-    """
-    assert generated_tokens.ndim == 3 and reference_tokens.ndim == 3
-    cost = 1.0 - generated_tokens @ reference_tokens.transpose(1, 2)  # [B, N, M]
-    generated_to_reference = cost.min(dim=2).values.mean(dim=1)  # [B]
-    reference_to_generated = cost.min(dim=1).values.mean(dim=1)  # [B]
-    return torch.maximum(generated_to_reference, reference_to_generated).mean()
-
-
-def consistency_mask(source_window_mean: Tensor, target_window_mean: Tensor, alpha: float) -> Tensor:
-    """1 on the `alpha` fraction of code dims whose mean moved least between domains (the shared attributes): [F]."""
-    assert source_window_mean.shape == target_window_mean.shape and source_window_mean.ndim == 1
-    shift = (target_window_mean - source_window_mean).abs()  # [F]
-    keep = int(alpha * shift.numel())
-    mask = torch.zeros_like(shift)
-    mask[torch.topk(shift, keep, largest=False).indices] = 1.0
-    return mask
-
-
-def consistency_loss(target_codes: Tensor, source_codes: Tensor, mask: Tensor) -> Tensor:
-    """L1 between masked flattened e4e codes [B, F], averaged over every dim (masked ones count as 0)."""
-    assert target_codes.shape == source_codes.shape and target_codes.shape[1:] == mask.shape
-    return (mask * (target_codes - source_codes)).abs().mean()
-
-
-def consistency_ramp(iteration: int, window: int, iterations: int) -> float:
-    """Upstream's ramp: off while the windows fill, then linear to 1 at the last iteration."""
-    if iterations <= window:
-        return 0.0
-    return max(0.0, (iteration - window) / (iterations - window))
-
-
-class CodeWindow:
-    """Batch-mean e4e codes of the last `size` iterations, for source and target images."""
-
-    def __init__(self, size: int):
-        self.source: deque[Tensor] = deque(maxlen=size)
-        self.target: deque[Tensor] = deque(maxlen=size)
-
-    def push(self, source_codes: Tensor, target_codes: Tensor) -> None:
-        self.source.append(source_codes.detach().mean(dim=0))  # [F]
-        self.target.append(target_codes.detach().mean(dim=0))
-
-    def mask(self, alpha: float) -> Tensor:
-        return consistency_mask(torch.stack(list(self.source)).mean(0), torch.stack(list(self.target)).mean(0), alpha)
-
-    def state(self) -> dict[str, Tensor]:
-        return {"source": torch.stack(list(self.source)), "target": torch.stack(list(self.target))}
-
-    def load(self, state: dict[str, Tensor]) -> None:
-        self.source.clear()
-        self.target.clear()
-        self.source.extend(state["source"].unbind(0))
-        self.target.extend(state["target"].unbind(0))
-
-
-def encode_first_layers(encoder: Encoder, images: Tensor, keep: int) -> Tensor:
-    """e4e codes of the first `keep` W+ layers, flattened: [B, keep·D]."""
-    codes = encoder.encode(images)  # [B, n_latent, D]
-    keep = min(keep, codes.shape[1])
-    return codes[:, :keep].reshape(codes.shape[0], -1)  # [B, keep·D]
-
-
-# -- where means and checkpoints are kept ----------------------------------------------------------
-class BlobCache(Protocol):
-    """Bytes by key, where mean source embeddings and checkpoints are kept between runs (the artifact
-    store, or a directory); `put` must replace atomically, so a reader never sees half an object."""
-
-    def get(self, key: str) -> bytes | None: ...
-
-    def put(self, key: str, data: bytes) -> None: ...
-
-
-class MemoryCache:
-    """A BlobCache in memory: for one process's runs (an evaluation over several styles, tests)."""
-
-    def __init__(self) -> None:
-        self.blobs: dict[str, bytes] = {}
-
-    def get(self, key: str) -> bytes | None:
-        return self.blobs.get(key)
-
-    def put(self, key: str, data: bytes) -> None:
-        self.blobs[key] = data
-
-
-class DirectoryCache:
-    """A BlobCache on a local directory (the artifact store's default backend)."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    def get(self, key: str) -> bytes | None:
-        path = self.root / key
-        return path.read_bytes() if path.is_file() else None
-
-    def where(self, key: str) -> str:
-        return str(self.root / key)
-
-    def put(self, key: str, data: bytes) -> None:
-        path = self.root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)  # readers never see half a file
 
 
 # -- training --------------------------------------------------------------------------------------
@@ -474,7 +296,8 @@ def adapt(base_generator: Generator, encoder: Encoder, clip_models: Sequence[Cli
             checkpoint(iteration)
             raise AdaptationCancelled(iteration)
         z = torch.randn(config.batch_size, source.style_dim, generator=rng).to(device)  # [B, D]
-        noise = (source.make_noise(config.batch_size, generator=rng), source.make_noise(config.batch_size, generator=rng))
+        noise = (source.make_noise(config.batch_size, generator=rng),
+                 source.make_noise(config.batch_size, generator=rng))
         loss, parts = difa_losses(source, target, encoder, clip_models, prepared, windows, z, noise, iteration,
                                   config)
         optimizer.zero_grad(set_to_none=True)
@@ -490,37 +313,3 @@ def adapt(base_generator: Generator, encoder: Encoder, clip_models: Sequence[Cli
     delta = {name: p.detach().clone() for name, p in target.named_parameters() if p.requires_grad}
     return AdaptationResult(delta, config.iterations, history, time.perf_counter() - started,
                             prepared.base_fingerprint, config, resumed_from=start)
-
-
-def load_clips(config: DifaConfig, device: str | torch.device = "cpu") -> list[ClipModel]:
-    """The CLIP models `config.clips` names, loaded from their local weights."""
-    from faceedit.adaptation.clip import load_clip
-
-    missing = [c.architecture for c in config.clips if c.weights is None]
-    if missing:
-        raise InvalidInputError("clips", f"no local weights given for {missing}; DIFA needs trained CLIP models")
-    return [load_clip(c, device) for c in config.clips]
-
-
-__all__ = [
-    "AdaptationCancelled",
-    "AdaptationResult",
-    "BlobCache",
-    "CodeWindow",
-    "DifaConfig",
-    "DirectoryCache",
-    "MemoryCache",
-    "adapt",
-    "cached_source_clip_mean",
-    "consistency_loss",
-    "consistency_mask",
-    "consistency_ramp",
-    "difa_losses",
-    "encode_first_layers",
-    "global_loss",
-    "load_clips",
-    "local_loss",
-    "make_target",
-    "reference_direction",
-    "source_clip_mean",
-]

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from faceedit.adaptation.blob_cache import MemoryCache
 from faceedit.adaptation.clip import ClipModel
-from faceedit.adaptation.difa import AdaptationResult, DifaConfig, MemoryCache, adapt, cached_source_clip_mean
+from faceedit.adaptation.clip_mean import cached_source_clip_mean
+from faceedit.adaptation.difa import AdaptationResult, adapt
+from faceedit.adaptation.difa_config import DifaConfig
 from faceedit.editing.boundary import Boundary
 from faceedit.editing.quality import evaluate_edits
 from faceedit.errors import InvalidInputError

@@ -5,22 +5,21 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 from torch import Tensor
 
+from faceedit import artifacts
 from faceedit.errors import CheckpointFormatError, InvalidInputError
 from faceedit.models.stylegan2 import Generator
 
 # The styled convolutions carry the appearance; mapping, constant input and ToRGB stay as in the
 # base so the latent space (and with it the editing directions) keeps its meaning.
 TRAINABLE_PREFIXES = ("conv1.", "convs.")
+FINETUNE_STATE_KIND = "finetune-state"
 
 ProgressFn = Callable[[int, int, float], None]  # (iterations done, total, loss)
 CancelFn = Callable[[], bool]  # True → stop at the next step boundary
@@ -50,7 +49,7 @@ class FinetuneConfig:
             raise InvalidInputError("mse_weight", f"must be >= 0, got {self.mse_weight!r}")
 
     @classmethod
-    def from_dict(cls, data: dict) -> "FinetuneConfig":
+    def from_dict(cls, data: dict) -> FinetuneConfig:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
@@ -68,24 +67,26 @@ class FinetuneState:
     config: FinetuneConfig
 
     def to_bytes(self) -> bytes:
-        tensors = {f"param.{k}": v.detach().cpu().contiguous() for k, v in self.params.items()}
-        tensors.update({f"adam.{k}": v.detach().cpu().contiguous() for k, v in self.optimizer.items()})
-        meta = {"faceedit.kind": "finetune-state", "iteration": str(self.iteration),
-                "config": json.dumps(asdict(self.config), sort_keys=True)}
-        return save_tensors(tensors, metadata=meta)
+        tensors = {f"param.{k}": v for k, v in self.params.items()}
+        tensors.update({f"adam.{k}": v for k, v in self.optimizer.items()})
+        extra = {"iteration": str(self.iteration), "config": json.dumps(asdict(self.config), sort_keys=True)}
+        meta = artifacts.metadata(FINETUNE_STATE_KIND, extra=extra)
+        return artifacts.to_bytes(tensors, meta)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "FinetuneState":
+    def from_bytes(cls, data: bytes) -> FinetuneState:
+        source = "<finetune state>"
         try:
-            tensors = load_tensors(data)
-            header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
-            meta = header.get("__metadata__") or {}
-            if meta.get("faceedit.kind") != "finetune-state":
+            artifact = artifacts.from_bytes(data, source)
+            if artifact.kind != FINETUNE_STATE_KIND:
                 raise ValueError("not a finetune-state file")
-            config = FinetuneConfig.from_dict(json.loads(meta["config"]))
-            iteration = int(meta["iteration"])
-        except (SafetensorError, ValueError, KeyError, json.JSONDecodeError) as exc:
-            raise CheckpointFormatError("<finetune state>", f"unreadable resume state ({exc})") from None
+            config = FinetuneConfig.from_dict(json.loads(artifact.metadata["config"]))
+            iteration = int(artifact.metadata["iteration"])
+        except CheckpointFormatError as exc:
+            raise CheckpointFormatError(source, f"unreadable resume state ({exc.problem})") from None
+        except (ValueError, KeyError, json.JSONDecodeError) as exc:
+            raise CheckpointFormatError(source, f"unreadable resume state ({exc})") from None
+        tensors = artifact.tensors
         params = {k[len("param."):]: v for k, v in tensors.items() if k.startswith("param.")}
         optimizer = {k[len("adam."):]: v for k, v in tensors.items() if k.startswith("adam.")}
         return cls(iteration, params, optimizer, config)

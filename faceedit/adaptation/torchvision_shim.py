@@ -1,4 +1,5 @@
-"""Import open_clip on CPU-only torch when the installed torchvision is a CUDA build (workaround, used only on failure)."""
+"""Import open_clip on CPU-only torch when the installed torchvision is a CUDA build
+(workaround, used only on failure)."""
 
 from __future__ import annotations
 

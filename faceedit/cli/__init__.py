@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
 
+from faceedit.cli.groups import CommandGroups
 from faceedit.errors import FaceEditError
-
-
-@dataclass
-class CommandGroups:
-    """Where command modules add their sub-commands: top level, `faceedit train …` and `faceedit eval …`."""
-
-    top: argparse._SubParsersAction
-    train: argparse._SubParsersAction
-    eval: argparse._SubParsersAction
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""`faceedit train clip | eval clip | eval adaptation | prepare clip-mean`: the demo CLIP, DIFA on the zoo, its source mean."""
+"""`faceedit train clip | eval clip | eval adaptation | prepare clip-mean`:
+the demo CLIP, DIFA on the zoo, its source mean."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from faceedit.cli import CommandGroups
+    from faceedit.cli.groups import CommandGroups
 
 
 def cmd_train_clip(args: argparse.Namespace) -> int:
@@ -51,7 +52,7 @@ def _zoo_file(name: str) -> Path:
 
 def cmd_eval_clip(args: argparse.Namespace) -> int:
     from faceedit.adaptation.clip import ClipConfig, load_clip
-    from faceedit.checkpoints import sidecar_path
+    from faceedit.artifacts import sidecar_path
     from faceedit.training.cards import update_card
     from faceedit.training.clip import EVAL_SEED_OFFSET, render_set, zero_shot_accuracy
 
@@ -71,7 +72,7 @@ def cmd_eval_adaptation(args: argparse.Namespace) -> int:
 
     from faceedit.adaptation.clip import load_clip, parse_clip_spec
     from faceedit.adaptation.evaluate import AdaptationEvalConfig, evaluate_adaptation
-    from faceedit.checkpoints import sha256_file
+    from faceedit.artifacts import sha256_file
     from faceedit.editing.boundary import load_boundaries
     from faceedit.errors import FaceEditError, InvalidInputError, NotFoundError
     from faceedit.models import load_encoder, load_generator
@@ -141,9 +142,10 @@ def cmd_eval_adaptation(args: argparse.Namespace) -> int:
 def cmd_prepare_clip_mean(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from faceedit.adaptation.blob_cache import DirectoryCache
     from faceedit.adaptation.clip import load_clip, parse_clip_spec
     from faceedit.adaptation.clip_mean import prepare_source_mean
-    from faceedit.adaptation.difa import DifaConfig, DirectoryCache
+    from faceedit.adaptation.difa_config import DifaConfig
     from faceedit.errors import InvalidInputError
     from faceedit.models import load_generator
 
@@ -182,7 +184,7 @@ def cmd_prepare_clip_mean(args: argparse.Namespace) -> int:
     return 0
 
 
-def _device(name: str | None) -> "torch.device":
+def _device(name: str | None) -> torch.device:
     import torch
 
     from faceedit.errors import InvalidInputError
@@ -198,7 +200,7 @@ def _device(name: str | None) -> "torch.device":
     return device
 
 
-def register(commands: "CommandGroups") -> None:
+def register(commands: CommandGroups) -> None:
     from faceedit.training.clip import ClipTrainConfig
 
     defaults = ClipTrainConfig()
@@ -250,7 +252,7 @@ def register(commands: "CommandGroups") -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.set_defaults(run=cmd_eval_adaptation)
 
-    from faceedit.adaptation.difa import DifaConfig
+    from faceedit.adaptation.difa_config import DifaConfig
 
     difa = DifaConfig()
     prepare = commands.top.add_parser("prepare", help="compute what later runs reuse").add_subparsers(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from faceedit.errors import InvalidInputError, NotFoundError
 
@@ -22,7 +23,7 @@ faceedit eval edits --n 192 --record --json model_store/demo/boundaries/edit_qua
 DEFAULT_ANIMATED = ("age", "smile", "yaw", "glasses")
 
 if TYPE_CHECKING:
-    from faceedit.cli import CommandGroups
+    from faceedit.cli.groups import CommandGroups
     from faceedit.models import Generator
 
 
@@ -39,8 +40,8 @@ def _select(available: Iterable[str], names: list[str] | None) -> list[str]:
     return list(names) if names else available
 
 
-def _generator(path: str | None) -> tuple["Generator", str, Path]:
-    from faceedit.checkpoints import sha256_file
+def _generator(path: str | None) -> tuple[Generator, str, Path]:
+    from faceedit.artifacts import sha256_file
     from faceedit.models import load_generator
     from faceedit.zoo import paths
 
@@ -53,7 +54,7 @@ def _generator(path: str | None) -> tuple["Generator", str, Path]:
 def cmd_train_boundary(args: argparse.Namespace) -> int:
     import torch
 
-    from faceedit.checkpoints import sha256_file
+    from faceedit.artifacts import sha256_file
     from faceedit.editing.boundary import MAX_SAMPLES, check_count, check_selection, sample_scores, train_boundaries
     from faceedit.editing.layers import resolve_layers
     from faceedit.synth.scorer import default_scorer_path, load_scorer
@@ -175,7 +176,7 @@ def cmd_eval_edits(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(commands: "CommandGroups") -> None:
+def register(commands: CommandGroups) -> None:
     epilog = f"The demo zoo's boundaries, their measurements and docs/edits are built by:\n{ZOO_COMMANDS}"
     p = commands.train.add_parser("boundary", help="InterfaceGAN boundaries (linear SVMs in W) for scorer attributes",
                                   epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)

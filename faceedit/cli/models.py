@@ -11,17 +11,18 @@ from typing import TYPE_CHECKING
 from faceedit.errors import FaceEditError
 
 if TYPE_CHECKING:
-    from faceedit.cli import CommandGroups
+    from faceedit.cli.groups import CommandGroups
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from faceedit.checkpoints import read_checkpoint, sha256_file
+    from faceedit.artifacts import sha256_file
+    from faceedit.checkpoints import DELTA_KIND, read_checkpoint
     from faceedit.models.loading import encoder_from_checkpoint, generator_from_checkpoint
 
     ckpt = read_checkpoint(args.checkpoint)
     report: dict = {"file": str(ckpt.path), "format": ckpt.format, "kind": ckpt.kind,
                     "sha256": ckpt.sha256 or sha256_file(ckpt.path)}
-    if ckpt.generator is not None and ckpt.kind != "generator-delta":
+    if ckpt.generator is not None and ckpt.kind != DELTA_KIND:
         generator = generator_from_checkpoint(ckpt)
         report["generator"] = {**generator.config.to_dict(), "n_latent": generator.n_latent,
                                "parameters": sum(p.numel() for p in generator.parameters()),
@@ -84,7 +85,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(commands: "CommandGroups") -> None:
+def register(commands: CommandGroups) -> None:
     sub = commands.top
     p = sub.add_parser("inspect", help="format, config, n_latent and sha256 of a checkpoint")
     p.add_argument("checkpoint")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from faceedit.cli import CommandGroups
+    from faceedit.cli.groups import CommandGroups
 
 
 def _command_line() -> str:
@@ -70,8 +70,13 @@ def cmd_eval_zoo(args: argparse.Namespace) -> int:
     from faceedit.models import load_encoder, load_generator
     from faceedit.synth import load_scorer
     from faceedit.training.cards import update_card
-    from faceedit.training.evaluate import (ZooEvalConfig, format_report, inversion_quality, sample_quality,
-                                            write_figures)
+    from faceedit.training.evaluate import (
+        ZooEvalConfig,
+        format_report,
+        inversion_quality,
+        sample_quality,
+        write_figures,
+    )
     from faceedit.zoo import paths
 
     files = paths()
@@ -80,7 +85,8 @@ def cmd_eval_zoo(args: argparse.Namespace) -> int:
     encoder = load_encoder(encoder_path) if encoder_path else None
     scorer = load_scorer(args.scorer)
     config = ZooEvalConfig(n_samples=args.n_samples, n_inversion=args.n_inversion, seed=args.seed)
-    sample = sample_quality(generator, scorer, config, independent=_independent_embedder(args.clip or files.get("clip")))
+    sample = sample_quality(generator, scorer, config,
+                            independent=_independent_embedder(args.clip or files.get("clip")))
     inversion = inversion_quality(generator, encoder, scorer, config) if encoder is not None else None
     print(format_report(sample, inversion))
     if args.docs:
@@ -97,13 +103,14 @@ def cmd_eval_zoo(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(commands: "CommandGroups") -> None:
+def register(commands: CommandGroups) -> None:
     p = commands.train.add_parser("generator", help="distil the face renderer into the demo StyleGAN2 (resumable)")
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--scorer", default=None, help="perceptual critic (default: the zoo's scorer)")
     p.add_argument("--perceptual-weight", type=float, default=None,
-                   help="weight of the scorer's feature and attribute distances (0: pixels only; default: the config's)")
+                   help="weight of the scorer's feature and attribute distances "
+                        "(0: pixels only; default: the config's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--work-dir", default="runs/generator", help="training state, resumed from if present")
@@ -121,7 +128,8 @@ def register(commands: "CommandGroups") -> None:
     p.add_argument("--work-dir", default="runs/encoder")
     p.add_argument("--out", default=None, help="default: the zoo's encoder.pt")
     p.add_argument("--time-budget-min", type=float, default=None, help="stop (resumably) after this long")
-    p.add_argument("--stop-at-step", type=int, default=None, help="stop (resumably) at this step of the --steps schedule")
+    p.add_argument("--stop-at-step", type=int, default=None,
+                   help="stop (resumably) at this step of the --steps schedule")
     p.set_defaults(run=cmd_train_encoder)
 
     from faceedit.training.scorer import add_arguments
@@ -134,7 +142,8 @@ def register(commands: "CommandGroups") -> None:
     p.add_argument("--generator", default=None)
     p.add_argument("--encoder", default=None)
     p.add_argument("--scorer", default=None)
-    p.add_argument("--clip", default=None, help="CLIP for the independent KID, \"[architecture=]weights\" (default: the zoo's CLIP)")
+    p.add_argument("--clip", default=None,
+                   help="CLIP for the independent KID, \"[architecture=]weights\" (default: the zoo's CLIP)")
     p.add_argument("--n-samples", type=int, default=2000)
     p.add_argument("--n-inversion", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)

@@ -12,7 +12,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from faceedit.editing.directions import check_generator_match, load_boundary_file, save_boundary
+from faceedit.editing.directions import (
+    check_generator_match,
+    load_boundary_file,
+    save_boundary,
+)
 from faceedit.errors import CheckpointFormatError, InvalidInputError
 from faceedit.models.stylegan2 import Generator
 
@@ -61,7 +65,7 @@ class Boundary:
         return save_boundary(path, self.normal, {**self.metadata, "offset": self.offset, "accuracy": self.accuracy})
 
     @classmethod
-    def load(cls, path: str | Path) -> "Boundary":
+    def load(cls, path: str | Path) -> Boundary:
         normal, metadata = load_boundary_file(path)
         if normal.ndim != 1 or "offset" not in metadata or "accuracy" not in metadata:
             raise CheckpointFormatError(path, "not a trained boundary: needs a [D] normal and offset/accuracy metadata")

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
-from faceedit.checkpoints import sha256_file, sidecar_path
-from faceedit.errors import CheckpointFormatError, ChecksumMismatchError, InvalidInputError
+from faceedit import artifacts
+from faceedit.errors import CheckpointFormatError, InvalidInputError
 
 BOUNDARY_KIND = "boundary"
 NORMAL_KEY = "normal"
@@ -126,38 +124,19 @@ def save_boundary(path: str | Path, normal: Tensor, metadata: Mapping[str, Any])
     if path.suffix != ".safetensors":
         raise InvalidInputError("path", f"boundary files end in .safetensors, got {path.name}")
     normal = unit_rows(normal.detach().cpu(), "normal").contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({NORMAL_KEY: normal}, str(path), metadata={"faceedit.kind": BOUNDARY_KIND})
-    sha = sha256_file(path)
-    record = {"kind": BOUNDARY_KIND, "file": path.name, "sha256": sha, "shape": list(normal.shape), **dict(metadata)}
-    sidecar_path(path).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    return sha
+    record = {"kind": BOUNDARY_KIND, "shape": list(normal.shape), **dict(metadata)}
+    return artifacts.write(path, {NORMAL_KEY: normal}, artifacts.metadata(BOUNDARY_KIND), record)
 
 
 def load_boundary_file(path: str | Path) -> tuple[Tensor, dict[str, Any]]:
     """Our boundary format: (unit normal, metadata from the sidecar; {} if there is none)."""
     path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            if f.metadata() is None or f.metadata().get("faceedit.kind") != BOUNDARY_KIND:
-                raise CheckpointFormatError(path, "safetensors file is not a faceedit boundary (faceedit.kind)")
-            if NORMAL_KEY not in f.keys():
-                raise CheckpointFormatError(path, f"no {NORMAL_KEY!r} tensor")
-            normal = f.get_tensor(NORMAL_KEY)
-    except SafetensorError as exc:
-        raise CheckpointFormatError(path, f"not a readable safetensors file ({exc})") from None
-    sidecar = sidecar_path(path)
-    metadata: dict[str, Any] = {}
-    if sidecar.is_file():
-        try:
-            metadata = json.loads(sidecar.read_text())
-        except json.JSONDecodeError as exc:
-            raise CheckpointFormatError(sidecar, f"invalid JSON ({exc})") from None
-        recorded = metadata.get("sha256")
-        if recorded and recorded != sha256_file(path):
-            raise ChecksumMismatchError(path, f"sha256 differs from the one {sidecar.name} records; "
-                                              "the file was modified")
-    return unit_rows(normal, str(path)), metadata
+    artifact = artifacts.read(path)  # the sidecar's sha256 checked first
+    if artifact.kind != BOUNDARY_KIND:
+        raise CheckpointFormatError(path, "safetensors file is not a faceedit boundary (faceedit.kind)")
+    if NORMAL_KEY not in artifact.tensors:
+        raise CheckpointFormatError(path, f"no {NORMAL_KEY!r} tensor")
+    return unit_rows(artifact.tensors[NORMAL_KEY], str(path)), artifacts.read_sidecar(path)
 
 
 def check_direction(direction: Tensor, n_latent: int, style_dim: int, field: str = "direction") -> None:
@@ -179,10 +158,10 @@ def check_generator_match(metadata: Mapping[str, Any], generator_sha256: str, fi
 
 
 def update_boundary_metadata(path: str | Path, **fields: Any) -> None:
-    """Merge fields (e.g. measured edit quality) into a boundary's JSON sidecar; the weights are untouched."""
-    sidecar = sidecar_path(path)
-    if not sidecar.is_file():
-        raise CheckpointFormatError(path, f"no sidecar {sidecar.name} to update")
-    record = json.loads(sidecar.read_text())
-    record.update(fields)
-    sidecar.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    """Merge fields (e.g. measured edit quality) into a boundary's JSON sidecar; the weights are untouched
+    (and must still match the sha256 it records)."""
+    record = artifacts.read_sidecar(path)
+    if not record:
+        raise CheckpointFormatError(path, f"no sidecar {artifacts.sidecar_path(path).name} to update")
+    artifacts.verify_sidecar(path)
+    artifacts.write_sidecar(path, {**record, **fields})

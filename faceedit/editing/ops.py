@@ -116,7 +116,7 @@ class Edit:
         """The direction after conditioning, [D] or [L, D], unit rows."""
         return condition(self.direction, self.conditions) if self.conditions else self.direction
 
-    def with_strength(self, strength: float | Tensor) -> "Edit":
+    def with_strength(self, strength: float | Tensor) -> Edit:
         return Edit(self.direction, strength, self.layers, self.conditions, self.mode, self.offset)
 
 

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from faceedit.artifacts import sha256_file
 from faceedit.checkpoints import (
+    DELTA_KIND,
+    ENCODER_KIND,
     FACEEDIT,
+    GENERATOR_KIND,
     Checkpoint,
     read_checkpoint,
-    sha256_file,
     write_safetensors,
 )
 from faceedit.errors import CheckpointError, CheckpointMismatchError, FaceEditError
+from faceedit.models.delta import apply_delta
 from faceedit.models.encoders import Encoder, EncoderConfig, infer_encoder_config
 from faceedit.models.stylegan2 import Generator, GeneratorConfig, standard_channels
 
@@ -105,7 +109,7 @@ def generator_from_checkpoint(ckpt: Checkpoint) -> Generator:
     if ckpt.generator is None:
         raise CheckpointError(ckpt.path, f"holds no generator weights (it is a {ckpt.kind} checkpoint); "
                                          "pass it to load_encoder instead")
-    if ckpt.kind == "generator-delta":
+    if ckpt.kind == DELTA_KIND:
         raise CheckpointError(ckpt.path, "is an adaptation delta: load it onto its base generator")
     config = GeneratorConfig.from_dict(ckpt.config) if ckpt.format == FACEEDIT else None
     return build_generator(ckpt.generator, config, ckpt.latent_avg, source)
@@ -140,12 +144,10 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu",
     from, as a path or a loaded Generator; a delta trained on other weights is refused.
     """
     ckpt = read_checkpoint(path)
-    if ckpt.kind != "generator-delta":
+    if ckpt.kind != DELTA_KIND:
         return generator_from_checkpoint(ckpt).to(device)
     if base is None:
         raise CheckpointError(ckpt.path, "is an adaptation delta: pass its base generator as `base=`")
-    from faceedit.adaptation.delta import apply_delta
-
     base_generator = base if isinstance(base, Generator) else load_generator(base)
     return apply_delta(base_generator, path).to(device)
 
@@ -162,17 +164,17 @@ def convert_checkpoint(src: str | Path, out_dir: str | Path, trust_pickle: bool 
     ckpt = read_checkpoint(src, trust_pickle=trust_pickle)
     provenance = {"source": src.name, "source_format": ckpt.format, "source_sha256": sha256_file(src)}
     written: list[Path] = []
-    if ckpt.generator is not None and ckpt.kind != "generator-delta":
+    if ckpt.generator is not None and ckpt.kind != DELTA_KIND:
         generator = generator_from_checkpoint(ckpt)
         tensors = {**generator.state_dict(), "latent_avg": generator.w_avg}
         target = out_dir / "generator.safetensors"
-        write_safetensors(target, tensors, "generator", generator.config.to_dict(), provenance)
+        write_safetensors(target, tensors, GENERATOR_KIND, generator.config.to_dict(), provenance)
         written.append(target)
     if ckpt.encoder is not None:
         encoder = encoder_from_checkpoint(ckpt)
         tensors = {**encoder.state_dict(), "latent_avg": encoder.latent_avg}
         target = out_dir / "encoder.safetensors"
-        write_safetensors(target, tensors, "encoder", encoder.config.to_dict(), provenance)
+        write_safetensors(target, tensors, ENCODER_KIND, encoder.config.to_dict(), provenance)
         written.append(target)
     if not written:
         raise FaceEditError(f"{src}: nothing to convert")

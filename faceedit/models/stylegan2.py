@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field, replace
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +88,7 @@ class GeneratorConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict) -> "GeneratorConfig":
+    def from_dict(cls, data: dict) -> GeneratorConfig:
         known = {"size", "style_dim", "n_mlp", "channel_multiplier", "lr_mlp", "channels"}
         unknown = set(data) - known
         if unknown:
@@ -96,9 +97,6 @@ class GeneratorConfig:
         if data.get("channels") is not None:
             data["channels"] = {int(k): int(v) for k, v in data["channels"].items()}
         return cls(**data)
-
-    def with_channels(self, channels: dict[int, int]) -> "GeneratorConfig":
-        return replace(self, channels=channels)
 
 
 def _autocast_dtype(x: Tensor) -> torch.dtype | None:

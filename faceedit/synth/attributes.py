@@ -33,11 +33,13 @@ def _spec(name: str, kind: str, low: float, high: float, description: str) -> tu
 
 
 ATTRIBUTES: Mapping[str, AttributeSpec] = MappingProxyType(dict([
-    _spec("age", "continuous", 0.0, 1.0, "young..old: forehead and eye wrinkles, nasolabial lines, grey to white hair, thinner lips"),
+    _spec("age", "continuous", 0.0, 1.0,
+          "young..old: forehead and eye wrinkles, nasolabial lines, grey to white hair, thinner lips"),
     _spec("smile", "continuous", 0.0, 1.0, "mouth corners curve up and the mouth widens; smile lines deepen"),
     _spec("mouth_open", "continuous", 0.0, 1.0, "lips part showing teeth and a dark mouth; the chin drops a little"),
     _spec("eyes_open", "continuous", 0.0, 1.0, "closed..open: the upper eyelid covers the iris as it closes"),
-    _spec("yaw", "continuous", -1.0, 1.0, "head turn, -1 facing the viewer's left .. 1 right (about 34 degrees); far side compressed"),
+    _spec("yaw", "continuous", -1.0, 1.0,
+          "head turn, -1 facing the viewer's left .. 1 right (about 34 degrees); far side compressed"),
     _spec("pitch", "continuous", -1.0, 1.0, "head tilt, -1 down .. 1 up (about 20 degrees): features slide up or down"),
     _spec("glasses", "binary", 0.0, 1.0, "spectacles with visible frames; some pairs are tinted"),
     _spec("beard", "continuous", 0.0, 1.0, "beard and moustache density, from none through stubble to full"),
@@ -152,5 +154,6 @@ def validate_attributes(attrs, style_index: int) -> dict[str, np.ndarray]:
     if "style" in attrs:
         style = _as_column("style", attrs["style"])
         if not np.all(style == style_index):
-            raise InvalidInputError("attrs", f"style entry {style[:4].tolist()} does not match style index {style_index}")
+            raise InvalidInputError("attrs",
+                                    f"style entry {style[:4].tolist()} does not match style index {style_index}")
     return columns

@@ -3,14 +3,36 @@
 from __future__ import annotations
 
 import math
+
 import numpy as np
 
 from faceedit.synth.geometry import Head, Surf, clamp, ring, smoothstep
 from faceedit.synth.hair import paint_back_hair, paint_hair_cap, paint_side_locks
 from faceedit.synth.identity import Identity
-from faceedit.synth.layout import (BACKGROUND_STOPS, BROW_V, EYE_HALF_WIDTH, EYE_LOW, EYE_OPEN_UP, HALF7, HALF11,
-                                   HEAD_CENTRE, LIP_RED, MOUTH_HALF_WIDTH, MOUTH_V, NOSE_TIP_V, SIDEBURN_V, SMILE_CURVE,
-                                   SMILE_WIDEN, SPAN7, SPAN9, SPAN13, Palette, mix, palette, ramp)
+from faceedit.synth.layout import (
+    BACKGROUND_STOPS,
+    BROW_V,
+    EYE_HALF_WIDTH,
+    EYE_LOW,
+    EYE_OPEN_UP,
+    HALF7,
+    HALF11,
+    HEAD_CENTRE,
+    LIP_RED,
+    MOUTH_HALF_WIDTH,
+    MOUTH_V,
+    NOSE_TIP_V,
+    SIDEBURN_V,
+    SMILE_CURVE,
+    SMILE_WIDEN,
+    SPAN7,
+    SPAN9,
+    SPAN13,
+    Palette,
+    mix,
+    palette,
+    ramp,
+)
 
 EYE_WHITE = np.array((238, 234, 228), float)
 PUPIL = np.array((14, 10, 10), float)
@@ -220,7 +242,8 @@ def paint_nose(cv, ident: Identity, attrs: dict[str, float], pal: Palette) -> No
     base = Surf(t * w, tip_v + 0.045 - 0.03 * t * t, lift * (0.6 - 0.5 * np.abs(t)))
     cv.stroke(base, pal.skin * 0.55, 0.008, alpha=0.55, ink=0.8)
     for s in (-1.0, 1.0):
-        cv.fill(Surf(*ring(s * w * 0.45, tip_v + 0.035, w * 0.25, 0.018, n=8), lift * 0.45), pal.skin * 0.32, alpha=0.85)
+        cv.fill(Surf(*ring(s * w * 0.45, tip_v + 0.035, w * 0.25, 0.018, n=8), lift * 0.45), pal.skin * 0.32,
+                alpha=0.85)
     cv.fill(Surf(*ring(0.0, tip_v - 0.03, w * 0.28, 0.03, n=8), lift * 0.95), np.minimum(pal.skin * 1.12 + 12, 255),
             alpha=0.35)
 
@@ -270,7 +293,8 @@ def paint_wrinkles(cv, ident: Identity, attrs: dict[str, float], pal: Palette) -
     if lines > 0.0:
         t = SPAN9
         for k, v in enumerate((-0.36, -0.43, -0.5)):
-            cv.stroke(Surf(t * (0.42 - 0.05 * k), v + 0.025 * t * t + ident.eye_v), line, 0.008, alpha=0.75 * lines, ink=0.0)
+            cv.stroke(Surf(t * (0.42 - 0.05 * k), v + 0.025 * t * t + ident.eye_v), line, 0.008,
+                      alpha=0.75 * lines, ink=0.0)
         for side in (-1.0, 1.0):
             corner = side * (ident.eye_u + EYE_HALF_WIDTH * ident.eye_size + 0.04)
             for dv in (-0.04, 0.0, 0.04):
@@ -318,10 +342,12 @@ def paint_glasses(cv, ident: Identity) -> None:
             cv.fill(lens, (28, 30, 36), alpha=0.72)
         else:
             cv.fill(lens, LENS_GLARE, alpha=0.12)
-            glare = Surf(side * ident.eye_u + np.array([-0.1, 0.02]) * ru / 0.25, ident.eye_v + np.array([-0.03, -0.1]), lift)
+            glare = Surf(side * ident.eye_u + np.array([-0.1, 0.02]) * ru / 0.25,
+                         ident.eye_v + np.array([-0.03, -0.1]), lift)
             cv.stroke(glare, LENS_GLARE, 0.008, alpha=0.45, ink=0.0)
         cv.stroke(lens, ident.frame_colour, frame_w, ink=1.0, closed=True)
-        arm = Surf(np.array([side * (ident.eye_u + ru), side * 1.0]), np.array([ident.eye_v, 0.05]), np.array([lift, -0.05]))
+        arm = Surf(np.array([side * (ident.eye_u + ru), side * 1.0]), np.array([ident.eye_v, 0.05]),
+                   np.array([lift, -0.05]))
         cv.stroke(arm, ident.frame_colour, frame_w * 0.8, ink=1.0)
     bu = np.linspace(-(ident.eye_u - ru), ident.eye_u - ru, 5)
     bridge = Surf(bu, ident.eye_v - 0.03 - 0.03 * np.cos(bu / (ident.eye_u - ru) * math.pi / 2), lift)

@@ -9,8 +9,14 @@ import numpy as np
 import torch
 
 from faceedit.errors import InvalidInputError
-from faceedit.synth.attributes import (ATTRIBUTE_NAMES, ATTRIBUTE_UNIFORMS, attributes_from_uniform, draw_attributes,
-                                       face_rng, validate_attributes)
+from faceedit.synth.attributes import (
+    ATTRIBUTE_NAMES,
+    ATTRIBUTE_UNIFORMS,
+    attributes_from_uniform,
+    draw_attributes,
+    face_rng,
+    validate_attributes,
+)
 from faceedit.synth.face import paint_face
 from faceedit.synth.identity import IDENTITY_STREAM, IDENTITY_UNIFORMS, identity_from_uniform, sample_identity
 from faceedit.synth.styles import STYLE_CANVASES
@@ -76,7 +82,8 @@ def _paint(faces, size: int, style: str) -> torch.Tensor:
     return images.mul_(2.0 / 255.0).sub_(1.0)
 
 
-def _paint_batch(columns: dict[str, np.ndarray], size: int, style: str, seed: int, identities: list[int]) -> torch.Tensor:
+def _paint_batch(columns: dict[str, np.ndarray], size: int, style: str, seed: int,
+                 identities: list[int]) -> torch.Tensor:
     """Paint every face of the (validated) attribute columns; face i is the person (seed, identities[i])."""
     faces = [({name: float(col[i]) for name, col in columns.items()},
               sample_identity(face_rng(seed, person, IDENTITY_STREAM)),
@@ -113,7 +120,8 @@ def sample_attributes(n: int, seed: int) -> dict[str, np.ndarray]:
     return draw_attributes(n, seed)
 
 
-def render_faces(n: int, seed: int, size: int = 64, style: str = "photo") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def render_faces(n: int, seed: int, size: int = 64,
+                 style: str = "photo") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """n random faces: images [n, 3, size, size] in [-1, 1] and float32 attributes [n] by name (plus "style").
 
     Face i depends only on (seed, i, size, style), so the first k faces of any batch are the same.

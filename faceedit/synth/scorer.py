@@ -11,18 +11,16 @@ Weights ship as safetensors with `faceedit.kind = "scorer"` metadata plus a side
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from faceedit.checkpoints import sha256_file, sidecar_path, verify_recorded_sha256
+from faceedit import artifacts
 from faceedit.errors import CheckpointError, CheckpointFormatError, CheckpointMismatchError, InvalidInputError
 from faceedit.synth.attributes import ATTRIBUTE_NAMES, ATTRIBUTES
 from faceedit.synth.render import STYLES
@@ -60,7 +58,8 @@ class ScorerConfig:
 
     def __post_init__(self) -> None:
         # Normalise lists (e.g. from JSON) to tuples so the config stays hashable and comparable.
-        for name in ("widths", "attribute_names", "attribute_kinds", "attribute_lows", "attribute_highs", "style_names"):
+        for name in ("widths", "attribute_names", "attribute_kinds", "attribute_lows", "attribute_highs",
+                     "style_names"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         n = len(self.attribute_names)
         if not (len(self.attribute_kinds) == len(self.attribute_lows) == len(self.attribute_highs) == n):
@@ -94,7 +93,7 @@ class ScorerConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ScorerConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> ScorerConfig:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
@@ -107,7 +106,8 @@ class _Stage(nn.Module):
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.down = nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
+        self.down = nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout),
+                                  nn.SiLU())
         self.conv = nn.Sequential(nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -228,19 +228,11 @@ def save_scorer(scorer: Scorer, path: str | Path, info: Mapping[str, Any] | None
 
     `info` (metrics, training command, wall time, hardware...) is merged into the sidecar.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in scorer.state_dict().items()
-               if v.is_floating_point()}
     # Integer buffers (BatchNorm's num_batches_tracked) are training bookkeeping; not shipped.
+    tensors = {k: v.detach().to("cpu", torch.float32) for k, v in scorer.state_dict().items() if v.is_floating_point()}
     config = scorer.config.to_dict()
-    meta = {"faceedit.kind": SCORER_KIND, "faceedit.config": json.dumps(config, sort_keys=True)}
-    save_file(tensors, str(path), metadata=meta)
-    sha = sha256_file(path)
-    record = {"format": "faceedit", "kind": SCORER_KIND, "file": path.name, "sha256": sha,
-              "size_bytes": path.stat().st_size, "config": config, **dict(info or {})}
-    sidecar_path(path).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    return sha
+    record = {"format": "faceedit", "kind": SCORER_KIND, "config": config, **dict(info or {})}
+    return artifacts.write(path, tensors, artifacts.metadata(SCORER_KIND, config), record)
 
 
 def load_scorer(path: str | Path | None = None, device: str | torch.device = "cpu") -> Scorer:
@@ -249,19 +241,14 @@ def load_scorer(path: str | Path | None = None, device: str | torch.device = "cp
     if not path.is_file():
         hint = " (set FACEEDIT_ZOO_DIR or train one: faceedit train scorer)" if path.name == SCORER_FILE else ""
         raise CheckpointError(path, "file does not exist" + hint)
-    verify_recorded_sha256(path)  # ChecksumMismatchError / CheckpointFormatError
+    artifact = artifacts.read(path)  # ChecksumMismatchError / CheckpointFormatError, naming the file
+    if artifact.kind != SCORER_KIND:
+        raise CheckpointFormatError(path, f"not a scorer checkpoint (faceedit.kind={artifact.kind!r})")
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointFormatError(path, f"truncated or corrupt safetensors ({str(exc).strip()[:200]})") from None
-    if meta.get("faceedit.kind") != SCORER_KIND:
-        raise CheckpointFormatError(path, f"not a scorer checkpoint (faceedit.kind={meta.get('faceedit.kind')!r})")
-    try:
-        config = ScorerConfig.from_dict(json.loads(meta.get("faceedit.config", "")))
-    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        config = ScorerConfig.from_dict(artifact.config(required=True))
+    except (TypeError, ValueError) as exc:
         raise CheckpointFormatError(path, f"bad faceedit.config metadata ({exc})") from None
+    tensors = artifact.tensors
     scorer = Scorer(config)
     expected = {k for k, v in scorer.state_dict().items() if v.is_floating_point()}
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
@@ -270,5 +257,6 @@ def load_scorer(path: str | Path | None = None, device: str | torch.device = "cp
     try:
         scorer.load_state_dict(tensors, strict=False)
     except RuntimeError as exc:
-        raise CheckpointMismatchError(path, f"shapes do not match the config ({str(exc).splitlines()[-1][:200]})") from None
+        raise CheckpointMismatchError(
+            path, f"shapes do not match the config ({str(exc).splitlines()[-1][:200]})") from None
     return scorer.to(device).eval()

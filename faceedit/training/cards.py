@@ -1,25 +1,32 @@
-"""Model cards: the sidecar JSON next to a shipped checkpoint (how it was made, its metrics, its sha256)."""
+"""Model cards: the sidecar JSON next to a shipped checkpoint (how it was made, its metrics, its sha256).
+
+One schema for every model of the zoo (generator, encoder, scorer, CLIP): whatever sections a trainer adds
+("model", "config", "metrics", ...), the card has a "training" section holding at least `command` (what was
+run), `commit` (`git_commit()`: the short hash, "+dirty" with local changes) and `hardware` (one string,
+`hardware()`), which `provenance()` gives; the file's name, sha256 and size in bytes come last
+(faceedit.artifacts writes them).
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from faceedit.checkpoints import sha256_file, sidecar_path
+from faceedit import artifacts
 
 
 def hardware() -> str:
     """One line naming where a model was trained (so a card's wall time can be read right)."""
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (CUDA), torch {torch.__version__}"
-    return f"CPU {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    return (f"CPU {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+            f"torch {torch.__version__}")
 
 
 def git_commit() -> str:
@@ -33,29 +40,27 @@ def git_commit() -> str:
         return "unknown"
 
 
+def provenance(command: str) -> dict[str, str]:
+    """The card's required "training" fields: how to rerun it, at which commit, on what."""
+    return {"command": command, "commit": git_commit(), "hardware": hardware()}
+
+
 def write_card(weights: Path, card: dict[str, Any]) -> Path:
     """Write `<stem>.json` next to `weights` with the card, the file's sha256 and size; returns its path.
 
     The loader checks this sha256 before it trusts the weights (faceedit.checkpoints).
     """
-    weights = Path(weights)
-    full = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **card,
-            "file": weights.name, "sha256": sha256_file(weights), "bytes": weights.stat().st_size}
-    path = sidecar_path(weights)
-    path.write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
-    return path
+    full = {"created": datetime.now(UTC).isoformat(timespec="seconds"), **card}
+    return artifacts.write_sidecar(weights, full, sort_keys=False)
 
 
 def read_card(weights: Path) -> dict[str, Any]:
-    path = sidecar_path(Path(weights))
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return artifacts.read_sidecar(weights)
 
 
 def update_card(weights: Path, **sections: Any) -> Path:
     """Merge sections (e.g. metrics=...) into an existing card, keeping its recorded sha256 in step."""
     card = read_card(weights)
-    for key in ("file", "sha256", "bytes"):
-        card.pop(key, None)
     for key, value in sections.items():
         # One level deep, so `eval zoo` and `eval edits` can each add their part of "metrics".
         if isinstance(value, dict) and isinstance(card.get(key), dict):

@@ -1,23 +1,25 @@
-"""Demo CLIP for the zoo: contrastive training on rendered faces captioned from their ground truth, zero-shot evaluation, export."""
+"""Demo CLIP for the zoo: contrastive training on rendered faces captioned from their ground truth,
+zero-shot evaluation, export."""
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import Tensor
 
+from faceedit import artifacts
 from faceedit.adaptation.clip import ClipModel, build_clip_module, wrap_clip
 from faceedit.errors import InvalidInputError
 from faceedit.synth import STYLES, render_faces
-from faceedit.training.cards import git_commit, hardware, write_card
+from faceedit.training.cards import provenance, write_card
 
 # Small enough for CPU (≈3.9 M parameters, ≈16 MB fp32) yet a real ViT: 8x8 patch tokens (B/32 has
 # 7x7) and five blocks, so DIFA's local loss can read block 3. Most of the size is the 49,408-token
@@ -324,12 +326,10 @@ def train_clip(config: ClipTrainConfig, log: Callable[[str], None] = print,
 
 def export_clip(clip: ClipModel, out: Path, config: ClipTrainConfig, record: Mapping[str, Any],
                 command: str = "") -> Path:
-    """Write the weights as safetensors and the model card (command, config, wall time, metrics, hardware,
-    commit, sha256) next to them."""
+    """Write the weights as safetensors and the model card (config, metrics; command, wall time, hardware and
+    commit under "training"; sha256) next to them."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in clip.model.state_dict().items()}
-    save_file(state, str(out))
+    artifacts.write(out, clip.model.state_dict())  # a plain state dict, which open_clip loads; the card follows
     settings = {k: v for k, v in asdict(config).items() if k != "model_cfg"}
     card = {
         "model": "faceedit demo CLIP",
@@ -338,12 +338,9 @@ def export_clip(clip: ClipModel, out: Path, config: ClipTrainConfig, record: Map
         "preprocess": {"input": "[-1, 1] RGB", "mean": list(clip.mean.flatten().tolist()),
                        "std": list(clip.std.flatten().tolist())},
         "parameters": sum(p.numel() for p in clip.model.parameters()),
-        "data": "faceedit.synth renders, all styles, captions from ground-truth attributes (faceedit.training.clip.caption)",
-        "command": command,
-        "wall_seconds": record.get("wall_seconds"),
-        "training": {**settings, **{k: v for k, v in record.items() if k != "zero_shot"}},
+        "data": "faceedit.synth renders, all styles, captions from ground-truth attributes "
+                "(faceedit.training.clip.caption)",
+        "training": {**settings, **{k: v for k, v in record.items() if k != "zero_shot"}, **provenance(command)},
         "metrics": {"zero_shot_held_out": record["zero_shot"]},
-        "hardware": hardware(),
-        "git_commit": git_commit(),
     }
     return write_card(out, card)

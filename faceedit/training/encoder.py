@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,8 @@ class EncoderTrainingConfig:
 
     def encoder_config(self, generator: Generator) -> EncoderConfig:
         return EncoderConfig(kind="e4e", n_styles=generator.n_latent, style_dim=generator.style_dim,
-                             input_size=self.input_size or max(32, generator.config.size // 2), stage_units=tuple(self.stage_units),
+                             input_size=self.input_size or max(32, generator.config.size // 2),
+                             stage_units=tuple(self.stage_units),
                              stage_channels=tuple(self.stage_channels), se_reduction=self.se_reduction)
 
 
@@ -139,10 +140,10 @@ def train_demo_encoder(config: EncoderTrainingConfig, generator_path: Path, work
                        stop_at_step: int | None = None) -> Path:
     """Train the zoo encoder for the generator at `generator_path` (resuming if a state is in work_dir),
     export it in the e4e layout to `out` with its model card (`command`: what the user typed)."""
-    from faceedit.checkpoints import sha256_file
+    from faceedit.artifacts import sha256_file
     from faceedit.models import load_generator
     from faceedit.synth import render_faces
-    from faceedit.training.cards import git_commit, hardware, write_card
+    from faceedit.training.cards import provenance, write_card
 
     generator = load_generator(generator_path)
     size = generator.config.size
@@ -161,8 +162,7 @@ def train_demo_encoder(config: EncoderTrainingConfig, generator_path: Path, work
                      "config": asdict(config), "steps": trainer.step, "resumed": resumed,
                      "wall_time_s_this_run": round(time.monotonic() - started, 1),
                      "loss_history": trainer.history[-20:],
-                     "command": command or (f"faceedit train encoder --generator {generator_path} --work-dir {work_dir} "
-                                           f"--out {out} --steps {config.steps}"),
-                     "commit": git_commit(), "hardware": hardware()},
+                     **provenance(command or (f"faceedit train encoder --generator {generator_path} "
+                                              f"--work-dir {work_dir} --out {out} --steps {config.steps}"))},
     })
     return Path(out)

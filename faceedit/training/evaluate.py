@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -168,9 +169,11 @@ def format_report(sample: dict[str, Any] | None, inversion: dict[str, Any] | Non
                   f"   floor {1000 * sample['kid_floor']:.2f} ± {1000 * sample['kid_floor_std']:.2f}",
                   # Unit-norm CLIP embeddings give small kernel values: three decimals.
                   *([f"  KID x1000 (CLIP, independent of training) generator {1000 * sample['kid_independent']:.3f}"
-                     f" ± {1000 * sample['kid_independent_std']:.3f}   floor {1000 * sample['kid_independent_floor']:.3f}"
+                     f" ± {1000 * sample['kid_independent_std']:.3f}"
+                     f"   floor {1000 * sample['kid_independent_floor']:.3f}"
                      f" ± {1000 * sample['kid_independent_floor_std']:.3f}"] if "kid_independent" in sample else []),
-                  f"  glasses rate    generator {sample['glasses_rate']:.3f}   renders {sample['glasses_rate_renders']:.3f}",
+                  f"  glasses rate    generator {sample['glasses_rate']:.3f}"
+                  f"   renders {sample['glasses_rate_renders']:.3f}",
                   f"  {'attribute':<12} {'W1/range':>9} {'floor':>7} {'fidelity MAE/range':>19}"]
         for name in ATTRIBUTES:
             lines.append(f"  {name:<12} {sample['attribute_w1'][name]:>9.4f} {sample['attribute_w1_floor'][name]:>7.4f}"

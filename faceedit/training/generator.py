@@ -13,9 +13,10 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +87,7 @@ def reconstruction_loss(fake: Tensor, real: Tensor, weights: tuple[float, ...], 
     return loss
 
 
-def scorer_guidance_loss(scorer: "Scorer", fake: Tensor, real: Tensor, attribute_weight: float) -> Tensor:
+def scorer_guidance_loss(scorer: Scorer, fake: Tensor, real: Tensor, attribute_weight: float) -> Tensor:
     """LPIPS-style distance in the scorer's feature maps (channel-normalised, averaged over levels)
     plus the squared difference of its attribute outputs; gradients flow into `fake` only."""
     fake_maps, fake_attributes = scorer.activations(scorer.prepare(fake))
@@ -110,7 +111,7 @@ class GeneratorTrainer(ResumableTrainer):
     """Owns the live and EMA generators, the optimiser and the resumable training state."""
 
     def __init__(self, config: GeneratorTrainingConfig, target_fn: TargetFn, work_dir: Path,
-                 scorer: "Scorer | None" = None):
+                 scorer: Scorer | None = None):
         self.config = config
         self.target_fn = target_fn
         self.scorer = scorer.eval().requires_grad_(False) if scorer is not None and config.perceptual_weight else None
@@ -161,7 +162,7 @@ class GeneratorTrainer(ResumableTrainer):
         return loss.item()
 
     def train(self, progress: bool = True, time_budget_s: float | None = None,
-              on_checkpoint: Callable[["GeneratorTrainer"], None] | None = None,
+              on_checkpoint: Callable[[GeneratorTrainer], None] | None = None,
               stop_at_step: int | None = None) -> Generator:
         """Run until `steps` (or the time budget, or `stop_at_step`) is reached, checkpointing as it goes.
         `stop_at_step` pauses resumably inside the schedule, so a run that was extended mid-way
@@ -252,13 +253,13 @@ def renderer_attributes(z: Tensor) -> dict[str, Tensor]:
 
 def train_demo_generator(config: GeneratorTrainingConfig, work_dir: Path, out: Path,
                          time_budget_s: float | None = None, progress: bool = True,
-                         scorer: "Scorer | None" = None, command: str | None = None,
+                         scorer: Scorer | None = None, command: str | None = None,
                          stop_at_step: int | None = None) -> Path:
     """Train (resuming from work_dir if a state is there), export to `out` with its model card.
     `scorer` is the perceptual critic (see GeneratorTrainingConfig.perceptual_weight); `command`
     is what the user typed, for the card."""
     from faceedit.images import grid, to_pil
-    from faceedit.training.cards import git_commit, hardware, write_card
+    from faceedit.training.cards import provenance, write_card
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -278,13 +279,14 @@ def train_demo_generator(config: GeneratorTrainingConfig, work_dir: Path, out: P
     write_card(Path(out), {
         "model": "demo generator (StyleGAN2, rosinality layout)",
         "config": generator.config.to_dict(),
-        "training": {"objective": "renderer distillation: synthesis(mapping(z)) ≈ render_from_uniform(Φ(z)) (identity from "
-                                  f"{config.identity_dims} z dims); multiscale L2 + L2 of finite differences"
+        "training": {"objective": "renderer distillation: synthesis(mapping(z)) ≈ render_from_uniform(Φ(z)) "
+                                  f"(identity from {config.identity_dims} z dims); "
+                                  "multiscale L2 + L2 of finite differences"
                                   + (" + the scorer's feature-map and attribute distances" if trainer.scorer else ""),
                      "config": asdict(config), "steps": trainer.step, "resumed": resumed,
                      "wall_time_s_this_run": round(time.monotonic() - started, 1),
                      "loss_history": trainer.history[-20:],
-                     "command": command or f"faceedit train generator --work-dir {work_dir} --out {out} --steps {config.steps}",
-                     "commit": git_commit(), "hardware": hardware()},
+                     **provenance(command or f"faceedit train generator --work-dir {work_dir} --out {out} "
+                                             f"--steps {config.steps}")},
     })
     return Path(out)

@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing
-import os
-import platform
 import time
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from faceedit.synth.scorer import Scorer, ScorerConfig, default_scorer_path, load_scorer, save_scorer
+from faceedit.training.cards import provenance
 
 CHUNK = 500  # faces per render call
 TRAIN_SPLIT, EVAL_SPLIT = 0, 1
@@ -227,19 +227,6 @@ def evaluate(scorer: Scorer, images_u8: Tensor, values: Tensor, styles: Tensor, 
     }
 
 
-def _hardware() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "device": "cpu", "platform": platform.platform()}
-
-
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
     """Index batches over reshuffled epochs, forever."""
     while True:
@@ -313,9 +300,8 @@ def train_scorer(config: ScorerConfig, out_path: str | Path, n_train: int, steps
         "training": {"n_train": n_train, "steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr,
                      "weight_decay": weight_decay, "photo_fraction": photo_fraction, "augmentation": augmentation,
                      "n_eval": n_eval, "eval_seeds": "split 1 of the training seed (disjoint render seeds)",
-                     "command": command or "train_scorer(...) from Python",
                      "wall_time_s": round(wall, 1), "render_time_s": round(t_render, 1),
-                     "train_time_s": round(t_train, 1), "hardware": _hardware()},
+                     "train_time_s": round(t_train, 1), **provenance(command or "train_scorer(...) from Python")},
     }
     save_scorer(scorer, out_path, info=info)
     metrics["wall_time_s"] = wall

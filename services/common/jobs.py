@@ -74,7 +74,7 @@ class Job:
         return self.state in TERMINAL
 
     @classmethod
-    def from_hash(cls, raw: dict[bytes, bytes]) -> "Job":
+    def from_hash(cls, raw: dict[bytes, bytes]) -> Job:
         h = {k.decode(): v.decode() for k, v in raw.items()}
         return cls(id=h["id"], tenant=h["tenant"], kind=h["kind"], base_generator=h["base_generator"],
                    target_key=h["target_key"], params=json.loads(h.get("params", "{}")),
@@ -90,7 +90,7 @@ class Job:
 class JobStore:
     """Jobs by id, per-tenant listing, idempotency keys and leases, under `namespace:` keys."""
 
-    def __init__(self, client: "redis.Redis", namespace: str = "faceedit"):
+    def __init__(self, client: redis.Redis, namespace: str = "faceedit"):
         self.client = client
         self.ns = namespace
         self._transition = client.register_script(_TRANSITION)

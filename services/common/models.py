@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -84,7 +85,7 @@ class ModelConfig:
     def encoder(self) -> Path | None:
         return self.families[self.encoder_family].encoder
 
-    def boundary_specs(self, family: str) -> list["BoundarySetSpec"]:
+    def boundary_specs(self, family: str) -> list[BoundarySetSpec]:
         from faceedit.editing.boundary_set import BoundarySetSpec
 
         specs = []
@@ -142,7 +143,8 @@ def parse_model_config(data: Mapping[str, Any], source: Path) -> ModelConfig:
     for gid, entry in _mapping(data.get("generators"), "generators", source).items():
         gid = str(gid)
         if not ID_PATTERN.match(gid):
-            raise InvalidInputError(f"generators.{gid[:64]}", f"ids are 1-64 letters, digits, '.', '_' or '-' ({source})")
+            raise InvalidInputError(f"generators.{gid[:64]}",
+                                    f"ids are 1-64 letters, digits, '.', '_' or '-' ({source})")
         entry = {"checkpoint": entry} if isinstance(entry, str) else _mapping(entry, f"generators.{gid}", source)
         _check_keys(entry, _GENERATOR_KEYS, f"generators.{gid}.", source)
         checkpoint = _resolve(base, entry.get("checkpoint"), f"generators.{gid}.checkpoint", source)

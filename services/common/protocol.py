@@ -1,4 +1,5 @@
-"""Wire format between the editor and the TorchServe handlers: JSON requests, replies framed as a JSON header plus raw bytes."""
+"""Wire format between the editor and the TorchServe handlers: JSON requests,
+replies framed as a JSON header plus raw bytes."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import binascii
 import json
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from faceedit.errors import FaceEditError, InvalidInputError, NotFoundError
 from services.common.errors import TooLargeError, code_for
+from services.common.latents import MAX_BATCH, MAX_N_LATENT, MAX_STYLE_DIM, check_latents
 from services.common.uploads import check_upload_bytes
 
 VERSION = 2
@@ -23,9 +26,6 @@ NOISE_MODES = ("const", "random", "none")
 # Limits checked before anything is allocated from a request. A 1024 px generator has
 # n_latent 18 and style_dim 512; the larger bounds leave room without inviting abuse.
 MAX_BODY_BYTES = 48 * 1024 * 1024
-MAX_BATCH = 64
-MAX_N_LATENT = 32
-MAX_STYLE_DIM = 1024
 MAX_ID_LENGTH = 128
 MAX_HEADER_BYTES = 64 * 1024
 
@@ -99,7 +99,7 @@ def encode_generate_request(generator_id: str, ws: np.ndarray, image_format: str
     _check_choice(image_format, IMAGE_FORMATS, "image_format")
     _check_choice(noise_mode, NOISE_MODES, "noise_mode")
     body = {"v": VERSION, "generator_id": generator_id, "tenant": tenant,
-            "ws": _pack_array(_check_ws(np.asarray(ws), "ws")), "image_format": image_format,
+            "ws": _pack_array(check_latents(np.asarray(ws), "ws")), "image_format": image_format,
             "noise_mode": noise_mode}
     return _dumps(body)
 
@@ -116,7 +116,7 @@ def decode_generate_request(data: bytes | bytearray | str) -> GenerateRequest:
     _check_choice(image_format, IMAGE_FORMATS, "image_format")
     noise_mode = _get(body, "noise_mode", str, default="const")
     _check_choice(noise_mode, NOISE_MODES, "noise_mode")
-    ws = _check_ws(_unpack_array(_get(body, "ws", dict), "ws"), "ws")
+    ws = check_latents(_unpack_array(_get(body, "ws", dict), "ws"), "ws")
     return GenerateRequest(generator_id, ws, image_format, noise_mode, tenant)
 
 
@@ -156,7 +156,7 @@ def decode_invert_request(data: bytes | bytearray | str) -> InvertRequest:
 
 
 def encode_invert_response(ws: np.ndarray, aligned: bytes | None, size: int) -> bytes:
-    ws = np.ascontiguousarray(_check_ws(np.asarray(ws), "ws"), dtype="<f4")
+    ws = np.ascontiguousarray(check_latents(np.asarray(ws), "ws"), dtype="<f4")
     parts = [ws.tobytes()] if aligned is None else [ws.tobytes(), bytes(aligned)]
     return _frame({"v": VERSION, "ws": {"shape": list(ws.shape), "dtype": "float32"}, "size": int(size),
                    "parts": [len(p) for p in parts]}, parts)
@@ -168,7 +168,7 @@ def decode_invert_response(data: bytes | bytearray | str) -> InvertResponse:
     parts = _split(payload, _get(header, "parts", list), "parts")
     if len(parts) not in (1, 2) or len(parts[0]) != 4 * count:
         raise InvalidInputError("parts", f"expected the {4 * count} bytes of ws {shape}, then at most the aligned crop")
-    ws = _check_ws(np.frombuffer(parts[0], dtype="<f4").reshape(shape), "ws")
+    ws = check_latents(np.frombuffer(parts[0], dtype="<f4").reshape(shape), "ws")
     return InvertResponse(ws, parts[1] if len(parts) == 2 else None, _get(header, "size", int))
 
 
@@ -303,24 +303,6 @@ def _check_id(value: Any, field: str) -> None:
 def _check_choice(value: Any, choices: tuple[str, ...], field: str) -> None:
     if value not in choices:
         raise InvalidInputError(field, f"must be one of {list(choices)}, got {value!r}")
-
-
-def _check_ws(ws: np.ndarray, field: str) -> np.ndarray:
-    if ws.ndim != 3:
-        raise InvalidInputError(field, f"expected shape [B, n_latent, style_dim], got {list(ws.shape)}")
-    batch, n_latent, dim = ws.shape
-    if batch < 1 or n_latent < 1 or dim < 1:
-        raise InvalidInputError(field, f"has an empty dimension: {list(ws.shape)}")
-    if batch > MAX_BATCH:
-        raise TooLargeError(field, f"batch {batch} exceeds the limit of {MAX_BATCH}")
-    if n_latent > MAX_N_LATENT or dim > MAX_STYLE_DIM:
-        raise TooLargeError(field, f"shape {list(ws.shape)} exceeds [*, {MAX_N_LATENT}, {MAX_STYLE_DIM}]")
-    if ws.dtype.kind != "f":
-        raise InvalidInputError(field, f"expected floating point, got {ws.dtype}")
-    ws = ws.astype("<f4", copy=False)
-    if not np.isfinite(ws).all():
-        raise InvalidInputError(field, "contains NaN or infinite values")
-    return ws
 
 
 def _pack_array(array: np.ndarray) -> dict:

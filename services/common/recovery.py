@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from services.common.jobs import JobStore
 from services.common.registry import GeneratorIndex

@@ -1,29 +1,28 @@
 """Index of adapted generators in Redis over the artifact store (the source of truth), and the weights
-helpers that write and verify their self-describing safetensors deltas."""
+helpers that store their self-describing safetensors deltas (the library's format, as bytes)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
-from faceedit.errors import ChecksumMismatchError, InvalidInputError, NotFoundError
+from faceedit.artifacts import header_metadata
+from faceedit.errors import CheckpointFormatError, InvalidInputError, NotFoundError
 from services.common.artifacts import ArtifactStore
 
-if TYPE_CHECKING:  # torch stays out of the editor's imports: only the weights helpers need it
+if TYPE_CHECKING:  # types only: importing the index loads neither redis nor torch
     import redis
     from torch import Tensor
 
     from faceedit.models import Generator
 
 READY = "READY"
-DELTA_KIND = "generator-delta"
 GENERATOR_PREFIX = "generators"
 RECORD_METADATA = "faceedit.record"  # the artifact's own copy of its index record (without what hashing gives)
 _RECORD_FIELDS = ("id", "tenant", "base_generator", "created", "job_id", "display_name")
@@ -56,7 +55,7 @@ class GeneratorRecord:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "GeneratorRecord":
+    def from_json(cls, text: str | bytes) -> GeneratorRecord:
         return cls(**json.loads(text))
 
 
@@ -74,7 +73,7 @@ class GeneratorIndex:
     """Records of adapted generators per tenant. Lookups take the tenant: another tenant's id
     answers NotFound exactly like an unknown id, so existence never leaks across tenants."""
 
-    def __init__(self, client: "redis.Redis", store: ArtifactStore, namespace: str = "faceedit"):
+    def __init__(self, client: redis.Redis, store: ArtifactStore, namespace: str = "faceedit"):
         self.client = client
         self.store = store
         self.ns = namespace
@@ -129,7 +128,7 @@ class GeneratorIndex:
         pipe.zrem(self._tenant_key(record.tenant), record.id)
         pipe.execute()
 
-    def ensure_built(self) -> "RebuildReport | None":
+    def ensure_built(self) -> RebuildReport | None:
         """Rebuild when Redis no longer holds the index (its marker is gone with everything else: a new,
         wiped or restored-from-nothing Redis); a no-op, one EXISTS, otherwise."""
         if self.client.exists(self._marker):
@@ -142,7 +141,7 @@ class GeneratorIndex:
     def _marker(self) -> str:
         return f"{self.ns}:generator-index:built"
 
-    def rebuild(self, collect: bool = False) -> "RebuildReport":
+    def rebuild(self, collect: bool = False) -> RebuildReport:
         """Bring the index in line with the artifact store: every generator artifact whose id has no record
         gets its record back (from the artifact's own metadata, its sha256 recomputed). Artifacts that
         cannot be indexed (unreadable metadata, or an id indexed to another artifact: the leftover of a
@@ -210,19 +209,11 @@ def record_from_artifact(key: str, data: bytes) -> GeneratorRecord:
 
 
 def safetensors_metadata(data: bytes) -> dict[str, str]:
-    """A safetensors file's `__metadata__` from its JSON header (8-byte little-endian length, then JSON),
-    without torch: the editor and the index tools read it."""
-    if len(data) < 8:
-        raise InvalidInputError("artifact", "is not a safetensors file (shorter than its header)")
-    length = int.from_bytes(data[:8], "little")
-    if length > min(len(data) - 8, 100 << 20):
-        raise InvalidInputError("artifact", "is not a safetensors file (header length out of range)")
+    """A safetensors file's `__metadata__`, read without torch (the editor and the index tools read it)."""
     try:
-        header = json.loads(data[8:8 + length])
-    except ValueError:
-        raise InvalidInputError("artifact", "is not a safetensors file (header is not JSON)") from None
-    meta = header.get("__metadata__", {}) if isinstance(header, dict) else {}
-    return meta if isinstance(meta, dict) else {}
+        return header_metadata(data, "artifact")
+    except CheckpointFormatError as exc:
+        raise InvalidInputError("artifact", exc.problem) from None
 
 
 def artifact_key_for(tenant: str, generator_id: str, sha256: str) -> str:
@@ -237,25 +228,20 @@ def tenant_segment(tenant: str) -> str:
     return "t" + hashlib.sha256(tenant.encode("utf-8")).hexdigest()[:24]
 
 
-def delta_bytes(tensors: Mapping[str, "Tensor"], base: "Generator", record: Mapping[str, Any] | None = None) -> bytes:
-    """Trained tensors (rosinality names, a subset of the base's) → safetensors bytes in the library's
-    generator-delta layout (`faceedit.adaptation.delta`): base config and fingerprint in the metadata, and
-    `record` (the index fields the artifact cannot derive from its bytes) so the index can be rebuilt."""
-    from safetensors.torch import save
+def delta_bytes(tensors: Mapping[str, Tensor], base: Generator, record: Mapping[str, Any] | None = None) -> bytes:
+    """Trained tensors (rosinality names, a subset of the base's) → the bytes of a library generator delta
+    (`faceedit.models.delta`: base config and fingerprint in the metadata), plus `record` (the index fields the
+    artifact cannot derive from its bytes) under `faceedit.record`, so the index can be rebuilt."""
+    from faceedit.models.delta import delta_to_bytes
 
-    from faceedit.adaptation.delta import state_fingerprint
-
-    if not tensors:
-        raise InvalidInputError("tensors", "no tensors to save")
-    config = {"generator": base.config.to_dict(), "base_fingerprint": state_fingerprint(base)}
-    meta = {"faceedit.kind": DELTA_KIND, "faceedit.config": json.dumps(config, sort_keys=True)}
+    extra = None
     if record is not None:
-        meta[RECORD_METADATA] = json.dumps({name: record[name] for name in _RECORD_FIELDS}, sort_keys=True)
-    return save({k: v.detach().to("cpu").float().contiguous() for k, v in tensors.items()}, metadata=meta)
+        extra = {RECORD_METADATA: json.dumps({name: record[name] for name in _RECORD_FIELDS}, sort_keys=True)}
+    return delta_to_bytes(tensors, base, extra)
 
 
 def save_adapted_generator(store: ArtifactStore, index: GeneratorIndex, tenant: str, base_id: str,
-                           tensors: Mapping[str, "Tensor"], base: "Generator",
+                           tensors: Mapping[str, Tensor], base: Generator,
                            generator_id: str | None = None, job_id: str = "",
                            display_name: str = "") -> GeneratorRecord:
     """Write the delta to the store, then index it. Passing the same `generator_id` again (a
@@ -278,18 +264,10 @@ def save_adapted_generator(store: ArtifactStore, index: GeneratorIndex, tenant: 
     return stored
 
 
-def load_adapted_generator(store: ArtifactStore, record: GeneratorRecord, base: "Generator") -> "Generator":
+def load_adapted_generator(store: ArtifactStore, record: GeneratorRecord, base: Generator) -> Generator:
     """Base generator with the record's delta applied, after checking the bytes against the recorded
-    sha256; `apply_delta` then refuses a delta trained on another base."""
-    from faceedit.adaptation.delta import apply_delta
+    sha256; the delta then refuses a base it was not trained on."""
+    from faceedit.models.delta import apply_delta_bytes
 
-    data = store.get(record.artifact_key)
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != record.sha256:
-        raise ChecksumMismatchError(store.path_hint(record.artifact_key),
-                                    f"sha256 is {actual}, the index records {record.sha256}")
-    # The library reads deltas from files; a private temporary copy keeps one reader for both stores.
-    with tempfile.TemporaryDirectory(prefix="faceedit-delta-") as tmp:
-        path = Path(tmp) / f"{record.id}.safetensors"
-        path.write_bytes(data)
-        return apply_delta(base, path)
+    return apply_delta_bytes(base, store.get(record.artifact_key), store.path_hint(record.artifact_key),
+                             sha256=record.sha256, recorded_by="the index")

@@ -7,7 +7,8 @@ import dataclasses
 import os
 import types
 import typing
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from faceedit.errors import InvalidInputError
 

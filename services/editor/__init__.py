@@ -1,1 +1,2 @@
-"""The gRPC editor: Editor and Adaptation services over a transport-free core (services.editor.core)."""
+"""The gRPC editor: Editor and Adaptation services (servicer.py) over a transport-free core: values, catalog,
+boundaries, cache, editing, adaptation and their Redis/Celery adapters."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from faceedit.errors import InvalidInputError
 from services.common.errors import UnauthenticatedError
@@ -52,7 +52,7 @@ class ApiKeys:
         self._tenants = {_digest(k): t for k, t in keys.items()}
 
     @classmethod
-    def load(cls, path: str = "", inline: Mapping[str, str] | None = None) -> "ApiKeys":
+    def load(cls, path: str = "", inline: Mapping[str, str] | None = None) -> ApiKeys:
         keys = dict(read_keys_file(path)) if path else {}
         keys.update(inline or {})
         return cls(keys)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from faceedit.errors import InvalidInputError
 from services.common.settings import read_settings
@@ -60,7 +60,7 @@ class EditorConfig:
     api_keys: Mapping[str, str] = field(default_factory=dict, repr=False)  # never printed
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "EditorConfig":
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> EditorConfig:
         config = read_settings(cls, env, **overrides)
         config.validate()
         return config

@@ -5,16 +5,21 @@ from __future__ import annotations
 import contextvars
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import grpc
 import numpy as np
 
-from services.common.errors import DeadlineError, PreconditionError, TooLargeError, UnavailableError
 from services.common import protocol
+from services.common.errors import (
+    DeadlineError,
+    PreconditionError,
+    TooLargeError,
+    UnavailableError,
+)
 from services.common.protocol import GenerateResponse, InvertResponse
-
 
 # The caller's deadline (time.monotonic() seconds) for the RPC being served on this thread: set by
 # the servicer, so a model-server call never outlives the client that is waiting for it.
@@ -61,7 +66,7 @@ class TorchServeInference:
 
     def __init__(self, target: str, generator_model: str = "generator", encoder_model: str = "encoder",
                  timeout_s: float = 120.0, token: str = "", key_file: str = "", max_message_bytes: int = 64 << 20):
-        from faceedit.proto import inference_pb2, inference_pb2_grpc
+        from services.common.ts_grpc import inference_pb2, inference_pb2_grpc
 
         self._pb = inference_pb2
         self.generator_model = generator_model
@@ -165,4 +170,5 @@ def _translate(exc: grpc.RpcError, model: str, what: str, max_message_bytes: int
         # Our token is wrong (TorchServe restarted with new keys): an operator problem, retryable.
         return UnavailableError("model server", "it refused the editor's token")
     # A handler exception (INTERNAL) or anything else: the detail may hold internals, keep it in logs.
-    return protocol.InferenceError(protocol.INTERNAL, f"{what} failed with {code.name if code else 'error'}: {detail[:200]}")
+    return protocol.InferenceError(protocol.INTERNAL,
+                                   f"{what} failed with {code.name if code else 'error'}: {detail[:200]}")

@@ -9,22 +9,31 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
-from typing import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from faceedit.errors import FaceEditError
-from faceedit.proto import adaptation_pb2, adaptation_pb2_grpc, editor_pb2, editor_pb2_grpc
+from faceedit_client.v1 import (
+    adaptation_pb2,
+    adaptation_pb2_grpc,
+    editor_pb2,
+    editor_pb2_grpc,
+)
 from services.common.models import ModelConfig, load_model_config
 from services.common.recovery import RecoveryWatch
-from services.editor import core
-from services.editor.budget import RenderBudget
+from services.editor.adaptation import AdaptationCore
+from services.editor.adapters import TaskQueue
 from services.editor.auth import ApiKeys
+from services.editor.boundaries import BoundaryRegistry
+from services.editor.cache import LatentCache
+from services.editor.catalog import BaseGenerator, GeneratorCatalog
 from services.editor.config import EditorConfig
+from services.editor.editing import EditorCore
 from services.editor.inference import Inference, TorchServeInference
 from services.editor.metrics import EditorMetrics
 from services.editor.probe import LIVENESS_SERVICE
@@ -36,16 +45,16 @@ SERVICE_NAMES = (editor_pb2.DESCRIPTOR.services_by_name["Editor"].full_name,
                  adaptation_pb2.DESCRIPTOR.services_by_name["Adaptation"].full_name)
 
 
-def load_bases(models: ModelConfig) -> dict[str, core.BaseGenerator]:
-    return {gid: core.BaseGenerator.load(gid, spec.checkpoint, spec.family) for gid, spec in models.generators.items()}
+def load_bases(models: ModelConfig) -> dict[str, BaseGenerator]:
+    return {gid: BaseGenerator.load(gid, spec.checkpoint, spec.family) for gid, spec in models.generators.items()}
 
 
-def load_boundaries(models: ModelConfig, bases: dict[str, core.BaseGenerator]) -> core.BoundaryRegistry:
+def load_boundaries(models: ModelConfig, bases: dict[str, BaseGenerator]) -> BoundaryRegistry:
     """Every family's boundary sets, checked against its latent space; any unusable file stops the start."""
-    registry = core.BoundaryRegistry()
+    registry = BoundaryRegistry()
     for family in models.families:
         base = next(b for b in bases.values() if b.family == family)
-        registry.add_family(family, core.BoundaryRegistry.read_sets(models.boundary_specs(family), base))
+        registry.add_family(family, BoundaryRegistry.read_sets(models.boundary_specs(family), base))
         log.info(json.dumps({"event": "boundaries", "family": family,
                              "attributes": registry.attributes(family).names()}))
     return registry
@@ -110,8 +119,8 @@ class EditorServer:
     """Everything one editor process runs; `start()` binds, `stop()` drains and closes."""
 
     def __init__(self, config: EditorConfig, inference: Inference | None = None,
-                 bases: dict[str, core.BaseGenerator] | None = None,
-                 boundaries: core.BoundaryRegistry | None = None, models: ModelConfig | None = None):
+                 bases: dict[str, BaseGenerator] | None = None,
+                 boundaries: BoundaryRegistry | None = None, models: ModelConfig | None = None):
         import redis
 
         from services.common.artifacts import open_artifact_store
@@ -134,18 +143,13 @@ class EditorServer:
         self.models = models or load_model_config(config.models or None)
         if bases is None:
             bases = load_bases(self.models)
-        self.catalog = core.GeneratorCatalog(bases, self.models.default_generator, self.index)
+        self.catalog = GeneratorCatalog(bases, self.models.default_generator, self.index)
         self.boundaries = boundaries if boundaries is not None else load_boundaries(self.models, bases)
-        self.cache = core.LatentCache(self.redis, config.latent_ttl_s, config.redis_namespace, self.metrics)
-        self.queue = core.TaskQueue(config.broker, config.queue, config.task_name)
-        self.editor = core.EditorCore(self.catalog, self.boundaries, self.cache, self.inference, self.metrics,
-                                      config.default_truncation, config.max_seeds, config.max_frames,
-                                      config.frame_batch, config.max_image_bytes, config.max_image_pixels,
-                                      encoder_family=self.models.encoder_family,
-                                      budget=RenderBudget(config.chunk_seconds, config.frame_batch,
-                                                          config.max_message_bytes))
-        self.adaptation = core.AdaptationCore(self.catalog, self.jobs, self.index, self.store, self.queue,
-                                              config.max_image_bytes, config.max_image_pixels)
+        self.cache = LatentCache(self.redis, config.latent_ttl_s, config.redis_namespace, self.metrics)
+        self.queue = TaskQueue(config.broker, config.queue, config.task_name)
+        self.editor = EditorCore(self.catalog, self.boundaries, self.cache, self.inference, config, self.metrics,
+                                 encoder_family=self.models.encoder_family)
+        self.adaptation = AdaptationCore(self.catalog, self.jobs, self.index, self.store, self.queue, config)
         self.metrics.set_queue_depth_source(self._queue_depth)
         self.recovery = RecoveryWatch(self.jobs, self.queue.submit, config.job_check_interval_s, self.index)
 

@@ -8,21 +8,40 @@ import logging
 import math
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import numpy as np
 from google.protobuf import empty_pb2, timestamp_pb2
 from google.rpc import status_pb2
 
-from faceedit.proto import adaptation_pb2, adaptation_pb2_grpc, common_pb2, editor_pb2, editor_pb2_grpc
+from faceedit_client.v1 import (
+    adaptation_pb2,
+    adaptation_pb2_grpc,
+    common_pb2,
+    editor_pb2,
+    editor_pb2_grpc,
+)
 from services.common import jobs as jobstates
 from services.common.errors import TooLargeError
-from services.editor import core
+from services.editor.adaptation import AdaptationCore
 from services.editor.auth import ApiKeys
+from services.editor.editing import EditorCore
 from services.editor.errors import CODE_NUMBERS, status_for
 from services.editor.inference import CALLER_ACTIVE, CALLER_DEADLINE
 from services.editor.metrics import EditorMetrics
+from services.editor.values import (
+    BASE,
+    MAX_CONDITIONS,
+    MAX_STEPS,
+    AdaptationJob,
+    Frame,
+    GeneratorSummary,
+    LatentSource,
+    RenderedImage,
+    Step,
+)
 
 log = logging.getLogger("faceedit.editor")
 
@@ -126,7 +145,7 @@ def rpc(method: str, streaming: bool = False) -> Callable:
 
 # -- conversions --------------------------------------------------------------------------------
 
-def image_msg(image: core.RenderedImage) -> common_pb2.Image:
+def image_msg(image: RenderedImage) -> common_pb2.Image:
     return common_pb2.Image(data=image.data, format=_FORMAT_ENUM.get(image.format, 0), width=image.width,
                             height=image.height)
 
@@ -152,25 +171,25 @@ def latent_array(msg: common_pb2.Latent, field_name: str) -> np.ndarray:
     return np.asarray(msg.values, dtype=np.float32).reshape(shape)
 
 
-def latent_source(msg: common_pb2.LatentRef, field_name: str = "latent") -> core.LatentSource:
+def latent_source(msg: common_pb2.LatentRef, field_name: str = "latent") -> LatentSource:
     which = msg.WhichOneof("source")
     if which == "latent_id":
-        return core.LatentSource(latent_id=msg.latent_id)
+        return LatentSource(latent_id=msg.latent_id)
     if which == "seed":
-        return core.LatentSource(seed=msg.seed, truncation=msg.truncation)
+        return LatentSource(seed=msg.seed, truncation=msg.truncation)
     if which == "inline":
-        return core.LatentSource(inline=latent_array(msg.inline, f"{field_name}.inline"))
-    return core.LatentSource()  # none set: the core names the field
+        return LatentSource(inline=latent_array(msg.inline, f"{field_name}.inline"))
+    return LatentSource()  # none set: the core names the field
 
 
-def steps(msgs: Any) -> list[core.Step]:
+def steps(msgs: Any) -> list[Step]:
     # Counted before any becomes a Step: one request may carry millions of (tiny) steps or conditions.
-    if len(msgs) > core.MAX_STEPS:
-        raise TooLargeError("edits", f"{len(msgs)} steps exceeds the limit of {core.MAX_STEPS}")
+    if len(msgs) > MAX_STEPS:
+        raise TooLargeError("edits", f"{len(msgs)} steps exceeds the limit of {MAX_STEPS}")
     for i, m in enumerate(msgs):
-        if len(m.conditions) > core.MAX_CONDITIONS:
-            raise TooLargeError(f"edits[{i}].conditions", f"more than {core.MAX_CONDITIONS}")
-    return [core.Step(m.attribute, m.strength, m.layers, tuple(m.conditions), m.space) for m in msgs]
+        if len(m.conditions) > MAX_CONDITIONS:
+            raise TooLargeError(f"edits[{i}].conditions", f"more than {MAX_CONDITIONS}")
+    return [Step(m.attribute, m.strength, m.layers, tuple(m.conditions), m.space) for m in msgs]
 
 
 def timestamp(unix: float) -> timestamp_pb2.Timestamp:
@@ -179,8 +198,8 @@ def timestamp(unix: float) -> timestamp_pb2.Timestamp:
     return ts
 
 
-def generator_msg(g: core.GeneratorSummary) -> common_pb2.GeneratorInfo:
-    kind = common_pb2.GENERATOR_KIND_BASE if g.kind == core.BASE else common_pb2.GENERATOR_KIND_ADAPTED
+def generator_msg(g: GeneratorSummary) -> common_pb2.GeneratorInfo:
+    kind = common_pb2.GENERATOR_KIND_BASE if g.kind == BASE else common_pb2.GENERATOR_KIND_ADAPTED
     msg = common_pb2.GeneratorInfo(id=g.id, kind=kind, family=g.family, size=g.size, n_latent=g.n_latent,
                                    style_dim=g.style_dim, display_name=g.display_name)
     if g.created:
@@ -188,7 +207,7 @@ def generator_msg(g: core.GeneratorSummary) -> common_pb2.GeneratorInfo:
     return msg
 
 
-def operation_msg(view: core.AdaptationJob) -> adaptation_pb2.AdaptationOperation:
+def operation_msg(view: AdaptationJob) -> adaptation_pb2.AdaptationOperation:
     job = view.job
     state = _STATES.get(job.state, adaptation_pb2.ADAPTATION_STATE_UNSPECIFIED)
     if job.state == jobstates.RUNNING and job.cancel_requested:
@@ -215,7 +234,7 @@ def operation_msg(view: core.AdaptationJob) -> adaptation_pb2.AdaptationOperatio
 # -- services -----------------------------------------------------------------------------------
 
 class EditorServicer(editor_pb2_grpc.EditorServicer):
-    def __init__(self, editor: core.EditorCore, keys: ApiKeys, metrics: EditorMetrics):
+    def __init__(self, editor: EditorCore, keys: ApiKeys, metrics: EditorMetrics):
         self.core = editor
         self.keys = keys
         self.metrics = metrics
@@ -262,7 +281,7 @@ class EditorServicer(editor_pb2_grpc.EditorServicer):
                                   _FORMATS.get(request.frame_format, "?"), _ANIMATIONS.get(request.animation, "?"),
                                   request.skip_frames, request.frame_duration_ms)
         for item in items:
-            if isinstance(item, core.Frame):
+            if isinstance(item, Frame):
                 yield editor_pb2.AnimateResponse(frame=editor_pb2.Frame(index=item.index, t=item.t,
                                                                          image=image_msg(item.image)))
             else:
@@ -287,7 +306,7 @@ class EditorServicer(editor_pb2_grpc.EditorServicer):
 
 
 class AdaptationServicer(adaptation_pb2_grpc.AdaptationServicer):
-    def __init__(self, adaptation: core.AdaptationCore, keys: ApiKeys, metrics: EditorMetrics):
+    def __init__(self, adaptation: AdaptationCore, keys: ApiKeys, metrics: EditorMetrics):
         self.core = adaptation
         self.keys = keys
         self.metrics = metrics

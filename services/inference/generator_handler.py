@@ -1,4 +1,5 @@
-"""TorchServe handler: W+ latents + generator id → encoded images; base generators from the model config, adapted by id."""
+"""TorchServe handler: W+ latents + generator id → encoded images;
+base generators from the model config, adapted by id."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from faceedit.errors import InvalidInputError, NotFoundError
 from faceedit.images import to_pil
 from faceedit.models import Generator, load_generator
 from faceedit.models.precision import autocast_dtype
+from services.common import protocol
 from services.common.artifacts import open_artifact_store
+from services.common.latents import check_latents
 from services.common.models import load_model_config
 from services.common.registry import GeneratorIndex, load_adapted_generator
-from services.common import protocol
 from services.inference.handler_support import (
     LRU,
     InferenceConfig,
@@ -81,7 +83,7 @@ class GeneratorHandler:
                 generator = resolved[key]
                 if isinstance(generator, Exception):
                     raise generator
-                self._check_shape(request.ws, generator)
+                check_latents(request.ws, "ws", generator.n_latent, generator.style_dim)
             except Exception as exc:  # noqa: BLE001 - every failure becomes this request's error body
                 responses[i] = self._error(exc)
                 continue
@@ -120,13 +122,6 @@ class GeneratorHandler:
                                           f"this model serves {sorted(self.bases)}")
         return self.adapted.get_or_load((record.id, record.sha256),
                                         lambda: load_adapted_generator(self.index.store, record, base))
-
-    @staticmethod
-    def _check_shape(ws: np.ndarray, generator: Generator) -> None:
-        expected = (generator.n_latent, generator.style_dim)
-        if tuple(ws.shape[1:]) != expected:
-            raise InvalidInputError("ws", f"expected shape [B, {expected[0]}, {expected[1]}] for this generator, "
-                                          f"got {list(ws.shape)}")
 
     def _synthesize(self, generator: Generator, noise_mode: str, members: list[tuple[int, protocol.GenerateRequest]],
                     started: float) -> list[tuple[int, bytes]]:

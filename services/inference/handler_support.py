@@ -5,8 +5,9 @@ from __future__ import annotations
 import io
 import json
 from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Hashable, Mapping, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 from PIL import Image
@@ -46,7 +47,7 @@ class InferenceConfig:
     aligned_size: int = 1024
 
     @classmethod
-    def load(cls, model_yaml: Mapping[str, Any] | None, env: Mapping[str, str] | None = None) -> "InferenceConfig":
+    def load(cls, model_yaml: Mapping[str, Any] | None, env: Mapping[str, str] | None = None) -> InferenceConfig:
         config = read_settings(cls, env, section=dict((model_yaml or {}).get("faceedit") or {}))
         if config.lru_size < 1 or config.torch_threads < 1 or config.memory_budget_mb < 1:
             raise InvalidInputError("lru_size/torch_threads/memory_budget_mb", "must be positive")

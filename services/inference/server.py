@@ -17,9 +17,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Mapping
 
 from services.common.redis_server import free_port
 from services.common.settings import read_settings
@@ -50,10 +50,10 @@ class TorchServeConfig:
     token_auth: bool | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "TorchServeConfig":
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> TorchServeConfig:
         return read_settings(cls, env, prefix=ENV_PREFIX, **overrides)
 
-    def with_ports(self) -> "TorchServeConfig":
+    def with_ports(self) -> TorchServeConfig:
         """Same config, every 0 port replaced by a free one."""
         ports = {f.name: free_port() for f in fields(self) if f.name.endswith("_port") and getattr(self, f.name) == 0}
         return replace(self, **ports)
@@ -119,7 +119,7 @@ class TorchServe:
         self.pgid: int | None = None
 
     @classmethod
-    def attach(cls, workdir: str | Path) -> "TorchServe | None":
+    def attach(cls, workdir: str | Path) -> TorchServe | None:
         """The server a `start` in another process left running in `workdir` (for `stop`), if any."""
         state = Path(workdir) / "server.json"
         if not state.exists():
@@ -161,7 +161,7 @@ class TorchServe:
     def _torchserve(self) -> str:
         return str(Path(sys.executable).parent / "torchserve")
 
-    def start(self, timeout: float = 180.0) -> "TorchServe":
+    def start(self, timeout: float = 180.0) -> TorchServe:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         properties = self.workdir / "config.properties"
@@ -245,7 +245,7 @@ class TorchServe:
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
         self.process, self.pgid = None, None
 
-    def __enter__(self) -> "TorchServe":
+    def __enter__(self) -> TorchServe:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -1,4 +1,5 @@
-"""The adaptation job: lease, resume, adapt the generator (DIFA), store the delta, finish the job record — exactly once per job."""
+"""The adaptation job: lease, resume, adapt the generator (DIFA), store the delta, finish the job record —
+exactly once per job."""
 
 from __future__ import annotations
 
@@ -10,23 +11,30 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import redis
 import torch
 
 from faceedit.adaptation.clip import ClipConfig, ClipModel, load_clip, parse_clip_spec
-from faceedit.adaptation.difa import CHECKPOINT_FILE, AdaptationCancelled, DifaConfig, adapt
+from faceedit.adaptation.difa import CHECKPOINT_FILE, AdaptationCancelled, adapt
+from faceedit.adaptation.difa_config import DifaConfig
 from faceedit.adaptation.finetune import FinetuneConfig, FinetuneState, finetune
-from faceedit.errors import CheckpointError, FaceEditError, InvalidInputError, NotFoundError
+from faceedit.errors import (
+    CheckpointError,
+    FaceEditError,
+    InvalidInputError,
+    NotFoundError,
+)
 from faceedit.images import from_pil
 from faceedit.models import Encoder, Generator, load_encoder, load_generator
 from faceedit.models.precision import resolve_device
 from services.common.artifacts import ArtifactStore, open_artifact_store
 from services.common.errors import code_for
-from services.common.models import ModelConfig, load_model_config
 from services.common.jobs import Job, JobStore
+from services.common.models import ModelConfig, load_model_config
 from services.common.registry import GeneratorIndex, save_adapted_generator
 from services.common.uploads import center_square, decode_upload
 from services.worker.config import WorkerConfig
@@ -105,7 +113,7 @@ class Runtime:
     _clips: list[ClipModel] | None = None
 
     @classmethod
-    def open(cls, config: WorkerConfig) -> "Runtime":
+    def open(cls, config: WorkerConfig) -> Runtime:
         torch.set_num_threads(config.torch_threads)
         client = redis.Redis.from_url(config.redis_url)
         store = open_artifact_store(config.artifact_store_url)
@@ -212,7 +220,7 @@ class LeaseKeeper:
             except redis.RedisError:
                 log.warning("lease renewal for %s failed; retrying", self.job_id)
 
-    def __enter__(self) -> "LeaseKeeper":
+    def __enter__(self) -> LeaseKeeper:
         self._thread.start()
         return self
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from celery import Celery, signals
 
@@ -48,7 +49,7 @@ app = create_app(config)
 @app.task(name=TASK_ADAPT, bind=True, max_retries=None)
 def adapt(self: Any, job_id: str) -> dict[str, Any]:
     """Run adaptation job `job_id` (its record in Redis says what to do)."""
-    # Imported here: the editor imports this module to send tasks and must not pull in torch.
+    # Imported on the first task: importing the Celery app (celery's CLI, tests that only send tasks) loads no torch.
     from services.worker.adapt import LeaseBusy, run_adaptation
 
     try:
@@ -58,7 +59,7 @@ def adapt(self: Any, job_id: str) -> dict[str, Any]:
     except LeaseBusy as busy:
         # Someone else runs it (or ran it and died: the lease expires). Try again later; the
         # retry is a new message, so this delivery is acknowledged.
-        raise self.retry(countdown=busy.countdown)
+        raise self.retry(countdown=busy.countdown) from None
 
 
 @app.task(name=TASK_PREPARE, bind=True)

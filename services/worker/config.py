@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from faceedit.errors import InvalidInputError
 from services.common.settings import read_settings
@@ -53,7 +53,7 @@ class WorkerConfig:
     sampling_bytes_per_pixel: int = 560  # no-grad synthesis, as measured for the generator handler
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "WorkerConfig":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerConfig:
         return read_settings(cls, env)
 
     def __post_init__(self) -> None:

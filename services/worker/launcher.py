@@ -6,8 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,7 @@ class WorkerProcess:
         self.name, self.queue, self.nice = name, queue, nice
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "WorkerProcess":
+    def start(self) -> WorkerProcess:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "celery", "-A", "services.worker.app", "worker", "-Q", self.queue,
                "-P", "solo", "-c", "1", "-n", f"{self.name}@%h", "--loglevel", "WARNING",
@@ -64,7 +64,7 @@ class WorkerProcess:
             self.process.wait()
         self.process = None
 
-    def __enter__(self) -> "WorkerProcess":
+    def __enter__(self) -> WorkerProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

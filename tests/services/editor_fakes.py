@@ -53,7 +53,8 @@ class FakeInference:
         pil = Image.open(io.BytesIO(image)).convert("RGB")
         with torch.inference_mode():
             ws = self.encoder(from_pil([pil], size=self.encoder.config.input_size)).numpy()  # [1, L, D]
-        return protocol.decode_invert_response(protocol.encode_invert_response(ws, None, self.encoder.config.input_size))
+        return protocol.decode_invert_response(
+            protocol.encode_invert_response(ws, None, self.encoder.config.input_size))
 
     def ping(self) -> bool:
         return self.healthy

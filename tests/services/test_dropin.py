@@ -28,10 +28,12 @@ def test_official_layout_files_serve_every_call_through_the_stack(tmp_path):
     result = json.loads(figures.read_text())
     calls = {c["name"].split(" (")[0]: c for c in result["calls"]}
     for name in ("ListGenerators", "ListAttributes", "Generate 1 seed", "Generate 4 seeds", "Invert", "Invert",
-                 "Edit", "Animate 8 frames + GIF", "CreateAdaptation", "adaptation job", "Edit on the adapted generator"):
+                 "Edit", "Animate 8 frames + GIF", "CreateAdaptation", "adaptation job",
+                 "Edit on the adapted generator"):
         assert name in calls, name
     assert calls["ListGenerators"]["detail"] == "ffhq (64 px)"
-    assert calls["Generate 4 seeds"]["detail"] == "4 images" and calls["Animate 8 frames + GIF"]["detail"].startswith("8 frames")
+    assert (calls["Generate 4 seeds"]["detail"] == "4 images"
+            and calls["Animate 8 frames + GIF"]["detail"].startswith("8 frames"))
     assert "SUCCEEDED" in calls["adaptation job"]["detail"]
     # The official InterfaceGAN files under their names, W and Z; e4e's renamed; pose.pt ([1, 18, 512]) not asked for.
     for attribute in ("age/w", "age/z", "eyeglasses/w", "gender/w", "pose/w", "smile/w", "smile/z", "age_e4e/w"):

@@ -10,16 +10,26 @@ import numpy as np
 import pytest
 import torch
 
-from editor_fakes import FakeInference, boundary_set
 from faceedit.editing import BoundarySet, DirectionEntry
 from faceedit.errors import InvalidInputError
 from faceedit.models import load_generator
 from faceedit.sampling import z_from_seeds
-from services.editor import core
-from services.editor.budget import RenderBudget
 from services.common.errors import DeadlineError, TooLargeError
-from services.editor.inference import CALLER_ACTIVE, CALLER_DEADLINE, TorchServeInference
+from services.editor.boundaries import BoundaryRegistry
+from services.editor.budget import RenderBudget
+from services.editor.cache import LatentCache
+from services.editor.catalog import BaseGenerator, GeneratorCatalog
+from services.editor.config import EditorConfig
+from services.editor.editing import EditorCore
+from services.editor.inference import (
+    CALLER_ACTIVE,
+    CALLER_DEADLINE,
+    TorchServeInference,
+)
 from services.editor.metrics import EditorMetrics
+from services.editor.values import LatentSource, Step
+
+from editor_fakes import FakeInference, boundary_set
 
 
 @pytest.fixture
@@ -36,15 +46,15 @@ def deadline():
 
 
 def make_editor(tiny_models, redis_client, namespace, inference=None, budget=None, boundaries=None):
-    base = core.BaseGenerator.load("demo", tiny_models["generator"])
-    catalog = core.GeneratorCatalog({"demo": base}, "demo", None)
+    base = BaseGenerator.load("demo", tiny_models["generator"])
+    catalog = GeneratorCatalog({"demo": base}, "demo", None)
     rng = torch.Generator().manual_seed(3)
     normals = {name: torch.randn(64, generator=rng) for name in ("age", "smile")}
-    registry = core.BoundaryRegistry({"demo": boundaries or boundary_set(normals)})
-    cache = core.LatentCache(redis_client, 60, namespace, EditorMetrics())
+    registry = BoundaryRegistry({"demo": boundaries or boundary_set(normals)})
+    cache = LatentCache(redis_client, 60, namespace, EditorMetrics())
     inference = inference or FakeInference(tiny_models["generator"], tiny_models["encoder"])
-    return core.EditorCore(catalog, registry, cache, inference, max_seeds=64, max_frames=40, frame_batch=8,
-                           budget=budget or RenderBudget(4.0, 8, 32 << 20))
+    return EditorCore(catalog, registry, cache, inference, EditorConfig(max_seeds=64, max_frames=40, frame_batch=8),
+                      budget=budget or RenderBudget(4.0, 8, 32 << 20))
 
 
 def test_chunks_follow_the_measured_cost_and_the_reply_limit():
@@ -88,7 +98,7 @@ def test_generate_is_sent_in_chunks_and_refused_when_the_deadline_is_too_short(t
     with pytest.raises(TooLargeError, match="seeds"):
         editor.generate("t", "", [1, 2, 3, 4, 5, 6])
     with pytest.raises(TooLargeError, match="frames"):
-        editor.animate("t", "", core.LatentSource(seed=1), [core.Step("age", 1.0)], frames=10)
+        editor.animate("t", "", LatentSource(seed=1), [Step("age", 1.0)], frames=10)
 
 
 def test_no_chunk_is_sent_once_the_caller_has_gone(tiny_models, redis_client, namespace):
@@ -96,7 +106,7 @@ def test_no_chunk_is_sent_once_the_caller_has_gone(tiny_models, redis_client, na
     active = {"value": True}
     token = CALLER_ACTIVE.set(lambda: active["value"])
     try:
-        frames = editor.animate("t", "", core.LatentSource(seed=1), [core.Step("age", 1.0)], frames=8)
+        frames = editor.animate("t", "", LatentSource(seed=1), [Step("age", 1.0)], frames=8)
         first = [next(frames), next(frames)]  # one chunk of two frames
         active["value"] = False  # the client cancelled
         with pytest.raises(DeadlineError, match="cancelled after 2 of 8"):
@@ -108,7 +118,7 @@ def test_no_chunk_is_sent_once_the_caller_has_gone(tiny_models, redis_client, na
 
 def _slow_torchserve(seconds: float):
     """TorchServe's Predictions taking `seconds` per call (a CPU at 1024 px), answering with fake PNGs."""
-    from faceedit.proto import inference_pb2, inference_pb2_grpc
+    from services.common.ts_grpc import inference_pb2, inference_pb2_grpc
 
     class SlowTorchServe(inference_pb2_grpc.InferenceAPIsServiceServicer):
         calls = 0
@@ -125,10 +135,11 @@ def _slow_torchserve(seconds: float):
     return SlowTorchServe()
 
 
+@pytest.mark.slow
 def test_a_long_deadline_animation_completes_although_each_call_outlasts_the_default_timeout(
         tiny_models, redis_client, namespace, deadline):
     """The fixed 30 s per TorchServe call used to end a 1024 px Animate on a CPU whatever the caller allowed."""
-    from faceedit.proto import inference_pb2_grpc
+    from services.common.ts_grpc import inference_pb2_grpc
 
     servicer = _slow_torchserve(0.6)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
@@ -140,7 +151,7 @@ def test_a_long_deadline_animation_completes_although_each_call_outlasts_the_def
         editor = make_editor(tiny_models, redis_client, namespace, inference=inference,
                              budget=RenderBudget(4.0, 2, 32 << 20))
         deadline(30)
-        frames = list(editor.animate("t", "", core.LatentSource(seed=1), [core.Step("age", 1.0)], frames=6))
+        frames = list(editor.animate("t", "", LatentSource(seed=1), [Step("age", 1.0)], frames=6))
         assert [f.index for f in frames] == list(range(6)) and servicer.calls == 3
     finally:
         inference.close()
@@ -161,27 +172,27 @@ def test_z_space_boundaries_move_a_seeds_z_before_the_mapping(tiny_models, redis
     editor = make_editor(tiny_models, redis_client, namespace, boundaries=boundaries)
     generator = load_generator(tiny_models["generator"])
     z = z_from_seeds([7], 64)
-    source = core.LatentSource(seed=7, truncation=0.5)
+    source = LatentSource(seed=7, truncation=0.5)
 
     def expected(direction: torch.Tensor, strength: float) -> np.ndarray:
         with torch.no_grad():
             return generator.truncate(generator.mapping(z + strength * direction), 0.5)[0].numpy()
 
-    got = editor.edit("t", "", source, [core.Step("age", 2.0, space="z")]).latent.ws
+    got = editor.edit("t", "", source, [Step("age", 2.0, space="z")]).latent.ws
     np.testing.assert_allclose(got[0, 0], expected(boundaries.get("age", "z").direction, 2.0), atol=1e-5)
     # With conditions that a precomputed `_c_` file covers, that file is the direction.
-    got = editor.edit("t", "", source, [core.Step("age", 2.0, conditions=("eyeglasses",), space="z")]).latent.ws
+    got = editor.edit("t", "", source, [Step("age", 2.0, conditions=("eyeglasses",), space="z")]).latent.ws
     np.testing.assert_allclose(got[0, 0], expected(boundaries.get("age", "z", ("eyeglasses",)).direction, 2.0),
                                atol=1e-5)
-    frames = list(editor.animate("t", "", source, [core.Step("eyeglasses", 3.0)], frames=3, start=-1, end=1))
+    frames = list(editor.animate("t", "", source, [Step("eyeglasses", 3.0)], frames=3, start=-1, end=1))
     assert len(frames) == 3
     # A latent without a z (an id, inline values) cannot be moved in Z: said, naming the step.
     latent = editor.generate("t", "", [7])[0].latent
     with pytest.raises(InvalidInputError) as info:
-        editor.edit("t", "", core.LatentSource(latent_id=latent.id), [core.Step("eyeglasses", 1.0)])
+        editor.edit("t", "", LatentSource(latent_id=latent.id), [Step("eyeglasses", 1.0)])
     assert info.value.field == "edits[0].attribute" and "seed latents only" in info.value.problem
     with pytest.raises(InvalidInputError) as info:
-        editor.edit("t", "", source, [core.Step("eyeglasses", 1.0, space="w")])
+        editor.edit("t", "", source, [Step("eyeglasses", 1.0, space="w")])
     assert info.value.field == "edits[0].space"
     # W is preferred when both exist, so an id edits in W.
-    editor.edit("t", "", core.LatentSource(latent_id=latent.id), [core.Step("age", 1.0)])
+    editor.edit("t", "", LatentSource(latent_id=latent.id), [Step("age", 1.0)])

@@ -1,12 +1,12 @@
-"""faceedit.client without a server: what is retried, how often, and with which idempotency key."""
+"""faceedit_client without a server: what is retried, how often, and with which idempotency key."""
 
 from __future__ import annotations
 
 import grpc
 import pytest
 
-from faceedit.client import FaceEditClient, FaceEditError, RetryPolicy, Step
-from faceedit.proto import adaptation_pb2
+from faceedit_client import FaceEditClient, FaceEditClientError, RetryPolicy, Step
+from faceedit_client.v1 import adaptation_pb2
 
 
 class Rpc(grpc.RpcError):
@@ -60,12 +60,12 @@ def test_unavailable_is_retried_with_growing_capped_backoff_and_one_key(client):
 
 def test_retries_stop_after_the_policy_and_other_codes_are_not_retried(client):
     client.editor.Edit = Scripted([grpc.StatusCode.UNAVAILABLE] * 10, None)
-    with pytest.raises(FaceEditError) as info:
+    with pytest.raises(FaceEditClientError) as info:
         client.edit([Step("age", 1.0)], seed=1)
     assert info.value.code == grpc.StatusCode.UNAVAILABLE and len(client.editor.Edit.requests) == 4
     for code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL):
         client.editor.Edit = Scripted([code], None)
-        with pytest.raises(FaceEditError) as info:
+        with pytest.raises(FaceEditClientError) as info:
             client.edit([], seed=1)
         assert info.value.code == code and len(client.editor.Edit.requests) == 1
 

@@ -8,12 +8,17 @@ import grpc
 import pytest
 
 from faceedit.errors import CheckpointFormatError, InvalidInputError, NoFaceFound, NotFoundError
+from services.common.errors import (
+    DeadlineError,
+    PreconditionError,
+    TooLargeError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+from services.common.protocol import InferenceError
 from services.editor.auth import ApiKeys, read_keys_file
 from services.editor.config import EditorConfig
-from services.common.errors import (DeadlineError, PreconditionError, TooLargeError, UnauthenticatedError,
-                                    UnavailableError)
 from services.editor.errors import status_for
-from services.common.protocol import InferenceError
 
 KEY = "k" * 20
 

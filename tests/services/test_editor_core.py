@@ -9,49 +9,57 @@ import pytest
 import torch
 from PIL import Image
 
-from editor_fakes import FakeInference, FakeQueue, boundary_set, png_bytes
 from faceedit.editing import save_boundary
 from faceedit.errors import InvalidInputError, NotFoundError
 from faceedit.models import load_generator
 from faceedit.sampling import z_from_seeds
 from services.common.artifacts import LocalArtifactStore
+from services.common.errors import PreconditionError, TooLargeError, UnavailableError
 from services.common.jobs import JobStore
 from services.common.registry import GeneratorIndex, GeneratorRecord
-from services.editor import core
-from services.common.errors import PreconditionError, TooLargeError, UnavailableError
+from services.editor.adaptation import AdaptationCore
+from services.editor.boundaries import BoundaryRegistry
+from services.editor.cache import LatentCache
+from services.editor.catalog import BaseGenerator, GeneratorCatalog
+from services.editor.config import EditorConfig
+from services.editor.editing import EditorCore
 from services.editor.metrics import EditorMetrics
+from services.editor.values import LatentSource, RenderedImage, Step
+
+from editor_fakes import FakeInference, FakeQueue, boundary_set, png_bytes
 
 
 @pytest.fixture
-def base(tiny_models) -> core.BaseGenerator:
-    return core.BaseGenerator.load("demo", tiny_models["generator"])
+def base(tiny_models) -> BaseGenerator:
+    return BaseGenerator.load("demo", tiny_models["generator"])
 
 
 @pytest.fixture
-def boundaries(base) -> core.BoundaryRegistry:
+def boundaries(base) -> BoundaryRegistry:
     rng = torch.Generator().manual_seed(3)
     normals = {name: torch.randn(base.style_dim, generator=rng) for name in ("age", "smile", "glasses")}
-    return core.BoundaryRegistry({"demo": boundary_set(normals)})
+    return BoundaryRegistry({"demo": boundary_set(normals)})
 
 
 @pytest.fixture
 def world(tmp_path, tiny_models, base, boundaries, redis_client, namespace):
     store = LocalArtifactStore(tmp_path / "artifacts")
     index = GeneratorIndex(redis_client, store, namespace)
-    catalog = core.GeneratorCatalog({"demo": base}, "demo", index)
+    catalog = GeneratorCatalog({"demo": base}, "demo", index)
     metrics = EditorMetrics()
-    cache = core.LatentCache(redis_client, 60, namespace, metrics)
+    cache = LatentCache(redis_client, 60, namespace, metrics)
     inference = FakeInference(tiny_models["generator"], tiny_models["encoder"])
-    editor = core.EditorCore(catalog, boundaries, cache, inference, metrics, max_seeds=8, max_frames=10,
-                             frame_batch=3, max_image_bytes=100_000, max_image_pixels=256 * 256)
+    config = EditorConfig(max_seeds=8, max_frames=10, frame_batch=3, max_image_bytes=100_000,
+                          max_image_pixels=256 * 256)
+    editor = EditorCore(catalog, boundaries, cache, inference, config, metrics)
     queue = FakeQueue()
     jobs = JobStore(redis_client, namespace)
-    adaptation = core.AdaptationCore(catalog, jobs, index, store, queue, max_image_bytes=100_000)
+    adaptation = AdaptationCore(catalog, jobs, index, store, queue, config)
     return dict(editor=editor, adaptation=adaptation, inference=inference, queue=queue, index=index, jobs=jobs,
                 metrics=metrics, store=store)
 
 
-def decode(image: core.RenderedImage) -> np.ndarray:
+def decode(image: RenderedImage) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(image.data)).convert("RGB"), dtype=np.int16)
 
 
@@ -92,8 +100,8 @@ class TestEdit:
     def test_edit_by_id_moves_along_the_normal_on_the_chosen_layers(self, world, boundaries):
         editor = world["editor"]
         face = editor.generate("t1", "", [1])[0]
-        result = editor.edit("t1", "", core.LatentSource(latent_id=face.latent.id),
-                             [core.Step("age", 2.0, layers="coarse")])
+        result = editor.edit("t1", "", LatentSource(latent_id=face.latent.id),
+                             [Step("age", 2.0, layers="coarse")])
         delta = result.latent.ws - face.latent.ws  # [1, L, D]
         normal = boundaries.attributes("demo").get("age").direction.numpy()
         coarse = range(0, 2)  # n_latent 8: coarse is 0-1
@@ -107,25 +115,25 @@ class TestEdit:
     def test_conditions_keep_the_other_attribute_fixed(self, world, boundaries):
         editor = world["editor"]
         ws0 = editor.generate("t1", "", [2])[0].latent
-        out = editor.edit("t1", "", core.LatentSource(latent_id=ws0.id),
-                          [core.Step("age", 3.0, conditions=("smile",))]).latent.ws
+        out = editor.edit("t1", "", LatentSource(latent_id=ws0.id),
+                          [Step("age", 3.0, conditions=("smile",))]).latent.ws
         smile = boundaries.attributes("demo").get("smile").direction.numpy()
         assert abs(float((out - ws0.ws)[0, 0] @ smile)) < 1e-4  # no movement along the condition
 
     def test_seed_and_inline_sources(self, world, base):
         editor = world["editor"]
-        by_seed = editor.edit("t1", "", core.LatentSource(seed=4, truncation=0.7), [])
-        inline = editor.edit("t1", "", core.LatentSource(inline=by_seed.latent.ws[0]), [])
+        by_seed = editor.edit("t1", "", LatentSource(seed=4, truncation=0.7), [])
+        inline = editor.edit("t1", "", LatentSource(inline=by_seed.latent.ws[0]), [])
         np.testing.assert_array_equal(inline.latent.ws, by_seed.latent.ws)
         assert inline.image.data == by_seed.image.data
 
     @pytest.mark.parametrize("source, field", [
-        (core.LatentSource(), "latent"),
-        (core.LatentSource(inline=np.zeros((1, 3, 64), np.float32)), "latent.inline"),
-        (core.LatentSource(inline=np.full((8, 64), np.nan, np.float32)), "latent.inline"),
-        (core.LatentSource(latent_id="lat-doesnotexist"), "latent"),
-        (core.LatentSource(latent_id="../../etc"), "latent.latent_id"),
-        (core.LatentSource(seed=2**33), "latent.seed"),
+        (LatentSource(), "latent"),
+        (LatentSource(inline=np.zeros((1, 3, 64), np.float32)), "latent.inline"),
+        (LatentSource(inline=np.full((8, 64), np.nan, np.float32)), "latent.inline"),
+        (LatentSource(latent_id="lat-doesnotexist"), "latent"),
+        (LatentSource(latent_id="../../etc"), "latent.latent_id"),
+        (LatentSource(seed=2**33), "latent.seed"),
     ])
     def test_bad_latents_name_the_field(self, world, source, field):
         with pytest.raises((InvalidInputError, NotFoundError)) as info:
@@ -133,28 +141,28 @@ class TestEdit:
         assert field in str(info.value) or (isinstance(info.value, NotFoundError) and info.value.kind == "latent")
 
     @pytest.mark.parametrize("step, field", [
-        (core.Step("wings", 1.0), "edits[0].attribute"),
-        (core.Step("age", float("nan")), "edits[0].strength"),
-        (core.Step("age", 1e6), "edits[0].strength"),
-        (core.Step("age", 1.0, layers="0-99"), "edits[0].layers"),
-        (core.Step("age", 1.0, conditions=("age",)), "edits[0].conditions[0]"),
-        (core.Step("age", 1.0, conditions=("nope",)), "edits[0].conditions[0]"),
+        (Step("wings", 1.0), "edits[0].attribute"),
+        (Step("age", float("nan")), "edits[0].strength"),
+        (Step("age", 1e6), "edits[0].strength"),
+        (Step("age", 1.0, layers="0-99"), "edits[0].layers"),
+        (Step("age", 1.0, conditions=("age",)), "edits[0].conditions[0]"),
+        (Step("age", 1.0, conditions=("nope",)), "edits[0].conditions[0]"),
     ])
     def test_bad_steps_name_the_field(self, world, step, field):
         with pytest.raises((InvalidInputError, NotFoundError), match=field.replace("[", r"\[").replace("]", r"\]")):
-            world["editor"].edit("t1", "", core.LatentSource(seed=1), [step])
+            world["editor"].edit("t1", "", LatentSource(seed=1), [step])
 
     def test_a_latent_of_another_tenant_is_not_found(self, world):
         face = world["editor"].generate("t1", "", [1])[0]
         with pytest.raises(NotFoundError):
-            world["editor"].edit("t2", "", core.LatentSource(latent_id=face.latent.id), [])
+            world["editor"].edit("t2", "", LatentSource(latent_id=face.latent.id), [])
 
     def test_cache_hits_and_misses_are_counted(self, world):
         editor, metrics = world["editor"], world["metrics"]
         face = editor.generate("t1", "", [1])[0]
-        editor.edit("t1", "", core.LatentSource(latent_id=face.latent.id), [])
+        editor.edit("t1", "", LatentSource(latent_id=face.latent.id), [])
         with pytest.raises(NotFoundError):
-            editor.edit("t1", "", core.LatentSource(latent_id="lat-0"), [])
+            editor.edit("t1", "", LatentSource(latent_id="lat-0"), [])
         assert metrics.cache.labels("hit")._value.get() == 1
         assert metrics.cache.labels("miss")._value.get() == 1
 
@@ -186,7 +194,7 @@ class TestInvert:
 
 class TestAnimate:
     def test_frames_then_one_gif(self, world):
-        items = list(world["editor"].animate("t1", "", core.LatentSource(seed=1), [core.Step("smile", 2.0)],
+        items = list(world["editor"].animate("t1", "", LatentSource(seed=1), [Step("smile", 2.0)],
                                              frames=4, start=-1, end=1, animation="gif"))
         frames, animation = items[:-1], items[-1]
         assert [f.index for f in frames] == [0, 1, 2, 3]
@@ -197,9 +205,9 @@ class TestAnimate:
 
     def test_validation_happens_before_the_first_frame(self, world):
         with pytest.raises(InvalidInputError, match="frames"):
-            world["editor"].animate("t1", "", core.LatentSource(seed=1), [core.Step("age", 1)], frames=11)
+            world["editor"].animate("t1", "", LatentSource(seed=1), [Step("age", 1)], frames=11)
         with pytest.raises(InvalidInputError, match="skip_frames"):
-            world["editor"].animate("t1", "", core.LatentSource(seed=1), [core.Step("age", 1)], skip_frames=True)
+            world["editor"].animate("t1", "", LatentSource(seed=1), [Step("age", 1)], skip_frames=True)
         assert world["inference"].calls == []
 
 
@@ -209,11 +217,11 @@ class TestTenants:
         ids = {g.id for g in world["editor"].list_generators("t1")}
         assert ids == {"demo", "gen-a1"}
         assert {g.id for g in world["editor"].list_generators("t2")} == {"demo"}
-        a = world["editor"].edit("t1", "gen-a1", core.LatentSource(seed=1), [])
-        b = world["editor"].edit("t1", "demo", core.LatentSource(seed=1), [])
+        a = world["editor"].edit("t1", "gen-a1", LatentSource(seed=1), [])
+        b = world["editor"].edit("t1", "demo", LatentSource(seed=1), [])
         assert a.image.data != b.image.data
         with pytest.raises(NotFoundError, match="gen-a1"):
-            world["editor"].edit("t2", "gen-a1", core.LatentSource(seed=1), [])
+            world["editor"].edit("t2", "gen-a1", LatentSource(seed=1), [])
         with pytest.raises(NotFoundError):
             world["adaptation"].delete_generator("t2", "gen-a1")
         world["adaptation"].delete_generator("t1", "gen-a1")
@@ -222,7 +230,7 @@ class TestTenants:
     def test_a_latent_edits_with_an_adapted_generator_of_its_family(self, world):
         add_adapted(world, "t1")
         face = world["editor"].generate("t1", "demo", [3])[0]
-        out = world["editor"].edit("t1", "gen-a1", core.LatentSource(latent_id=face.latent.id), [])
+        out = world["editor"].edit("t1", "gen-a1", LatentSource(latent_id=face.latent.id), [])
         np.testing.assert_array_equal(out.latent.ws, face.latent.ws)
 
     def test_base_generators_cannot_be_deleted(self, world):
@@ -287,12 +295,12 @@ def test_boundaries_load_from_files_and_are_checked_against_the_latent_space(tmp
 
     save_boundary(tmp_path / "age.safetensors", torch.ones(64),
                   {"attribute": "age", "accuracy": 0.93, "recommended_strength": [-2.5, 4.0], "layers": [0, 1]})
-    entries = core.BoundaryRegistry.read_sets([BoundarySetSpec(str(tmp_path))], base)
+    entries = BoundaryRegistry.read_sets([BoundarySetSpec(str(tmp_path))], base)
     assert entries.get("age").accuracy == pytest.approx(0.93)
     assert entries.get("age").recommended == (-2.5, 4.0) and entries.get("age").layers == (0, 1)
     save_boundary(tmp_path / "bad.safetensors", torch.ones(32), {})
     with pytest.raises(BoundarySetError, match="bad.safetensors"):
-        core.BoundaryRegistry.read_sets([BoundarySetSpec(str(tmp_path))], base)
+        BoundaryRegistry.read_sets([BoundarySetSpec(str(tmp_path))], base)
 
 
 def test_list_attributes_reports_ranges_layer_groups_and_provenance(world, base):

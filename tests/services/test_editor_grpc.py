@@ -1,5 +1,5 @@
 """The editor over real gRPC (loopback, random port) with real Redis and an in-process model-server fake:
-every RPC through faceedit.client, status codes for bad input, auth, health, reflection, metrics."""
+every RPC through faceedit_client, status codes for bad input, auth, health, reflection, metrics."""
 
 from __future__ import annotations
 
@@ -14,16 +14,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
-from editor_fakes import FakeInference, boundary_set, png_bytes
-from faceedit.client import FaceEditClient, FaceEditError, RetryPolicy, Step
-from faceedit.proto import editor_pb2, editor_pb2_grpc
-from services.common.registry import GeneratorRecord
-from services.editor import core
-from services.editor.config import EditorConfig
-from services.editor import probe
+from faceedit_client import FaceEditClient, FaceEditClientError, RetryPolicy, Step
+from faceedit_client.v1 import editor_pb2, editor_pb2_grpc
 from services.common.errors import UnavailableError
+from services.common.registry import GeneratorRecord
+from services.editor import probe
+from services.editor.boundaries import BoundaryRegistry
+from services.editor.catalog import BaseGenerator
+from services.editor.config import EditorConfig
 from services.editor.probe import LIVENESS_SERVICE
 from services.editor.server import EditorServer
+
+from editor_fakes import FakeInference, boundary_set, png_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -37,12 +39,12 @@ def server(tmp_path, tiny_models, redis_server, namespace):
                                    artifact_store_url=str(tmp_path / "artifacts"),
                                    api_keys={KEY_A: "tenant-a", KEY_B: "tenant-b"}, max_image_bytes=200_000,
                                    max_message_bytes=1_000_000, max_frames=12, health_interval_s=60.0)
-    base = core.BaseGenerator.load("demo", tiny_models["generator"])
+    base = BaseGenerator.load("demo", tiny_models["generator"])
     rng = torch.Generator().manual_seed(0)
     normals = {name: torch.randn(64, generator=rng) for name in ("age", "smile")}
     inference = FakeInference(tiny_models["generator"], tiny_models["encoder"])
     srv = EditorServer(config, inference=inference, bases={"demo": base},
-                       boundaries=core.BoundaryRegistry({"demo": boundary_set(normals, 0.91, (-3.0, 2.5))}))
+                       boundaries=BoundaryRegistry({"demo": boundary_set(normals, 0.91, (-3.0, 2.5))}))
     srv.start()
     try:
         yield srv
@@ -61,7 +63,7 @@ def client(server):
 
 
 def code_of(call) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(FaceEditError) as info:
+    with pytest.raises(FaceEditClientError) as info:
         call()
     return info.value.code, info.value.message
 
@@ -178,7 +180,8 @@ class TestAdaptationRpcs:
         jobs, token = client.list_adaptations()
         assert [j.name for j in jobs] == [first.name] and token == ""
         cancelled = client.cancel_adaptation(first.name)
-        assert cancelled.state == "CANCELLED" and cancelled.done and cancelled.error_code == grpc.StatusCode.CANCELLED.value[0]
+        assert (cancelled.state == "CANCELLED" and cancelled.done
+                and cancelled.error_code == grpc.StatusCode.CANCELLED.value[0])
         with client_for(server, key=KEY_B) as b:
             assert code_of(lambda: b.get_adaptation(first.name))[0] == grpc.StatusCode.NOT_FOUND
             assert b.list_adaptations()[0] == []
@@ -217,7 +220,8 @@ class TestOperations:
         assert probe.main([target]) == 1 and probe.main([target, "--service", LIVENESS_SERVICE]) == 0
         server.inference.healthy = True
         server.monitor.check()
-        assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        assert (health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+                == health_pb2.HealthCheckResponse.SERVING)
         assert probe.main([target]) == 0
         channel.close()
 
@@ -249,7 +253,7 @@ class TestOperations:
 
 
 def test_a_failed_job_surfaces_its_code_in_wait_for_adaptation(server, client):
-    from faceedit.client import AdaptationFailed
+    from faceedit_client import AdaptationFailed
 
     job = client.create_adaptation(png_bytes(), idempotency_key="fails")
     server.jobs.start(job.name)
@@ -269,8 +273,9 @@ def test_redis_down_is_unavailable_and_not_serving(tmp_path, tiny_models):
                                    artifact_store_url=str(tmp_path / "a"), api_keys={KEY_A: "tenant-a"},
                                    health_interval_s=60.0)
     inference = FakeInference(tiny_models["generator"], tiny_models["encoder"])
-    srv = EditorServer(config, inference=inference, bases={"demo": core.BaseGenerator.load("demo", tiny_models["generator"])},
-                       boundaries=core.BoundaryRegistry())
+    srv = EditorServer(config, inference=inference,
+                       bases={"demo": BaseGenerator.load("demo", tiny_models["generator"])},
+                       boundaries=BoundaryRegistry())
     srv.start()
     try:
         assert srv.monitor.check() is False

@@ -12,11 +12,11 @@ import grpc
 import numpy as np
 import pytest
 
-from faceedit.proto import inference_pb2, inference_pb2_grpc
+from services.common import protocol
 from services.common.errors import DeadlineError, PreconditionError, TooLargeError, UnavailableError
+from services.common.ts_grpc import inference_pb2, inference_pb2_grpc
 from services.editor.errors import status_for
 from services.editor.inference import CALLER_DEADLINE, TorchServeInference, read_inference_token
-from services.common import protocol
 
 pytestmark = pytest.mark.integration
 

@@ -1,10 +1,14 @@
 """The whole stack as `make demo` starts it (launcher: real Redis, TorchServe, editor process, Celery worker),
-tiny models, every RPC through faceedit.client, then `down` leaves no process behind."""
+tiny models, every RPC through faceedit_client, then `down` leaves no process behind."""
 
 from __future__ import annotations
 
 import importlib.util
 import io
+import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -13,15 +17,17 @@ import pytest
 import torch
 from PIL import Image
 
-from editor_fakes import png_bytes, write_models_file
-from faceedit.client import FaceEditClient, FaceEditError, Step
 from faceedit.editing import save_boundary
 from faceedit.models import load_generator
+from faceedit_client import FaceEditClient, FaceEditClientError, Step
 from services import launcher
+
+from editor_fakes import png_bytes, write_models_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 OTHER_KEY = "other-tenant-key-0123456789"
+REPO = Path(__file__).resolve().parents[2]
 HAS_WORKER = importlib.util.find_spec("services.worker.app") is not None
 
 
@@ -87,6 +93,61 @@ def test_editor_rpcs_through_real_torchserve(client):
     assert {a.name for a in client.list_attributes()} == {"age", "smile"}
 
 
+@pytest.fixture(scope="session")
+def client_venv(tmp_path_factory) -> Path:
+    """A fresh venv holding only `pip install clients/python`, as a product backend installs it: its python.
+
+    The package is built from a copy, so the in-tree build leaves nothing in the checkout; its stubs are the
+    ones `make protos` generated (the build refuses to run without them)."""
+    root = tmp_path_factory.mktemp("client-venv")
+    source = root / "faceedit-client"
+    shutil.copytree(REPO / "clients" / "python", source,
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                              "-c", str(REPO / "constraints.txt"), str(source)],
+                             capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stdout + install.stderr
+    return python
+
+
+CLIENT_SCRIPT = """
+import json, struct, sys
+import faceedit_client
+from faceedit_client import FaceEditClient
+target, key = sys.argv[1:]
+with FaceEditClient(target, key, timeout_s=120) as client:
+    generators = client.list_generators()
+    faces = client.generate([4, 5])
+png = faces[0].image.data
+print(json.dumps({
+    "module": faceedit_client.__file__,
+    "base": [g.id for g in generators if g.kind == "base"],
+    "png": png[:8] == b"\\x89PNG\\r\\n\\x1a\\n",
+    "size": struct.unpack(">II", png[16:24]),  # IHDR: width, height
+    "declared": [faces[0].image.width, faces[0].image.height],
+    "distinct": faces[0].image.data != faces[1].image.data,
+}))
+"""
+
+
+def test_the_client_package_alone_in_a_venv_without_torch(stack, client_venv, tmp_path):
+    """clients/python installs without torch or the faceedit library and talks to the real stack."""
+    started, _ = stack
+    for module in ("torch", "faceedit"):  # -I: nothing from the checkout or the environment leaks in
+        probe = subprocess.run([str(client_venv), "-I", "-c", f"import {module}"], capture_output=True, text=True,
+                               cwd=tmp_path, timeout=60)
+        assert probe.returncode != 0 and "ModuleNotFoundError" in probe.stderr, f"{module} is importable"
+    run = subprocess.run([str(client_venv), "-I", "-c", CLIENT_SCRIPT, started.editor_target, started.api_key],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=180)
+    assert run.returncode == 0, run.stderr
+    reply = json.loads(run.stdout)
+    assert Path(reply["module"]).is_relative_to(client_venv.parent.parent)  # the installed copy, not the checkout
+    assert reply["base"] == ["demo"] and reply["png"] and reply["distinct"]
+    assert reply["size"] == reply["declared"] == [32, 32]
+
 def _png_of_size(width: int, height: int) -> bytes:
     """A valid PNG with many pixels but few bytes (one colour): a decompression bomb's shape."""
     buffer = io.BytesIO()
@@ -109,7 +170,7 @@ def _png_of_size(width: int, height: int) -> bytes:
 ])
 def test_bad_input_through_the_stack(client, call, code, field):
     jobs_before = [j.name for j in client.list_adaptations()[0]]
-    with pytest.raises(FaceEditError) as info:
+    with pytest.raises(FaceEditClientError) as info:
         call(client)
     assert info.value.code == code and field in info.value.message
     # Nothing crashed and no half-made job is left behind: the same stack keeps answering.
@@ -118,7 +179,7 @@ def test_bad_input_through_the_stack(client, call, code, field):
 
 
 def test_missing_or_unknown_key_is_unauthenticated(stack):
-    from faceedit.proto import editor_pb2, editor_pb2_grpc
+    from faceedit_client.v1 import editor_pb2, editor_pb2_grpc
 
     started, _ = stack
     with grpc.insecure_channel(started.editor_target) as channel:  # no authorization metadata at all
@@ -126,7 +187,7 @@ def test_missing_or_unknown_key_is_unauthenticated(stack):
             editor_pb2_grpc.EditorStub(channel).ListGenerators(editor_pb2.ListGeneratorsRequest(), timeout=30)
     assert raw.value.code() == grpc.StatusCode.UNAUTHENTICATED and "authorization" in raw.value.details()
     with FaceEditClient(started.editor_target, "not-a-key-0000000000") as c:
-        with pytest.raises(FaceEditError) as info:
+        with pytest.raises(FaceEditClientError) as info:
             c.list_generators()
     assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
 
@@ -151,13 +212,13 @@ def test_adaptation_job_to_an_adapted_generator_and_back(stack, client):
         for call in (lambda: stranger.edit([], seed=7, generator_id=done.generator_id),
                      lambda: stranger.get_adaptation(job.name),
                      lambda: stranger.delete_generator(done.generator_id)):
-            with pytest.raises(FaceEditError) as info:
+            with pytest.raises(FaceEditClientError) as info:
                 call()
             assert info.value.code == grpc.StatusCode.NOT_FOUND
     jobs, _ = client.list_adaptations()
     assert job.name in [j.name for j in jobs]
     client.delete_generator(done.generator_id)
-    with pytest.raises(FaceEditError) as info:
+    with pytest.raises(FaceEditClientError) as info:
         client.edit([], seed=7, generator_id=done.generator_id)
     assert info.value.code == grpc.StatusCode.NOT_FOUND
     after = client.get_adaptation(job.name)  # still SUCCEEDED (it did), and it says the result is gone
@@ -166,7 +227,7 @@ def test_adaptation_job_to_an_adapted_generator_and_back(stack, client):
 
 @pytest.mark.skipif(not HAS_WORKER, reason="services.worker.app (the Celery worker) is not there yet")
 def test_cancel_a_long_job(client):
-    from faceedit.client import AdaptationFailed
+    from faceedit_client import AdaptationFailed
 
     job = client.create_adaptation(png_bytes(64, seed=6), idempotency_key="stack-cancel", steps=10_000)
     cancelled = client.cancel_adaptation(job.name)

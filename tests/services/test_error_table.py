@@ -8,9 +8,9 @@ import grpc
 import pytest
 
 from faceedit.errors import CheckpointFormatError, FaceEditError, InvalidInputError, NoFaceFound, NotFoundError
+from services.common import protocol
 from services.common.errors import TooLargeError, UnavailableError, code_for
 from services.editor.errors import status_for
-from services.common import protocol
 
 
 @pytest.mark.parametrize("exc, code", [

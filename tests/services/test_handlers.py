@@ -15,11 +15,12 @@ from PIL import Image
 from faceedit.errors import InvalidInputError, NotFoundError
 from faceedit.images import from_pil, to_pil
 from faceedit.models import load_encoder, load_generator
-from services.common.artifacts import LocalArtifactStore
-from services.common.registry import GeneratorIndex, save_adapted_generator
 from services.common import protocol
+from services.common.registry import save_adapted_generator
 from services.inference.encoder_handler import EncoderHandler
 from services.inference.generator_handler import GeneratorHandler
+
+pytestmark = pytest.mark.inference  # make test-services
 
 
 def fake_context(models_file: Path, model_dir: Path, settings: dict | None = None) -> SimpleNamespace:
@@ -33,16 +34,6 @@ def fake_context(models_file: Path, model_dir: Path, settings: dict | None = Non
 @pytest.fixture
 def base(tiny_models):
     return load_generator(tiny_models["generator"])
-
-
-@pytest.fixture
-def store(tmp_path):
-    return LocalArtifactStore(tmp_path / "artifacts")
-
-
-@pytest.fixture
-def index(redis_client, store, namespace):
-    return GeneratorIndex(redis_client, store, namespace)
 
 
 @pytest.fixture
@@ -209,6 +200,7 @@ def test_encoder_bad_photo_fails_alone(encoder_handler, base):
     assert protocol.decode_invert_response(ok).aligned is None
 
 
+@pytest.mark.slow
 def test_alignment_problems_are_typed(encoder_handler):
     blank = png(Image.new("RGB", (64, 64), (128, 128, 128)))
     body = encoder_handler.handle([{"data": protocol.encode_invert_request(blank, align=True)}], None)[0]
@@ -263,6 +255,7 @@ def test_a_batch_is_split_to_stay_within_the_memory_budget_and_precision_is_a_se
         GeneratorHandler().initialize(fake_context(tiny_models["models"], tmp_path / "fp16", {"precision": "fp16"}))
 
 
+@pytest.mark.slow
 def test_alignment_finds_a_drawn_face_and_returns_its_crop(encoder_handler):
     pytest.importorskip("dlib")
     from tests.test_align import drawn_face

@@ -20,20 +20,20 @@ from PIL import Image
 from faceedit.errors import InvalidInputError, NotFoundError
 from faceedit.images import to_pil
 from faceedit.models import load_generator
+from services.common import protocol
 from services.common.artifacts import LocalArtifactStore
 from services.common.registry import GeneratorIndex, save_adapted_generator
-from services.common import protocol
 from services.inference.archive import build_archive
 from services.inference.server import TorchServe, TorchServeConfig
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.inference]
 
 
 @pytest.fixture(scope="module")
 def ts_pb():
     """TorchServe's inference stubs as the editor uses them (`make protos` builds them): one copy per
     process, since protobuf refuses a second registration of the same messages."""
-    from faceedit.proto import inference_pb2, inference_pb2_grpc
+    from services.common.ts_grpc import inference_pb2, inference_pb2_grpc
 
     return inference_pb2, inference_pb2_grpc
 

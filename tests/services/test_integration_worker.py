@@ -12,7 +12,6 @@ import uuid
 import pytest
 import redis
 import torch
-from conftest import TINY_DIFA_SETTINGS
 
 from faceedit.images import to_pil
 from services.common.artifacts import LocalArtifactStore
@@ -24,7 +23,9 @@ from services.worker.app import TASK_ADAPT, create_app
 from services.worker.config import WorkerConfig
 from services.worker.launcher import WorkerProcess
 
-pytestmark = pytest.mark.integration
+from conftest import TINY_DIFA_SETTINGS
+
+pytestmark = [pytest.mark.integration, pytest.mark.inference]
 
 # Guards against a hung test, not assertions about speed.
 DEADLINE = 300.0

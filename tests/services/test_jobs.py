@@ -9,6 +9,8 @@ import pytest
 from faceedit.errors import InvalidInputError, NotFoundError
 from services.common.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 
+pytestmark = pytest.mark.inference  # make test-services
+
 
 @pytest.fixture
 def jobs(redis_client, namespace):

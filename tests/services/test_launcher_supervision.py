@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from services import launcher
+from services import launcher, processes, supervisor
 from services.editor.probe import check
 
 
@@ -54,24 +54,25 @@ def _pids(run_dir: Path) -> dict[str, int]:
 
 
 def test_backoff_doubles_to_the_cap_and_resets_after_a_long_run():
-    backoff = launcher.Backoff()
+    backoff = supervisor.Backoff()
     assert [backoff.next(uptime_s=0.5) for _ in range(9)] == [1, 2, 4, 8, 16, 32, 60, 60, 60]
     assert backoff.attempt == 9
     assert backoff.next(uptime_s=60.0) == 1 and backoff.attempt == 1  # up a minute: a fresh crash
     assert backoff.next(uptime_s=59.0) == 2
-    assert launcher.Backoff(attempt=10_000).next(uptime_s=0) == 60  # no overflow however long it loops
+    assert supervisor.Backoff(attempt=10_000).next(uptime_s=0) == 60  # no overflow however long it loops
 
 
+@pytest.mark.slow
 def test_supervisor_restarts_a_process_with_its_env_and_down_stops_it_first(tmp_path):
     """A plain process stands in for the worker: restarted with the launcher's added env, pidfile updated."""
     run_dir = tmp_path
     script = "import os, time; print('FLAG=' + os.environ['FACEEDIT_TEST_FLAG'], flush=True); time.sleep(600)"
     argv = [sys.executable, "-c", script]
     env = {**os.environ, "FACEEDIT_TEST_FLAG": "on"}
-    first = launcher._spawn("worker", argv, run_dir, env)
+    first = processes.spawn("worker", argv, run_dir, env)
     try:
-        launcher.start_supervisor(run_dir, {"worker": launcher._spec(argv, env)})
-        specs = json.loads((run_dir / launcher.PROCESSES).read_text())
+        supervisor.start_supervisor(run_dir, {"worker": launcher._spec(argv, env)})
+        specs = json.loads((run_dir / processes.PROCESSES).read_text())
         assert specs["worker"]["env"] == {"FACEEDIT_TEST_FLAG": "on"}  # only what was added
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()  # reaped here: the supervisor then sees it gone, with no exit code to read
@@ -87,14 +88,15 @@ def test_supervisor_restarts_a_process_with_its_env_and_down_stops_it_first(tmp_
     assert not list(run_dir.glob("*.pid"))
     assert _events(run_dir, "stopped") and len(_events(run_dir, "started")) == 1  # nothing restarted by down
     for name, pgid in groups.items():
-        _until(lambda: _group_gone(pgid), 10, f"{name} (group {pgid}) gone")
+        _until(lambda pgid=pgid: _group_gone(pgid), 10, f"{name} (group {pgid}) gone")
 
 
+@pytest.mark.slow
 def test_a_crash_loop_backs_off_with_each_exit_code(tmp_path):
     argv = [sys.executable, "-c", "import time; time.sleep(0.3); raise SystemExit(3)"]
-    first = launcher._spawn("redis", argv, tmp_path, dict(os.environ))
+    first = processes.spawn("redis", argv, tmp_path, dict(os.environ))
     try:
-        launcher.start_supervisor(tmp_path, {"redis": launcher._spec(argv, dict(os.environ))})
+        supervisor.start_supervisor(tmp_path, {"redis": launcher._spec(argv, dict(os.environ))})
         _until(lambda: len(_events(tmp_path, "restart")) >= 2, 20, "two restarts")
     finally:
         launcher.down(tmp_path.parent, tmp_path)
@@ -134,7 +136,7 @@ def test_killed_editor_comes_back_on_its_port_and_down_stops_everything(tiny_mod
             launcher.down(run_root / "run")
         assert _events(stack.run_dir, "stopped")
         for name, pgid in groups.items():
-            _until(lambda: _group_gone(pgid), 10, f"{name} (group {pgid}) gone")
+            _until(lambda pgid=pgid: _group_gone(pgid), 10, f"{name} (group {pgid}) gone")
     finally:
         shutil.rmtree(run_root, ignore_errors=True)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import pytest
 
@@ -109,5 +109,6 @@ def test_the_documented_official_example_parses_once_its_files_exist(tmp_path):
     models = load_model_config(tmp_path / "models.yaml")
     assert models.default_generator == "ffhq" and models.encoder() == tmp_path / "e4e_ffhq_encode.pt"
     interfacegan, e4e = models.boundary_specs("ffhq")
-    assert isinstance(e4e, BoundarySetSpec) and e4e.names["pose.pt"] == "pose_e4e" and e4e.components["ganspace_pc1"] == 1
+    assert (isinstance(e4e, BoundarySetSpec) and e4e.names["pose.pt"] == "pose_e4e"
+            and e4e.components["ganspace_pc1"] == 1)
     assert interfacegan.path == str(tmp_path / "interfacegan")

@@ -11,6 +11,8 @@ import pytest
 from faceedit.errors import InvalidInputError, NotFoundError
 from services.common import protocol as p
 
+pytestmark = pytest.mark.inference  # make test-services
+
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 
 

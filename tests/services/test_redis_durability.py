@@ -16,7 +16,7 @@ from services.common.artifacts import LocalArtifactStore
 from services.common.jobs import JobStore
 from services.common.redis_server import durable_redis_command, free_port
 from services.common.registry import GeneratorIndex, GeneratorRecord
-from services.editor.core import LatentCache
+from services.editor.cache import LatentCache
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,12 @@ import time
 import pytest
 import torch
 
-from conftest import tiny_generator
-from faceedit.errors import CheckpointMismatchError, ChecksumMismatchError, InvalidInputError, NotFoundError
+from faceedit.errors import (
+    CheckpointMismatchError,
+    ChecksumMismatchError,
+    InvalidInputError,
+    NotFoundError,
+)
 from services.common.artifacts import LocalArtifactStore
 from services.common.registry import (
     READY,
@@ -18,15 +22,9 @@ from services.common.registry import (
     save_adapted_generator,
 )
 
+from factories import tiny_generator
 
-@pytest.fixture
-def store(tmp_path):
-    return LocalArtifactStore(tmp_path / "artifacts")
-
-
-@pytest.fixture
-def index(redis_client, store, namespace):
-    return GeneratorIndex(redis_client, store, namespace)
+pytestmark = pytest.mark.inference  # make test-services
 
 
 def record(gid: str, tenant: str, created: float | None = None) -> GeneratorRecord:

@@ -11,6 +11,8 @@ from services.inference.server import TorchServeConfig, config_properties
 from services.worker.app import create_app
 from services.worker.config import WorkerConfig
 
+pytestmark = pytest.mark.inference  # make test-services
+
 
 def properties(config: TorchServeConfig) -> dict[str, str]:
     text = config_properties(config.with_ports())
@@ -60,7 +62,8 @@ def test_the_memory_budget_sizes_a_synthesis_call():
     """1024 px at ~0.55 GB per image: the default 6 GB budget allows 10 images per call, the demo's 64 px thousands."""
     config = InferenceConfig.load(model_config("generator"), {})
     assert config.images_per_call(1024) == 10 and config.images_per_call(64) > 1000
-    assert InferenceConfig.load(model_config("generator"), {"FACEEDIT_MEMORY_BUDGET_MB": "100"}).images_per_call(1024) == 1
+    assert InferenceConfig.load(model_config("generator"),
+                                {"FACEEDIT_MEMORY_BUDGET_MB": "100"}).images_per_call(1024) == 1
 
 
 def test_worker_config_and_celery_settings():

@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from faceedit.client import FaceEditClient, FaceEditError, RetryPolicy
+from faceedit_client import FaceEditClient, FaceEditClientError, RetryPolicy
 from services.editor import probe
 from services.editor.config import EditorConfig
 from services.editor.server import EditorServer
@@ -162,7 +162,7 @@ def call(client: FaceEditClient, i: int, seeds: int = 1) -> tuple[grpc.StatusCod
         else:
             client.generate(list(range(i, i + seeds)))
         return OK, ""
-    except FaceEditError as exc:
+    except FaceEditClientError as exc:
         return exc.code, exc.message
 
 

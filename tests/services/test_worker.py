@@ -1,4 +1,5 @@
-"""The adaptation job in-process on a real Redis: DIFA success, exactly-once reruns, resume, cancel, leases, bad input."""
+"""The adaptation job in-process on a real Redis: DIFA success, exactly-once reruns, resume, cancel, leases,
+bad input."""
 
 from __future__ import annotations
 
@@ -8,19 +9,22 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import TINY_DIFA_SETTINGS
 from PIL import Image
 
-from faceedit.adaptation import clip_mean, difa
-from faceedit.adaptation.difa import DifaConfig
+from faceedit.adaptation import clip_mean, difa_losses
 from faceedit.adaptation.clip import ClipConfig, load_clip
-from faceedit.adaptation.delta import trainable_names
+from faceedit.adaptation.difa_config import DifaConfig
 from faceedit.images import to_pil
 from faceedit.models import load_generator
+from faceedit.models.delta import trainable_names
 from services.common.artifacts import LocalArtifactStore
-from services.common.models import load_model_config
 from services.common.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
-from services.common.registry import GeneratorIndex, load_adapted_generator, save_adapted_generator
+from services.common.models import load_model_config
+from services.common.registry import (
+    GeneratorIndex,
+    load_adapted_generator,
+    save_adapted_generator,
+)
 from services.worker.adapt import (
     CLIP_MEAN_PREFIX,
     LeaseBusy,
@@ -34,6 +38,10 @@ from services.worker.adapt import (
     target_latent,
 )
 from services.worker.config import WorkerConfig
+
+from conftest import TINY_DIFA_SETTINGS
+
+pytestmark = pytest.mark.inference  # make test-services
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -87,11 +95,21 @@ class SimulatedCrash(BaseException):
     """What a SIGKILL looks like from inside: nothing after it runs (not even the job's failure record)."""
 
 
+def run_cancelled_at(rt, job, progress_prefix: str) -> dict:
+    """Run the job, asking to cancel it (as its tenant would) once its progress message starts with the prefix."""
+    def cancel(fraction: float, message: str) -> None:
+        if message.startswith(progress_prefix):
+            rt.jobs.request_cancel(job.id, "acme")
+
+    return run_adaptation(job.id, rt, cancel)
+
+
 def adapted_of(rt: Runtime, generator_id: str, base_path) -> torch.nn.Module:
     return load_adapted_generator(rt.store, rt.index.get(generator_id, "acme"), load_generator(base_path))
 
 
 # -- DIFA jobs ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_difa_job_stores_a_delta_that_moves_samples_towards_the_reference(runtime, target_png, tiny_models,
                                                                           tmp_path):
     job = new_job(runtime, target_png, {"iterations": 8})
@@ -128,9 +146,9 @@ def test_difa_job_stores_a_delta_that_moves_samples_towards_the_reference(runtim
                                 weights=str(tiny_models["clip"])))
     reference = load_target(runtime, job, 32)
     with torch.no_grad():
-        mean = difa.source_clip_mean(base, clip, TINY_DIFA_SETTINGS["clip_mean_samples"],
+        mean = clip_mean.source_clip_mean(base, clip, TINY_DIFA_SETTINGS["clip_mean_samples"],
                                      TINY_DIFA_SETTINGS["clip_mean_batch"])
-        direction = difa.reference_direction(clip.encode_image(reference), mean)
+        direction = difa_losses.reference_direction(clip.encode_image(reference), mean)
         moved = clip.encode_image(adapted_images) - clip.encode_image(base_images)  # [4, E]
     assert float((torch.nn.functional.normalize(moved, dim=-1) @ direction).mean()) > 0.3
 
@@ -148,6 +166,7 @@ def record_messages(rt: Runtime, monkeypatch) -> list[str]:
     return messages
 
 
+@pytest.mark.slow
 def test_the_mean_source_embedding_is_computed_once_per_generator_and_clip(runtime, target_png, monkeypatch):
     first = new_job(runtime, target_png, {"iterations": 2})
     assert run_adaptation(first.id, runtime)["status"] == SUCCEEDED
@@ -165,6 +184,7 @@ def test_the_mean_source_embedding_is_computed_once_per_generator_and_clip(runti
     assert messages and not any("preparing" in m for m in messages)  # a cached mean: straight to iterations
 
 
+@pytest.mark.slow
 def test_a_job_that_computes_the_mean_reports_its_samples_then_its_iterations(redis_client, redis_server, namespace,
                                                                               tiny_models, tmp_path, target_png,
                                                                               monkeypatch):
@@ -186,11 +206,7 @@ def test_cancel_while_preparing_ends_the_job_cancelled(redis_client, redis_serve
     rt = make_runtime(redis_client, redis_server, namespace, tiny_models, tmp_path, difa_settings=settings)
     job = new_job(rt, target_png, {"iterations": 50})
 
-    def cancel_after_first_batch(fraction: float, message: str) -> None:
-        if message.startswith("preparing: source CLIP mean 2/"):
-            rt.jobs.request_cancel(job.id, "acme")
-
-    result = run_adaptation(job.id, rt, cancel_after_first_batch)
+    result = run_cancelled_at(rt, job, "preparing: source CLIP mean 2/")
     assert result == {"status": CANCELLED, "iterations": 0}
     cancelled = rt.jobs.get(job.id)
     assert cancelled.state == CANCELLED and "preparing" in cancelled.message and rt.index.list("acme") == []
@@ -198,6 +214,7 @@ def test_cancel_while_preparing_ends_the_job_cancelled(redis_client, redis_serve
     assert rt.jobs.lease_holder(job.id) is None
 
 
+@pytest.mark.slow
 def test_prepare_task_warms_the_cache_and_start_up_queues_only_missing_bases(runtime, target_png, monkeypatch):
     from services.worker import app as worker_app
 
@@ -230,6 +247,7 @@ def test_prepare_task_warms_the_cache_and_start_up_queues_only_missing_bases(run
     assert sent == []
 
 
+@pytest.mark.slow
 def test_a_rerun_of_a_finished_job_does_nothing(runtime, target_png):
     job = new_job(runtime, target_png, {"iterations": 2})
     first = run_adaptation(job.id, runtime)
@@ -250,6 +268,7 @@ def test_generator_stored_before_a_crash_finishes_the_job_without_training(runti
     assert len(runtime.index.list("acme")) == 1
 
 
+@pytest.mark.slow
 def test_a_job_redelivered_after_a_crash_resumes_and_ends_as_an_uninterrupted_one(runtime, target_png,
                                                                                    tiny_models):
     def crash_after_8(fraction: float, message: str) -> None:
@@ -277,6 +296,7 @@ def test_a_job_redelivered_after_a_crash_resumes_and_ends_as_an_uninterrupted_on
         assert torch.equal(a, b), name
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_cannot_be_resumed_is_discarded_and_the_job_starts_over(runtime, target_png):
     job = new_job(runtime, target_png, {"iterations": 3})
     runtime.store.put(state_key(job.id), b"PK\x03\x04 cut short")
@@ -284,14 +304,11 @@ def test_a_checkpoint_that_cannot_be_resumed_is_discarded_and_the_job_starts_ove
     assert result["status"] == SUCCEEDED and result["resumed_from"] == 0 and result["iterations"] == 3
 
 
+@pytest.mark.slow
 def test_cooperative_cancel_stops_the_job_without_a_generator(runtime, target_png):
     job = new_job(runtime, target_png, {"iterations": 50})
 
-    def cancel_at_third(fraction: float, message: str) -> None:
-        if message.startswith("iteration 3/"):
-            runtime.jobs.request_cancel(job.id, "acme")
-
-    result = run_adaptation(job.id, runtime, cancel_at_third)
+    result = run_cancelled_at(runtime, job, "iteration 3/")
     assert result == {"status": CANCELLED, "iterations": 3}
     assert runtime.jobs.get(job.id).state == CANCELLED and runtime.index.list("acme") == []
     assert not runtime.store.exists(state_key(job.id))
@@ -365,6 +382,7 @@ def test_config_refuses_an_unknown_adaptation_method():
 
 
 # -- the fallback without CLIP ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_the_finetune_fallback_fits_the_target_when_selected(runtime, target_png, tiny_models):
     runtime.config = replace(runtime.config, adaptation="finetune")
     runtime.models = tiny_model_config(tiny_models, clips=())  # the fallback needs no CLIP

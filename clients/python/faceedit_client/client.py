@@ -1,17 +1,21 @@
-"""Typed Python client of the faceedit gRPC API: deadlines, retries on UNAVAILABLE, idempotent job creation."""
+"""Typed Python client of the faceedit gRPC API: deadlines, retries on UNAVAILABLE, idempotent job creation.
+
+Needs grpcio, protobuf and numpy only (no torch, no faceedit library): the faceedit.v1 stubs ship in
+faceedit_client.v1."""
 
 from __future__ import annotations
 
 import random
 import time
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import TypeVar
 
 import grpc
 import numpy as np
 
-from faceedit.proto import adaptation_pb2, adaptation_pb2_grpc, common_pb2, editor_pb2, editor_pb2_grpc
+from faceedit_client.v1 import adaptation_pb2, adaptation_pb2_grpc, common_pb2, editor_pb2, editor_pb2_grpc
 
 T = TypeVar("T")
 
@@ -23,8 +27,10 @@ ANIMATIONS = {"": editor_pb2.ANIMATION_FORMAT_NONE, "gif": editor_pb2.ANIMATION_
 STATES = {v: k.removeprefix("ADAPTATION_STATE_") for k, v in adaptation_pb2.AdaptationState.items()}
 
 
-class FaceEditError(Exception):
-    """A call failed; `code` is the gRPC status code, `message` the server's text (it names the field)."""
+class FaceEditClientError(Exception):
+    """A call failed; `code` is the gRPC status code, `message` the server's text (it names the field).
+
+    Not the library's `faceedit.errors.FaceEditError`: this one is what a remote call raises."""
 
     def __init__(self, code: grpc.StatusCode, message: str, request_id: str = ""):
         self.code = code
@@ -33,7 +39,7 @@ class FaceEditError(Exception):
         super().__init__(f"{code.name}: {message}" + (f" (request {request_id})" if request_id else ""))
 
 
-class AdaptationFailed(FaceEditError):
+class AdaptationFailed(FaceEditClientError):
     """wait_for_adaptation saw the job end in FAILED or CANCELLED."""
 
 
@@ -196,7 +202,7 @@ class FaceEditClient:
     """`with FaceEditClient("127.0.0.1:50051", api_key) as c: c.generate([1, 2])`.
 
     Every call has a deadline (`timeout_s`, overridable per call); UNAVAILABLE is retried with
-    exponential backoff and jitter. Errors surface as FaceEditError with the status code.
+    exponential backoff and jitter. Errors surface as FaceEditClientError with the status code.
     """
 
     def __init__(self, target: str, api_key: str, timeout_s: float = 30.0, retry: RetryPolicy | None = None,
@@ -210,7 +216,7 @@ class FaceEditClient:
         self.editor = editor_pb2_grpc.EditorStub(self.channel)
         self.adaptation = adaptation_pb2_grpc.AdaptationStub(self.channel)
 
-    def __enter__(self) -> "FaceEditClient":
+    def __enter__(self) -> FaceEditClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -233,7 +239,7 @@ class FaceEditClient:
                     if delay is not None:
                         self.retry.sleep(delay)
                         continue
-                raise FaceEditError(exc.code(), exc.details() or "", request_id) from None
+                raise FaceEditClientError(exc.code(), exc.details() or "", request_id) from None
 
     # -- Editor -------------------------------------------------------------------------------
     def generate(self, seeds: Sequence[int], generator_id: str = "", truncation: float = 0.0,
@@ -291,7 +297,7 @@ class FaceEditClient:
                     if delay is not None:
                         self.retry.sleep(delay)
                         continue
-                raise FaceEditError(exc.code(), exc.details() or "", request_id) from None
+                raise FaceEditClientError(exc.code(), exc.details() or "", request_id) from None
             finally:
                 call.cancel()  # a caller that stops iterating early frees the server's stream now
 
@@ -341,7 +347,7 @@ class FaceEditClient:
     def wait_for_adaptation(self, name: str, timeout_s: float = 3600.0, poll_s: float = 1.0,
                             on_progress: Callable[[Adaptation], None] | None = None) -> Adaptation:
         """Poll until the job is done; `on_progress` sees every state. Returns the SUCCEEDED job or raises
-        AdaptationFailed (FAILED/CANCELLED) or FaceEditError(DEADLINE_EXCEEDED) after `timeout_s`."""
+        AdaptationFailed (FAILED/CANCELLED) or FaceEditClientError(DEADLINE_EXCEEDED) after `timeout_s`."""
         deadline = time.monotonic() + timeout_s
         while True:
             job = self.get_adaptation(name)
@@ -354,5 +360,5 @@ class FaceEditClient:
                     raise AdaptationFailed(code, job.error_message or job.message)
                 return job
             if time.monotonic() >= deadline:
-                raise FaceEditError(grpc.StatusCode.DEADLINE_EXCEEDED, f"job {name} not done after {timeout_s} s")
+                raise FaceEditClientError(grpc.StatusCode.DEADLINE_EXCEEDED, f"job {name} not done after {timeout_s} s")
             self.retry.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))

@@ -10,6 +10,8 @@ import pytest
 from faceedit.errors import InvalidInputError, NotFoundError
 from services.common.artifacts import LocalArtifactStore, S3ArtifactStore, open_artifact_store
 
+pytestmark = pytest.mark.inference  # make test-services
+
 
 def test_local_put_get_delete(tmp_path):
     store = LocalArtifactStore(tmp_path)
