@@ -9,7 +9,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from faceedit.adaptation import clip_mean, difa, difa_losses
+from faceedit.adaptation import clip_mean, difa
+from faceedit.adaptation import difa_losses as losses
 from faceedit.adaptation.blob_cache import DirectoryCache, MemoryCache
 from faceedit.adaptation.clip import ClipModel
 from faceedit.adaptation.clip_mean import (
@@ -26,14 +27,6 @@ from faceedit.adaptation.difa import (
     make_target,
 )
 from faceedit.adaptation.difa_config import DifaConfig
-from faceedit.adaptation.difa_losses import (
-    CodeWindow,
-    consistency_loss,
-    consistency_mask,
-    consistency_ramp,
-    global_loss,
-    local_loss,
-)
 from faceedit.checkpoints import read_checkpoint
 from faceedit.errors import (
     CheckpointError,
@@ -95,7 +88,7 @@ def test_gradients_reach_only_the_trainable_generator_tensors(models):
     config = replace(FAST, iterations=4, sliding_window=1)
     prepared = difa._prepare(generator, encoder, [clip], reference(), config, None)
     target = make_target(generator)
-    windows = CodeWindow(config.sliding_window)
+    windows = losses.CodeWindow(config.sliding_window)
     rng = torch.Generator().manual_seed(0)
     z = torch.randn(2, generator.style_dim, generator=rng)
     noise = (generator.make_noise(2, generator=rng), generator.make_noise(2, generator=rng))
@@ -119,7 +112,8 @@ def test_each_loss_alone_reaches_only_trainable_tensors(models, only):
                      consistency_weight=weights[2])
     prepared = difa._prepare(generator, encoder, [clip], reference(), config, None)
     target, z, noise = moved_target_and_inputs(generator, seed=4)
-    loss, parts = difa.difa_losses(generator, target, encoder, [clip], prepared, CodeWindow(1), z, noise, 3, config)
+    window = losses.CodeWindow(1)
+    loss, parts = difa.difa_losses(generator, target, encoder, [clip], prepared, window, z, noise, 3, config)
     assert parts[only] > 0
     loss.backward()
     with_grad = {n for n, p in target.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
@@ -134,23 +128,23 @@ def test_loss_parts_on_tiny_models_are_the_losses_of_the_generated_images(models
     config = replace(FAST, iterations=4, sliding_window=1, lambda_local=1.5, consistency_weight=7.0)
     prepared = difa._prepare(generator, encoder, [clip], reference(), config, None)
     target, z, noise = moved_target_and_inputs(generator, seed=5)
-    window = CodeWindow(1)
+    window = losses.CodeWindow(1)
     _, parts = difa.difa_losses(generator, target, encoder, [clip], prepared, window, z, noise, 3, config)
     with torch.no_grad():  # the same terms, recomputed from the images by hand
         ws = generator.broadcast(generator.mapping(z))
         source_images = generator.synthesis(ws, noise=noise[0])
         target_images = target.synthesis(ws, noise=noise[1])
-        expected_global = global_loss(clip.encode_image(target_images), clip.encode_image(source_images),
+        expected_global = losses.global_loss(clip.encode_image(target_images), clip.encode_image(source_images),
                                       prepared.directions[0])
-        expected_local = local_loss(clip.tokens(target_images, config.clip_layer), prepared.reference_tokens[0])
-        source_codes = difa_losses.encode_first_layers(encoder, source_images, config.num_keep_first)
-        target_codes = difa_losses.encode_first_layers(encoder, target_images, config.num_keep_first)
-        mask = consistency_mask(source_codes.mean(0), target_codes.mean(0), config.psp_alpha)
-        expected_consistency = consistency_loss(target_codes, source_codes, mask)
+        expected_local = losses.local_loss(clip.tokens(target_images, config.clip_layer), prepared.reference_tokens[0])
+        source_codes = losses.encode_first_layers(encoder, source_images, config.num_keep_first)
+        target_codes = losses.encode_first_layers(encoder, target_images, config.num_keep_first)
+        mask = losses.consistency_mask(source_codes.mean(0), target_codes.mean(0), config.psp_alpha)
+        expected_consistency = losses.consistency_loss(target_codes, source_codes, mask)
     assert parts["global"] == pytest.approx(float(expected_global), rel=1e-5)
     assert parts["local"] == pytest.approx(float(expected_local), rel=1e-5)
     assert parts["consistency"] == pytest.approx(float(expected_consistency), rel=1e-5)
-    ramp = consistency_ramp(3, 1, 4)
+    ramp = losses.consistency_ramp(3, 1, 4)
     assert parts["ramp"] == ramp and 0 < ramp < 1
     assert parts["total"] == pytest.approx(parts["global"] + 1.5 * parts["local"] + ramp * 7.0 * parts["consistency"],
                                            rel=1e-5)
@@ -177,7 +171,8 @@ def test_consistency_term_is_off_while_the_window_fills(models):
     target = make_target(generator)
     z = torch.randn(2, generator.style_dim)
     noise = (generator.make_noise(2), generator.make_noise(2))
-    _, parts = difa.difa_losses(generator, target, encoder, [clip], prepared, CodeWindow(3), z, noise, 0, config)
+    window = losses.CodeWindow(3)
+    _, parts = difa.difa_losses(generator, target, encoder, [clip], prepared, window, z, noise, 0, config)
     assert parts["ramp"] == 0.0
     assert parts["total"] == pytest.approx(parts["global"] + parts["local"], rel=1e-5)
 
@@ -433,7 +428,7 @@ def test_adaptation_moves_held_out_samples_along_the_reference_direction(models,
             ws = generator.broadcast(generator.mapping(z))
             source_emb = clip.encode_image(generator.synthesis(ws, noise=noise[0]))
             target_emb = clip.encode_image(target.synthesis(ws, noise=noise[1]))
-            return global_loss(target_emb, source_emb, prepared.directions[0]).item()
+            return losses.global_loss(target_emb, source_emb, prepared.directions[0]).item()
 
     before, after = direction_loss(generator), direction_loss(full_run.apply(generator))
     assert before == pytest.approx(1.0, abs=0.1)  # noise alone: no preferred direction

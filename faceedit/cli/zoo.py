@@ -111,25 +111,15 @@ def register(commands: CommandGroups) -> None:
     p.add_argument("--perceptual-weight", type=float, default=None,
                    help="weight of the scorer's feature and attribute distances "
                         "(0: pixels only; default: the config's)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--work-dir", default="runs/generator", help="training state, resumed from if present")
-    p.add_argument("--out", default=None, help="default: the zoo's generator.pt")
-    p.add_argument("--time-budget-min", type=float, default=None, help="stop (resumably) after this long")
-    p.add_argument("--stop-at-step", type=int, default=None,
-                   help="stop (resumably) at this step of the --steps schedule; resume later, maybe with more --steps")
+    _resumable(p, "generator", "; resume later, maybe with more --steps")
     p.set_defaults(run=cmd_train_generator)
 
     p = commands.train.add_parser("encoder", help="train the demo e4e encoder for a generator (resumable)")
     p.add_argument("--generator", default=None, help="default: the zoo's generator.pt")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work-dir", default="runs/encoder")
-    p.add_argument("--out", default=None, help="default: the zoo's encoder.pt")
-    p.add_argument("--time-budget-min", type=float, default=None, help="stop (resumably) after this long")
-    p.add_argument("--stop-at-step", type=int, default=None,
-                   help="stop (resumably) at this step of the --steps schedule")
+    _resumable(p, "encoder")
     p.set_defaults(run=cmd_train_encoder)
 
     from faceedit.training.scorer import add_arguments
@@ -151,3 +141,13 @@ def register(commands: CommandGroups) -> None:
     p.add_argument("--json", default=None, help="also write the metrics as JSON")
     p.add_argument("--write-cards", action="store_true", help="record the metrics in the model cards")
     p.set_defaults(run=cmd_eval_zoo)
+
+
+def _resumable(p: argparse.ArgumentParser, model: str, stop_hint: str = "") -> None:
+    """The arguments every resumable zoo trainer takes: seed, work dir, output and where to stop."""
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work-dir", default=f"runs/{model}", help="training state, resumed from if present")
+    p.add_argument("--out", default=None, help=f"default: the zoo's {model}.pt")
+    p.add_argument("--time-budget-min", type=float, default=None, help="stop (resumably) after this long")
+    p.add_argument("--stop-at-step", type=int, default=None,
+                   help=f"stop (resumably) at this step of the --steps schedule{stop_hint}")

@@ -104,11 +104,15 @@ def build_encoder(state: Mapping[str, Tensor], config: EncoderConfig,
     return encoder.eval().requires_grad_(False)
 
 
+def _require(ckpt: Checkpoint, part: str, other_loader: str) -> None:
+    if getattr(ckpt, part) is None:
+        raise CheckpointError(ckpt.path, f"holds no {part} weights (it is a {ckpt.kind} checkpoint); "
+                                         f"pass it to {other_loader} instead")
+
+
 def generator_from_checkpoint(ckpt: Checkpoint) -> Generator:
     source = str(ckpt.path)
-    if ckpt.generator is None:
-        raise CheckpointError(ckpt.path, f"holds no generator weights (it is a {ckpt.kind} checkpoint); "
-                                         "pass it to load_encoder instead")
+    _require(ckpt, "generator", "load_encoder")
     if ckpt.kind == DELTA_KIND:
         raise CheckpointError(ckpt.path, "is an adaptation delta: load it onto its base generator")
     config = GeneratorConfig.from_dict(ckpt.config) if ckpt.format == FACEEDIT else None
@@ -117,9 +121,7 @@ def generator_from_checkpoint(ckpt: Checkpoint) -> Generator:
 
 def encoder_from_checkpoint(ckpt: Checkpoint) -> Encoder:
     source = str(ckpt.path)
-    if ckpt.encoder is None:
-        raise CheckpointError(ckpt.path, f"holds no encoder weights (it is a {ckpt.kind} checkpoint); "
-                                         "pass it to load_generator instead")
+    _require(ckpt, "encoder", "load_generator")
     if ckpt.format == FACEEDIT:
         config = EncoderConfig.from_dict(ckpt.config)
     else:

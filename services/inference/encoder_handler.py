@@ -14,13 +14,7 @@ from faceedit.models import Encoder, load_encoder
 from services.common import protocol
 from services.common.models import load_model_config
 from services.common.uploads import center_square, decode_upload
-from services.inference.handler_support import (
-    InferenceConfig,
-    encode_image,
-    request_body,
-    set_torch_threads,
-    worker_device,
-)
+from services.inference import handler_support as support
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +29,9 @@ class EncoderHandler:
         self.aligned_size = 1024
 
     def initialize(self, context: Any) -> None:
-        config = InferenceConfig.load(getattr(context, "model_yaml_config", None))
-        set_torch_threads(config.torch_threads)
-        self.device = worker_device(context, config.device)
+        config = support.InferenceConfig.load(getattr(context, "model_yaml_config", None))
+        support.set_torch_threads(config.torch_threads)
+        self.device = support.worker_device(context, config.device)
         self.aligned_size = config.aligned_size
         models = load_model_config(config.models or None)
         path = models.encoder()
@@ -55,7 +49,7 @@ class EncoderHandler:
         crops: list[tuple[int, Image.Image, bool]] = []
         for i, row in enumerate(data):
             try:
-                request = protocol.decode_invert_request(request_body(row))
+                request = protocol.decode_invert_request(support.request_body(row))
                 photo, _ = decode_upload(request.image, "image")
                 # The crop the caller gets back (to paste an edit into its photo) is kept at up to
                 # aligned_size; the encoder sees it resized to its own input size.
@@ -72,7 +66,7 @@ class EncoderHandler:
                     batch = from_pil(inputs).to(self.device)  # [N, 3, size, size]
                     ws = self.encoder.encode(batch).cpu()  # [N, n_styles, D]
                 for k, (i, crop, return_aligned) in enumerate(crops):
-                    aligned = encode_image(crop, "png") if return_aligned else None
+                    aligned = support.encode_image(crop, "png") if return_aligned else None
                     responses[i] = protocol.encode_invert_response(ws[k:k + 1].numpy(), aligned, crop.width)
             except Exception as exc:  # noqa: BLE001
                 for i, _, _ in crops:
