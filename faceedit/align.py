@@ -1,4 +1,4 @@
-"""Face alignment in the FFHQ recipe: 68 landmarks -> oriented square crop, and pasting an edit back."""
+"""Face alignment in the FFHQ recipe: 68 landmarks -> an oriented square crop that maps back to the photo."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ __all__ = [
     "DlibLandmarkDetector",
     "align_face",
     "align_from_landmarks",
-    "paste_back",
     "MIN_SIZE",
     "MAX_SIZE",
 ]
@@ -316,67 +315,3 @@ def align_face(image: Image.Image, size: int = 1024, detector: LandmarkDetector 
     faces.sort(key=_bbox_area, reverse=True)
     others = [_bbox(f) for f in faces[1:]]
     return align_from_landmarks(rgb, faces[0], size, others=others)
-
-
-def _feather_mask(size: int, feather: float) -> Image.Image:
-    """Square mask, 255 inside, falling smoothly to 0 over `feather * size` pixels at each edge."""
-    centres = np.arange(size, dtype=np.float64) + 0.5
-    dist = np.minimum(centres, size - centres)  # distance of each pixel centre to the nearest edge
-    width = feather * size
-    if width <= 0:
-        ramp = np.ones(size)
-    else:
-        t = np.clip(dist / width, 0.0, 1.0)
-        ramp = t * t * (3 - 2 * t)  # smoothstep: no visible kink where the ramp meets the flat part
-    mask = np.outer(ramp, ramp)
-    return Image.fromarray(np.round(mask * 255).astype(np.uint8))  # 2-D uint8 -> mode "L"
-
-
-def paste_back(
-    photo: Image.Image, edited_crop: Image.Image, aligned: AlignedFace, feather: float = 0.1
-) -> Image.Image:
-    """Warp an edited crop back into the photo it was aligned from, with feathered edges (a new image)."""
-    photo_rgb = _check_image(photo, "photo")
-    crop = _check_image(edited_crop, "edited_crop")
-    if not isinstance(aligned, AlignedFace):
-        raise InvalidInputError("aligned", f"must be an AlignedFace, got {type(aligned).__name__}")
-    if tuple(photo_rgb.size) != tuple(aligned.photo_size):
-        raise InvalidInputError(
-            "photo", f"size {photo_rgb.size} differs from the aligned photo's {tuple(aligned.photo_size)}"
-        )
-    if not isinstance(feather, (int, float)) or isinstance(feather, bool) or not 0.0 <= feather <= 0.5:
-        raise InvalidInputError("feather", f"must be a number in 0..0.5, got {feather!r}")
-
-    size = aligned.size
-    if crop.size != (size, size):
-        crop = crop.resize((size, size), Image.Resampling.LANCZOS)
-    mask = _feather_mask(size, float(feather))
-
-    matrix, origin = aligned._affine()
-    scale = float(np.hypot(*matrix[:, 0]))  # photo pixels per crop pixel
-    # A crop larger than its footprint in the photo is shrunk first with Lanczos (bicubic
-    # sampling alone would alias); the mask goes the same way so they stay registered.
-    work_size = size
-    if scale < 1.0:
-        work_size = max(1, round(size * scale))
-        crop = crop.resize((work_size, work_size), Image.Resampling.LANCZOS)
-        mask = mask.resize((work_size, work_size), Image.Resampling.LANCZOS)
-
-    # Only the part of the photo under the quad is touched.
-    w, h = photo_rgb.size
-    x0, y0 = np.floor(aligned.quad.min(axis=0)).astype(int)
-    x1, y1 = np.ceil(aligned.quad.max(axis=0)).astype(int)
-    x0, y0, x1, y1 = max(int(x0), 0), max(int(y0), 0), min(int(x1), w), min(int(y1), h)
-    out = photo_rgb.copy()
-    if x1 <= x0 or y1 <= y0:
-        return out  # quad entirely outside the photo: nothing to paste
-
-    # Box pixel -> photo (+ box origin) -> crop (inverse affine) -> resized crop (work_size / size).
-    inv = np.linalg.inv(matrix) * (work_size / size)
-    offset = inv @ (np.array([x0, y0], dtype=np.float64) - origin)
-    data = (inv[0, 0], inv[0, 1], offset[0], inv[1, 0], inv[1, 1], offset[1])
-    box = (x1 - x0, y1 - y0)
-    warped = _warp(crop, box, data, Image.Resampling.BICUBIC)
-    warped_mask = _warp(mask, box, data, Image.Resampling.BILINEAR)
-    out.paste(warped, (x0, y0), warped_mask)
-    return out

@@ -15,7 +15,6 @@ from faceedit.align import (
     LandmarkDetector,
     align_face,
     align_from_landmarks,
-    paste_back,
 )
 from faceedit.errors import FaceEditError, InvalidInputError, NoFaceFound
 
@@ -220,78 +219,6 @@ def test_bad_image_and_landmarks_rejected() -> None:
     with pytest.raises(InvalidInputError) as e:  # a broken detector is reported, not crashed on
         align_face(smooth_photo(), size=64, detector=FakeDetector([np.full((68, 2), np.nan)]))
     assert e.value.field == "landmarks"
-
-
-# --- paste_back ---------------------------------------------------------------------------------
-
-
-def _inner_face_mask(out: AlignedFace, lo: float, hi: float, shape: tuple[int, int]) -> np.ndarray:
-    """Photo pixels whose centres map into [lo, hi] x [lo, hi] of the crop (as fractions of its size)."""
-    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
-    q = out.to_crop(np.stack([xx + 0.5, yy + 0.5], axis=-1)) / out.size
-    return np.all((q >= lo) & (q <= hi), axis=-1)
-
-
-@pytest.mark.parametrize("size,scale", [(256, 1.0), (64, 1.0)])
-def test_paste_back_of_unedited_crop_changes_little(size: int, scale: float) -> None:
-    photo = smooth_photo()
-    lm = synthetic_face(angle_deg=20, scale=scale)
-    out = align_from_landmarks(photo, lm, size)
-    result = paste_back(photo, out.image, out)
-    assert result.size == photo.size and result is not photo
-    a = np.asarray(photo).astype(float)
-    b = np.asarray(result).astype(float)
-    inside = _inner_face_mask(out, 0.2, 0.8, a.shape[:2])
-    assert inside.sum() > 1000
-    # 64 px crop of a ~240 px face loses detail (it is a 3.75x downsample), so its bound is looser.
-    # Measured: 0.14 and 0.50 levels; PIL's truncating 8-bit warps gave ~1.0 (a darkening bias).
-    limit = 0.4 if size == 256 else 1.0
-    assert np.abs(a - b)[inside].mean() < limit
-    assert np.abs((b - a)[inside].mean(axis=0)).max() < 0.3  # no overall brightness shift
-    outside = ~_inner_face_mask(out, -0.02, 1.02, a.shape[:2])
-    assert np.array_equal(a[outside], b[outside])
-
-
-def test_paste_back_solid_colour_inside_quad_only() -> None:
-    photo = smooth_photo()
-    before = np.asarray(photo).copy()
-    out = align_from_landmarks(photo, synthetic_face(angle_deg=20), 128)
-    edited = Image.new("RGB", (32, 32), (255, 0, 255))  # another size: resized to the aligned size
-    result = np.asarray(paste_back(photo, edited, out, feather=0.1)).astype(int)
-    assert np.array_equal(np.asarray(photo), before)  # input untouched
-
-    core = _inner_face_mask(out, 0.12, 0.88, result.shape[:2])  # past the 10% feather: fully replaced
-    assert np.abs(result[core] - [255, 0, 255]).max() <= 1
-    outside = ~_inner_face_mask(out, -0.02, 1.02, result.shape[:2])
-    assert np.array_equal(result[outside], before[outside])
-    # Soft edge: along the crop's horizontal midline, magenta-ness rises gradually from the border.
-    xs = np.array([0.01, 0.03, 0.05, 0.07, 0.12]) * 128
-    pts = out.to_photo(np.stack([xs, np.full_like(xs, 64.0)], axis=1))
-    g_before = np.array([before[int(y), int(x), 1] for x, y in pts], dtype=float)
-    g_after = np.array([result[int(y), int(x), 1] for x, y in pts], dtype=float)
-    weight = 1 - g_after / g_before  # share of the (green-free) paste at each sample
-    assert np.all(np.diff(weight) > 0), weight
-    assert 0.0 <= weight[0] < 0.15 and weight[-1] > 0.99
-
-
-def test_paste_back_hard_edge_with_zero_feather() -> None:
-    photo = smooth_photo()
-    out = align_from_landmarks(photo, synthetic_face(), 128)
-    magenta = Image.new("RGB", (128, 128), (255, 0, 255))
-    result = np.asarray(paste_back(photo, magenta, out, feather=0.0)).astype(int)
-    just_inside = _inner_face_mask(out, 0.02, 0.98, result.shape[:2])
-    assert np.abs(result[just_inside] - [255, 0, 255]).max() <= 1
-
-
-def test_paste_back_rejects_other_photo_and_bad_feather() -> None:
-    photo = smooth_photo()
-    out = align_from_landmarks(photo, synthetic_face(), 64)
-    with pytest.raises(InvalidInputError) as e:
-        paste_back(smooth_photo(300, 400), out.image, out)
-    assert e.value.field == "photo"
-    with pytest.raises(InvalidInputError) as e:
-        paste_back(photo, out.image, out, feather=0.7)
-    assert e.value.field == "feather"
 
 
 # --- dlib -----------------------------------------------------------------------------------------
