@@ -1,0 +1,68 @@
+"""Inversion quality and cost on the demo zoo: the encoder (the baseline, same run), W+ optimisation and PTI,
+on held-out renders of the zoo's own photo-style faces; reconstruction L2, the scorer's perceptual distance,
+seconds per face and the size of PTI's delta."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from faceedit.inversion import InversionConfig, invert  # noqa: E402
+from faceedit.models import load_encoder, load_generator  # noqa: E402
+from faceedit.models.delta import delta_to_bytes  # noqa: E402
+from faceedit.synth.render import render_faces  # noqa: E402
+from faceedit.synth.scorer import load_scorer  # noqa: E402
+from faceedit.zoo import paths  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--faces", type=int, default=3)
+    parser.add_argument("--optimize-steps", type=int, default=InversionConfig.optimize_steps)
+    parser.add_argument("--tune-steps", type=int, default=InversionConfig.tune_steps)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    zoo = paths()
+    generator, encoder = load_generator(zoo["generator"]).eval(), load_encoder(zoo["encoder"]).eval()
+    scorer = load_scorer().eval().requires_grad_(False)
+    config = dataclasses.replace(InversionConfig(), optimize_steps=args.optimize_steps, tune_steps=args.tune_steps)
+    faces, _ = render_faces(args.faces, seed=90_210, size=generator.config.size)  # held out: not a training seed
+    rows: dict[str, dict[str, list[float]]] = {}
+    delta_mb = []
+    for i in range(args.faces):
+        target = faces[i:i + 1]
+        for mode in ("encoder", "optimize", "pti"):
+            started = time.perf_counter()
+            result = invert(target, generator, encoder, mode=mode, config=config, perceptual=scorer.perceptual_distance)
+            seconds = time.perf_counter() - started
+            with torch.no_grad():
+                image = result.generator.synthesis(result.ws)
+                l2 = float(torch.nn.functional.mse_loss(image, target))
+                perceptual = float(scorer.perceptual_distance(image, target).mean())
+            row = rows.setdefault(mode, {"l2": [], "perceptual": [], "seconds": []})
+            row["l2"].append(l2), row["perceptual"].append(perceptual), row["seconds"].append(seconds)
+            if mode == "pti":
+                delta_mb.append(len(delta_to_bytes(result.tuned_tensors(), generator)) / 1e6)
+        print(f"face {i + 1}/{args.faces} done", flush=True)
+    base = {k: statistics.mean(v) for k, v in rows["encoder"].items()}
+    print(f"\n{args.faces} held-out faces, {generator.config.size} px, optimize {config.optimize_steps} steps, "
+          f"tune {config.tune_steps} steps (PTI stops early under perceptual {config.perceptual_stop})")
+    print(f"{'mode':9} {'L2':>8} {'x enc':>6} {'percept':>8} {'x enc':>6} {'s/face':>7}")
+    for mode, row in rows.items():
+        m = {k: statistics.mean(v) for k, v in row.items()}
+        print(f"{mode:9} {m['l2']:8.4f} {m['l2'] / base['l2']:6.2f} {m['perceptual']:8.4f} "
+              f"{m['perceptual'] / base['perceptual']:6.2f} {m['seconds']:7.1f}")
+    print(f"PTI delta (fp32 synthesis weights): {statistics.mean(delta_mb):.1f} MB per photo")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
