@@ -187,3 +187,21 @@ def test_a_face_at_the_photos_edge_pastes_where_it_overlaps():
     nose = np.round(out.landmarks[30]).astype(int)
     assert _photo_weight(out, photo, result)[nose[1], nose[0]] > 0.99
     assert np.array_equal(np.asarray(result)[:, 250:], np.asarray(photo)[:, 250:])  # far from the face
+
+
+def test_no_seam_the_difference_fades_smoothly_across_the_mask_edge():
+    photo = smooth_photo()
+    out = align_from_landmarks(photo, synthetic_face(), 128)
+    brighter = Image.fromarray(np.clip(np.asarray(out.image).astype(int) + 60, 0, 255).astype(np.uint8))
+    difference = np.abs(np.asarray(paste_back(photo, brighter, out)).astype(float)
+                        - np.asarray(photo).astype(float)).mean(axis=-1)  # [H, W]
+    nose = out.landmarks[30]
+    full = difference[int(nose[1]), int(nose[0])]
+    assert full > 50
+    # Rays from the nose outwards in eight directions: the difference goes from full to none, never
+    # jumping by more than a fifth of it between neighbouring pixels (a hard edge jumps by all of it).
+    for angle in np.linspace(0, 2 * np.pi, 8, endpoint=False):
+        ray = nose + np.outer(np.arange(0, 160), [np.cos(angle), np.sin(angle)])
+        ray = ray[(ray >= 0).all(axis=1) & (ray < 399).all(axis=1)]
+        values = np.array([difference[int(y), int(x)] for x, y in ray])
+        assert values[-1] < 1 and np.abs(np.diff(values)).max() < full / 5, (angle, np.abs(np.diff(values)).max())
