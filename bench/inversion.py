@@ -27,13 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faces", type=int, default=3)
     parser.add_argument("--optimize-steps", type=int, default=InversionConfig.optimize_steps)
     parser.add_argument("--tune-steps", type=int, default=InversionConfig.tune_steps)
+    # PTI's 0.06 is on LPIPS's scale; the zoo scorer's distance reaches ~0 within the first phase, so by
+    # default tuning runs all its steps here.
+    parser.add_argument("--perceptual-stop", type=float, default=0.0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     zoo = paths()
     generator, encoder = load_generator(zoo["generator"]).eval(), load_encoder(zoo["encoder"]).eval()
     scorer = load_scorer().eval().requires_grad_(False)
-    config = dataclasses.replace(InversionConfig(), optimize_steps=args.optimize_steps, tune_steps=args.tune_steps)
+    config = dataclasses.replace(InversionConfig(), optimize_steps=args.optimize_steps, tune_steps=args.tune_steps,
+                                 perceptual_stop=args.perceptual_stop)
     faces, _ = render_faces(args.faces, seed=90_210, size=generator.config.size)  # held out: not a training seed
     rows: dict[str, dict[str, list[float]]] = {}
     delta_mb = []
