@@ -1,0 +1,183 @@
+"""`faceedit invert PHOTO` and `faceedit edit PHOTO --smile +2`: a photo edited in process, the full photo back."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from faceedit.errors import FaceEditError, InvalidInputError
+
+if TYPE_CHECKING:
+    from faceedit.cli.groups import CommandGroups
+    from faceedit.inversion import Inversion
+
+# The demo zoo's attributes get a flag of their own (`--smile 2`); any boundary works with `--edit NAME=S`.
+ZOO_ATTRIBUTES = ("age", "background", "beard", "eyes_open", "glasses", "hair_color", "hair_length", "lighting",
+                  "mouth_open", "pitch", "skin_tone", "smile", "yaw")
+
+
+def _models(args: argparse.Namespace):
+    from faceedit.models import load_encoder, load_generator
+    from faceedit.zoo import paths
+
+    zoo = paths() if not (args.generator and args.encoder) else {}
+    generator = load_generator(args.generator or zoo["generator"]).eval()
+    encoder = load_encoder(args.encoder or zoo["encoder"]).eval()
+    return generator, encoder
+
+
+def _photo_and_crop(args: argparse.Namespace, size: int):
+    """The photo, and its face as the generator's crop: aligned from dlib's landmarks, or, with --no-align,
+    the photo's centre square (a photo that is already an aligned crop)."""
+    from PIL import Image, ImageOps
+
+    from faceedit.align import align_face
+
+    try:
+        photo = ImageOps.exif_transpose(Image.open(args.photo)).convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise FaceEditError(f"{args.photo}: cannot read the image ({exc})") from None
+    if args.no_align:
+        return photo, None, ImageOps.fit(photo, (size, size), Image.Resampling.LANCZOS)
+    aligned = align_face(photo, size=size)
+    return photo, aligned, aligned.image
+
+
+def _invert(args: argparse.Namespace) -> tuple:
+    import dataclasses
+
+    from tqdm.auto import tqdm
+
+    from faceedit.images import from_pil
+    from faceedit.inversion import InversionConfig, invert
+    from faceedit.synth.scorer import load_scorer
+
+    generator, encoder = _models(args)
+    photo, aligned, crop = _photo_and_crop(args, generator.config.size)
+    config = InversionConfig()
+    if args.steps is not None:
+        config = dataclasses.replace(config, optimize_steps=args.steps, tune_steps=args.steps)
+    total = {"encoder": 0, "optimize": config.optimize_steps, "pti": config.optimize_steps + config.tune_steps}
+    # The demo zoo's scorer is the perceptual distance here; its distance is not on LPIPS's scale, so PTI's
+    # early stop is off (as in bench/inversion.py).
+    scorer = load_scorer().eval().requires_grad_(False)
+    config = dataclasses.replace(config, perceptual_stop=0.0)
+    with tqdm(total=total[args.mode], unit="step", desc=f"invert ({args.mode})", disable=not total[args.mode]) as bar:
+        result = invert(from_pil([crop]), generator, encoder, mode=args.mode, config=config,
+                        perceptual=scorer.perceptual_distance, progress=lambda *_: bar.update(1))
+    return photo, aligned, crop, result
+
+
+def _render(result: Inversion, ws) -> object:
+    import torch
+
+    from faceedit.images import to_pil
+
+    with torch.no_grad():
+        return to_pil(result.generator.synthesis(ws, noise_mode="const"))[0]
+
+
+def _put_back(photo, aligned, image, args: argparse.Namespace):
+    from faceedit.blending import paste_back
+
+    if aligned is None:  # --no-align: the crop was the photo's centre square; it goes back there
+        side = min(photo.size)
+        left, top = (photo.width - side) // 2, (photo.height - side) // 2
+        out = photo.copy()
+        out.paste(image.resize((side, side)), (left, top))
+        return out
+    return paste_back(photo, image, aligned, colour_match=not args.no_colour_match)
+
+
+def cmd_invert(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    photo, aligned, crop, result = _invert(args)
+    crop.save(out / "aligned.png")
+    reconstruction = _render(result, result.ws)
+    reconstruction.save(out / "reconstruction.png")
+    _put_back(photo, aligned, reconstruction, args).save(out / "photo.png")
+    np.save(out / "latent.npy", result.ws.numpy())
+    written = ["aligned.png", "reconstruction.png", "photo.png", "latent.npy"]
+    if args.mode == "pti":
+        from faceedit.models.delta import save_delta
+
+        save_delta(result.generator, _models(args)[0], out / "tuned.safetensors")
+        written.append("tuned.safetensors (a delta: load_generator(path, base=the generator))")
+    print(f"{args.mode}: pixel MSE {result.losses['l2']:.4f} in {result.seconds:.1f} s; wrote {', '.join(written)} "
+          f"in {out}")
+    return 0
+
+
+def _steps(args: argparse.Namespace) -> list[tuple[str, float]]:
+    steps = [(name, getattr(args, name)) for name in ZOO_ATTRIBUTES if getattr(args, name) is not None]
+    for item in args.edit:
+        name, sep, strength = item.partition("=")
+        try:
+            steps.append((name, float(strength)))
+        except ValueError:
+            raise InvalidInputError("--edit", f"{item!r} is not NAME=STRENGTH (e.g. smile=1.5)") from None
+        if not sep or not name:
+            raise InvalidInputError("--edit", f"{item!r} is not NAME=STRENGTH (e.g. smile=1.5)")
+    if not steps:
+        raise InvalidInputError("edits", "give at least one, e.g. --smile 2 or --edit age=1.5")
+    return steps
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from faceedit.editing import Edit, apply_edits, attribute_name, load_direction
+    from faceedit.editing.boundary_set import DIRECTION_SUFFIXES
+    from faceedit.zoo import boundaries
+
+    steps = _steps(args)
+    if args.boundaries:
+        folder = Path(args.boundaries)
+        if not folder.is_dir():
+            raise InvalidInputError("--boundaries", f"{folder} is not a folder")
+        known = {attribute_name(f.name)[0]: f for f in sorted(folder.iterdir()) if f.suffix in DIRECTION_SUFFIXES}
+    else:
+        known = boundaries()
+    missing = [name for name, _ in steps if name not in known]
+    if missing:
+        raise InvalidInputError("edits", f"no boundary for {missing}; known: {sorted(known)}")
+    photo, aligned, _, result = _invert(args)
+    edits = [Edit(load_direction(known[name]), strength=strength) for name, strength in steps]
+    edited = _put_back(photo, aligned, _render(result, apply_edits(result.ws, edits)), args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    edited.save(args.out)
+    said = ", ".join(f"{name} {strength:+g}" for name, strength in steps)
+    print(f"{said} ({args.mode} inversion, {result.seconds:.1f} s): wrote {args.out} ({edited.width}×{edited.height})")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("photo")
+    p.add_argument("--mode", choices=["encoder", "optimize", "pti"], default="encoder",
+                   help="encoder: instant; optimize: W+ fitted to the photo; pti: the generator tuned to it too")
+    p.add_argument("--steps", type=int, default=None, help="optimisation and tuning steps (default: PTI's 450 + 350)")
+    p.add_argument("--generator", default=None, help="default: the demo zoo's")
+    p.add_argument("--encoder", default=None, help="default: the demo zoo's")
+    p.add_argument("--no-align", action="store_true", help="the photo is already an aligned crop (no dlib)")
+    p.add_argument("--no-colour-match", action="store_true", help="paste the edit back without matching colours")
+
+
+def register(commands: CommandGroups) -> None:
+    p = commands.top.add_parser("invert", help="a photo's latents (and tuned generator): aligned crop, "
+                                               "reconstruction and the photo with it pasted back")
+    _common(p)
+    p.add_argument("--out", required=True, help="a folder")
+    p.set_defaults(run=cmd_invert)
+
+    p = commands.top.add_parser("edit", help="edit the face in a photo; the full photo comes back")
+    _common(p)
+    for name in ZOO_ATTRIBUTES:
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float, default=None, metavar="S",
+                       help=argparse.SUPPRESS)
+    p.add_argument("--edit", action="append", default=[], metavar="NAME=S",
+                   help=f"any boundary by name; the zoo's also as flags: --{' --'.join(ZOO_ATTRIBUTES[:4])} …")
+    p.add_argument("--boundaries", default=None, help="a boundary folder (default: the demo zoo's)")
+    p.add_argument("--out", required=True, help="the edited photo (.png, .jpg)")
+    p.set_defaults(run=cmd_edit)
