@@ -155,16 +155,8 @@ def _optimize(generator: Generator, start: Tensor, terms: _Terms, config: Invers
     ws = start.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([ws], lr=config.optimize_lr)
     try:
-        for step in range(config.optimize_steps):
-            if should_cancel is not None and should_cancel():
-                raise InversionCancelled("optimize", step)
-            loss, parts = terms(generator.synthesis(ws))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            history.append({"phase": 0.0, **parts})
-            if progress is not None:
-                progress("optimize", step + 1, config.optimize_steps, parts)
+        _descend("optimize", config.optimize_steps, lambda: terms(generator.synthesis(ws)), optimizer, history,
+                 progress, should_cancel)
     finally:
         for p, grad in zip(generator.parameters(), frozen):
             p.requires_grad_(grad)
@@ -184,21 +176,34 @@ def _tune(base: Generator, pivot: Tensor, terms: _Terms, config: InversionConfig
             params.append(p)
     optimizer = torch.optim.Adam(params, lr=config.tune_lr)
     rng = torch.Generator().manual_seed(config.seed)
-    for step in range(config.tune_steps):
-        if should_cancel is not None and should_cancel():
-            raise InversionCancelled("tune", step)
-        loss, parts = terms(tuned.synthesis(pivot))
+
+    def loss() -> tuple[Tensor, dict[str, float]]:
+        total, parts = terms(tuned.synthesis(pivot))
         if config.locality:
-            loss = loss + _locality(base, tuned, pivot, terms, config, rng, parts)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        history.append({"phase": 1.0, **parts})
-        if progress is not None:
-            progress("tune", step + 1, config.tune_steps, parts)
-        if "perceptual" in parts and parts["perceptual"] < config.perceptual_stop:
-            break
+            total = total + _locality(base, tuned, pivot, terms, config, rng, parts)
+        return total, parts
+
+    _descend("tune", config.tune_steps, loss, optimizer, history, progress, should_cancel,
+             done=lambda parts: "perceptual" in parts and parts["perceptual"] < config.perceptual_stop)
     return tuned.requires_grad_(False).eval()
+
+
+def _descend(phase: str, steps: int, loss: Callable[[], tuple[Tensor, dict[str, float]]],
+             optimizer: torch.optim.Optimizer, history: list[dict[str, float]], progress: Progress | None,
+             should_cancel: Callable[[], bool] | None, done: Callable[[dict[str, float]], bool] | None = None) -> None:
+    """Up to `steps` optimiser steps on `loss`, each recorded (phase 0: optimize, 1: tune) and reported."""
+    for step in range(steps):
+        if should_cancel is not None and should_cancel():
+            raise InversionCancelled(phase, step)
+        total, parts = loss()
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        history.append({"phase": float(phase == "tune"), **parts})
+        if progress is not None:
+            progress(phase, step + 1, steps, parts)
+        if done is not None and done(parts):
+            return
 
 
 def _locality(base: Generator, tuned: Generator, pivot: Tensor, terms: _Terms, config: InversionConfig,
