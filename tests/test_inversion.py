@@ -143,3 +143,20 @@ def test_bad_config_names_the_setting(name, value):
     with pytest.raises(InvalidInputError) as info:
         InversionConfig(**{name: value})
     assert info.value.field == name
+
+
+def test_an_fp16_delta_is_half_the_size_and_renders_the_photo_nearly_as_well(models, tmp_path):
+    generator, encoder = models
+    target = photo(generator)
+    tuned = invert(target, generator, encoder, mode="pti", config=FAST)
+    sizes, errors = {}, {}
+    for storage in ("fp32", "fp16"):
+        path = tmp_path / f"{storage}.safetensors"
+        save_delta(tuned.generator, generator, path, storage=storage)
+        sizes[storage] = path.stat().st_size
+        errors[storage] = l2(load_generator(path, base=generator), tuned.ws, target)
+    assert sizes["fp16"] < 0.55 * sizes["fp32"]
+    assert errors["fp16"] == pytest.approx(errors["fp32"], rel=0.05)  # fp16 rounding, not a different fit
+    with pytest.raises(InvalidInputError) as info:
+        save_delta(tuned.generator, generator, tmp_path / "x.safetensors", storage="int4")
+    assert info.value.field == "storage"

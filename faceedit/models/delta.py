@@ -44,27 +44,38 @@ def delta_config(base: Generator) -> dict[str, Any]:
     return {"generator": base.config.to_dict(), "base_fingerprint": state_fingerprint(base)}
 
 
-def _float_tensors(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+# How a delta's tensors are stored: fp32 as trained, or fp16 at half the size (read back into fp32 when
+# applied; bench/inversion.py measures what it costs in reconstruction).
+STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def _float_tensors(tensors: Mapping[str, Tensor], storage: str = "fp32") -> dict[str, Tensor]:
     if not tensors:
         raise InvalidInputError("tensors", "no tensors to save")
-    return {k: v.detach().to("cpu").float().contiguous() for k, v in tensors.items()}
+    if storage not in STORAGE_DTYPES:
+        raise InvalidInputError("storage", f"must be one of {list(STORAGE_DTYPES)}, got {storage!r}")
+    dtype = STORAGE_DTYPES[storage]
+    return {k: v.detach().to("cpu", dtype).contiguous() for k, v in tensors.items()}
 
 
 def save_delta(target: Generator, base: Generator, path: str | Path,
-               info: Mapping[str, Any] | None = None) -> str:
-    """Write the trainable tensors of `target` as a generator-delta safetensors (+ sidecar JSON); returns its sha256."""
+               info: Mapping[str, Any] | None = None, storage: str = "fp32") -> str:
+    """Write the trainable tensors of `target` as a generator-delta safetensors (+ sidecar JSON); returns its
+    sha256. `storage="fp16"` halves the file (a PTI delta per photo, say)."""
     if target.config != base.config:
         raise CheckpointMismatchError(path, f"target config {target.config.to_dict()} differs from the "
                                             f"base's {base.config.to_dict()}")
     state = target.state_dict()
-    tensors = _float_tensors({name: state[name] for name in trainable_names(target)})
+    tensors = _float_tensors({name: state[name] for name in trainable_names(target)}, storage)
     return write_safetensors(path, tensors, DELTA_KIND, delta_config(base), info)
 
 
-def delta_to_bytes(tensors: Mapping[str, Tensor], base: Generator, extra: Mapping[str, str] | None = None) -> bytes:
+def delta_to_bytes(tensors: Mapping[str, Tensor], base: Generator, extra: Mapping[str, str] | None = None,
+                   storage: str = "fp32") -> bytes:
     """Trained tensors (rosinality names, a subset of the base's) → the bytes of a generator-delta file for
     `base`; `extra` adds metadata entries (strings) after the delta's own."""
-    return artifacts.to_bytes(_float_tensors(tensors), artifacts.metadata(DELTA_KIND, delta_config(base), extra))
+    return artifacts.to_bytes(_float_tensors(tensors, storage),
+                              artifacts.metadata(DELTA_KIND, delta_config(base), extra))
 
 
 def _delta(ckpt: Checkpoint, source: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
