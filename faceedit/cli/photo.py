@@ -12,9 +12,16 @@ if TYPE_CHECKING:
     from faceedit.cli.groups import CommandGroups
     from faceedit.inversion import Inversion
 
-# The demo zoo's attributes get a flag of their own (`--smile 2`); any boundary works with `--edit NAME=S`.
-ZOO_ATTRIBUTES = ("age", "background", "beard", "eyes_open", "glasses", "hair_color", "hair_length", "lighting",
-                  "mouth_open", "pitch", "skin_tone", "smile", "yaw")
+def _zoo_attributes() -> tuple[str, ...]:
+    """The demo zoo's boundary names, each a flag of `faceedit edit` (`--smile 2`); none when the zoo is not
+    there (a non-editable install): `--edit NAME=S` works with any boundary folder."""
+    from faceedit.errors import NotFoundError
+    from faceedit.zoo import boundaries
+
+    try:
+        return tuple(sorted(boundaries()))
+    except NotFoundError:
+        return ()
 
 
 def _models(args: argparse.Namespace):
@@ -66,7 +73,7 @@ def _invert(args: argparse.Namespace) -> tuple:
     with tqdm(total=total[args.mode], unit="step", desc=f"invert ({args.mode})", disable=not total[args.mode]) as bar:
         result = invert(from_pil([crop]), generator, encoder, mode=args.mode, config=config,
                         perceptual=scorer.perceptual_distance, progress=lambda *_: bar.update(1))
-    return photo, aligned, crop, result
+    return photo, aligned, crop, result, generator
 
 
 def _render(result: Inversion, ws) -> object:
@@ -95,7 +102,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    photo, aligned, crop, result = _invert(args)
+    photo, aligned, crop, result, base = _invert(args)
     crop.save(out / "aligned.png")
     reconstruction = _render(result, result.ws)
     reconstruction.save(out / "reconstruction.png")
@@ -105,7 +112,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
     if args.mode == "pti":
         from faceedit.models.delta import save_delta
 
-        save_delta(result.generator, _models(args)[0], out / "tuned.safetensors")
+        save_delta(result.generator, base, out / "tuned.safetensors")
         written.append("tuned.safetensors (a delta: load_generator(path, base=the generator))")
     print(f"{args.mode}: pixel MSE {result.losses['l2']:.4f} in {result.seconds:.1f} s; wrote {', '.join(written)} "
           f"in {out}")
@@ -113,7 +120,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
 
 
 def _steps(args: argparse.Namespace) -> list[tuple[str, float]]:
-    steps = [(name, getattr(args, name)) for name in ZOO_ATTRIBUTES if getattr(args, name) is not None]
+    steps = [(name, getattr(args, name)) for name in args.attribute_flags if getattr(args, name) is not None]
     for item in args.edit:
         name, sep, strength = item.partition("=")
         try:
@@ -143,7 +150,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     missing = [name for name, _ in steps if name not in known]
     if missing:
         raise InvalidInputError("edits", f"no boundary for {missing}; known: {sorted(known)}")
-    photo, aligned, _, result = _invert(args)
+    photo, aligned, _, result, _ = _invert(args)
     edits = [Edit(load_direction(known[name]), strength=strength) for name, strength in steps]
     edited = _put_back(photo, aligned, _render(result, apply_edits(result.ws, edits)), args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -173,11 +180,12 @@ def register(commands: CommandGroups) -> None:
 
     p = commands.top.add_parser("edit", help="edit the face in a photo; the full photo comes back")
     _common(p)
-    for name in ZOO_ATTRIBUTES:
+    attributes = _zoo_attributes()
+    for name in attributes:
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float, default=None, metavar="S",
                        help=argparse.SUPPRESS)
     p.add_argument("--edit", action="append", default=[], metavar="NAME=S",
-                   help=f"any boundary by name; the zoo's also as flags: --{' --'.join(ZOO_ATTRIBUTES[:4])} …")
+                   help="any boundary by name; the zoo's also as flags: " + " ".join(f"--{a}" for a in attributes[:4]))
     p.add_argument("--boundaries", default=None, help="a boundary folder (default: the demo zoo's)")
     p.add_argument("--out", required=True, help="the edited photo (.png, .jpg)")
-    p.set_defaults(run=cmd_edit)
+    p.set_defaults(run=cmd_edit, attribute_flags=attributes)
