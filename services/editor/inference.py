@@ -148,6 +148,10 @@ class TorchServeInference:
 # What grpc-core says when a message exceeds the channel's limit, e.g. "Received message larger than
 # max (40123456 vs. 33554432)": only this RESOURCE_EXHAUSTED is the request's size, not the server's load.
 _TOO_LARGE_DETAIL = "larger than max"
+# What TorchServe answers (as INTERNAL) for the requests of a batch whose model worker process died
+# under it (OOM-killed, SIGKILLed): not the handler failing on this input, and TorchServe starts a
+# new worker within seconds, so it is the model server being briefly unavailable.
+_WORKER_DIED_DETAIL = "worker died"
 
 
 def _translate(exc: grpc.RpcError, model: str, what: str, max_message_bytes: int) -> Exception:
@@ -164,6 +168,8 @@ def _translate(exc: grpc.RpcError, model: str, what: str, max_message_bytes: int
         # TorchServe's own RESOURCE_EXHAUSTED means its queue is full or its workers are down
         # (seen: back within ~4 s of a SIGKILLed worker): transient, so retryable.
         return UnavailableError("model server", f"{what}: {code.name}")
+    if code == grpc.StatusCode.INTERNAL and _WORKER_DIED_DETAIL in detail.lower():
+        return UnavailableError("model server", f"{what}: its model worker died and is being restarted")
     if code == grpc.StatusCode.NOT_FOUND:
         return PreconditionError(f"model {model!r} is not loaded in the model server")
     if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):

@@ -30,6 +30,7 @@ class FakeTorchServe(inference_pb2_grpc.InferenceAPIsServiceServicer):
         self.key: str | None = None  # when set, calls without `Bearer <key>` are refused like TorchServe does
         self.delay_s = 0.0  # each call takes this long, like a 1024 px synthesis on a CPU
         self.image_bytes = 0  # when set, every image is this many bytes
+        self.abort_detail = "x"
 
     def Predictions(self, request, context):
         metadata = dict(context.invocation_metadata())
@@ -39,7 +40,8 @@ class FakeTorchServe(inference_pb2_grpc.InferenceAPIsServiceServicer):
         if self.hold:
             self.block.wait(30)
         if self.abort_with is not None:
-            context.abort(self.abort_with, "Model not found" if self.abort_with == grpc.StatusCode.NOT_FOUND else "x")
+            context.abort(self.abort_with,
+                          "Model not found" if self.abort_with == grpc.StatusCode.NOT_FOUND else self.abort_detail)
         time.sleep(self.delay_s)
         body = protocol.decode_generate_request(request.input["data"])
         image = b"\x89PNG\r\n\x1a\n" + b"f" * max(4, self.image_bytes - 8)
@@ -120,6 +122,21 @@ def test_torchserve_codes_become_typed_errors(fake, code, error, status):
     with pytest.raises(error) as info:
         client.synthesize("demo", "", ws(1))
     assert status_for(info.value)[0] == status
+    client.close()
+
+
+def test_a_model_worker_that_died_mid_batch_is_unavailable_not_internal(fake):
+    """TorchServe answers INTERNAL for the batch whose worker process was killed; it restarts the worker."""
+    servicer, target = fake
+    servicer.abort_with = grpc.StatusCode.INTERNAL
+    servicer.abort_detail = "Worker died.\norg.pytorch.serve.http.InternalServerException"
+    client = TorchServeInference(target)
+    with pytest.raises(UnavailableError) as info:
+        client.synthesize("demo", "", ws(1))
+    assert status_for(info.value)[0] == grpc.StatusCode.UNAVAILABLE and "worker died" in str(info.value)
+    servicer.abort_detail = "handler raised ValueError"  # a handler failure stays INTERNAL
+    with pytest.raises(protocol.InferenceError):
+        client.synthesize("demo", "", ws(1))
     client.close()
 
 
