@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +80,14 @@ class Inversion:
         return {name: state[name].detach().clone() for name in trainable_names(self.generator)}
 
 
+def scorer_distance(path: str | Path | None = None, device: str | torch.device = "cpu") -> Distance:
+    """A faceedit scorer's feature distance as the perceptual term (the demo zoo's, without a path). Its
+    scale is not LPIPS's: PTI's LPIPS stop threshold does not apply to it (use perceptual_stop=0)."""
+    from faceedit.synth.scorer import load_scorer
+
+    return load_scorer(path, device).eval().requires_grad_(False).perceptual_distance
+
+
 class InversionCancelled(FaceEditError):
     def __init__(self, phase: str, step: int):
         self.phase, self.step = phase, step
@@ -88,12 +97,18 @@ class InversionCancelled(FaceEditError):
 def invert(image: Tensor, generator: Generator, encoder: Encoder | None = None, mode: str = "encoder",
            config: InversionConfig | None = None, perceptual: Distance | None = None,
            identity: Distance | None = None, progress: Progress | None = None,
-           should_cancel: Callable[[], bool] | None = None) -> Inversion:
+           should_cancel: Callable[[], bool] | None = None, pivot: Tensor | None = None,
+           time_limit_s: float | None = None, start: Tensor | None = None) -> Inversion:
     """Latents for `image` [1, 3, H, W] in [-1, 1] (resized to the generator's size).
 
     "encoder": the encoder's W+ code. "optimize": W+ optimised from that code (from w_avg without an
     encoder) against pixel L2 + `perceptual` (+ `identity`). "pti": that pivot, then the generator's
     synthesis weights tuned on a copy so the pivot renders the photo; the given generator is untouched.
+    `pivot` [1, n_latent, style_dim] ("pti" only): an optimised pivot found earlier (a resumed job), so
+    only the tuning runs. `start` [1, n_latent, style_dim]: the code to optimise from instead of the
+    encoder's (one computed already, e.g. for a whole batch). `time_limit_s`: the optimisation stops early
+    after that long and returns what it reached (a request answering within its caller's deadline), unlike
+    `should_cancel`, which discards it.
     """
     if mode not in MODES:
         raise InvalidInputError("mode", f"must be one of {list(MODES)}, got {mode!r}")
@@ -102,23 +117,37 @@ def invert(image: Tensor, generator: Generator, encoder: Encoder | None = None, 
         raise InvalidInputError("identity", "identity_weight > 0 needs an identity net (e.g. ArcFace IR-SE50)")
     if mode == "encoder" and encoder is None:
         raise InvalidInputError("encoder", "mode 'encoder' needs an encoder")
+    expected = (1, generator.n_latent, generator.style_dim)
+    if pivot is not None and (mode != "pti" or tuple(pivot.shape) != expected):
+        raise InvalidInputError("pivot", f"a pivot {list(expected)} is for mode 'pti', got {list(pivot.shape)} "
+                                         f"for {mode!r}")
+    if start is not None and (tuple(start.shape) != expected or pivot is not None):
+        raise InvalidInputError("start", f"expected {list(expected)} (and no pivot), got {list(start.shape)}")
     started = time.perf_counter()
+    stop_at = None if time_limit_s is None else started + time_limit_s
     target = _target(image, generator)  # [1, 3, size, size]
     generator.eval()
     with torch.no_grad():
-        ws = encoder.encode(target) if encoder is not None else generator.broadcast(generator.w_avg[None])
+        given = pivot if pivot is not None else start
+        if given is not None:
+            ws = given.to(target.device)
+        elif encoder is not None:
+            ws = encoder.encode(target)
+        else:
+            ws = generator.broadcast(generator.w_avg[None])
     ws = ws.detach().clone()  # [1, n_latent, style_dim]
-    assert ws.shape == (1, generator.n_latent, generator.style_dim), ws.shape
+    assert ws.shape == expected, ws.shape
     terms = _Terms(target, config, perceptual, identity)
     history: list[dict[str, float]] = []
     if mode == "encoder":
         with torch.no_grad():
             losses = terms(generator.synthesis(ws))[1]
         return Inversion(ws, generator, mode, losses, time.perf_counter() - started)
-    ws = _optimize(generator, ws, terms, config, history, progress, should_cancel)
+    if pivot is None:
+        ws = _optimize(generator, ws, terms, config, history, progress, should_cancel, stop_at)
     tuned = generator
     if mode == "pti":
-        tuned = _tune(generator, ws, terms, config, history, progress, should_cancel)
+        tuned = _tune(generator, ws, terms, config, history, progress, should_cancel, stop_at)
     with torch.no_grad():
         losses = terms(tuned.synthesis(ws))[1]
     return Inversion(ws, tuned, mode, losses, time.perf_counter() - started, history)
@@ -148,7 +177,7 @@ class _Terms:
 
 def _optimize(generator: Generator, start: Tensor, terms: _Terms, config: InversionConfig,
               history: list[dict[str, float]], progress: Progress | None,
-              should_cancel: Callable[[], bool] | None) -> Tensor:
+              should_cancel: Callable[[], bool] | None, stop_at: float | None = None) -> Tensor:
     """W+ [1, L, D] from `start`, Adam on the reconstruction loss; the generator stays frozen."""
     frozen = [p.requires_grad for p in generator.parameters()]
     generator.requires_grad_(False)
@@ -156,7 +185,7 @@ def _optimize(generator: Generator, start: Tensor, terms: _Terms, config: Invers
     optimizer = torch.optim.Adam([ws], lr=config.optimize_lr)
     try:
         _descend("optimize", config.optimize_steps, lambda: terms(generator.synthesis(ws)), optimizer, history,
-                 progress, should_cancel)
+                 progress, should_cancel, done=lambda _: _past(stop_at))
     finally:
         for p, grad in zip(generator.parameters(), frozen):
             p.requires_grad_(grad)
@@ -165,7 +194,7 @@ def _optimize(generator: Generator, start: Tensor, terms: _Terms, config: Invers
 
 def _tune(base: Generator, pivot: Tensor, terms: _Terms, config: InversionConfig,
           history: list[dict[str, float]], progress: Progress | None,
-          should_cancel: Callable[[], bool] | None) -> Generator:
+          should_cancel: Callable[[], bool] | None, stop_at: float | None = None) -> Generator:
     """A copy of `base` whose synthesis weights are tuned so that `pivot` renders the target."""
     tuned = copy.deepcopy(base).train(False)
     names = set(trainable_names(tuned))
@@ -184,8 +213,12 @@ def _tune(base: Generator, pivot: Tensor, terms: _Terms, config: InversionConfig
         return total, parts
 
     _descend("tune", config.tune_steps, loss, optimizer, history, progress, should_cancel,
-             done=lambda parts: "perceptual" in parts and parts["perceptual"] < config.perceptual_stop)
+             done=lambda parts: _past(stop_at) or parts.get("perceptual", math.inf) < config.perceptual_stop)
     return tuned.requires_grad_(False).eval()
+
+
+def _past(stop_at: float | None) -> bool:
+    return stop_at is not None and time.perf_counter() >= stop_at
 
 
 def _descend(phase: str, steps: int, loss: Callable[[], tuple[Tensor, dict[str, float]]],

@@ -123,8 +123,27 @@ def test_cancel_stops_between_steps(models):
     assert info.value.phase == "tune" and info.value.step == 2
 
 
+def test_a_time_limit_returns_what_the_optimisation_reached_and_a_start_replaces_the_encoder(models):
+    generator, encoder = models
+    target = photo(generator)
+    with torch.no_grad():
+        code = encoder.encode(target)
+    config = dataclasses.replace(FAST, optimize_steps=10_000)
+    result = invert(target, generator, None, mode="optimize", config=config, start=code, time_limit_s=0.3)
+    steps = len(result.history)
+    assert 1 <= steps < 10_000 and result.seconds < 30  # stopped by the limit, not the step count
+    assert result.losses["l2"] < invert(target, generator, encoder, mode="encoder").losses["l2"]
+    # Without an encoder and without a start it would begin at w_avg: the start is what it began from.
+    first = invert(target, generator, None, mode="optimize", config=dataclasses.replace(FAST, optimize_steps=1),
+                   start=code)
+    from_avg = invert(target, generator, None, mode="optimize", config=dataclasses.replace(FAST, optimize_steps=1))
+    assert first.history[0]["l2"] != from_avg.history[0]["l2"]
+
+
 @pytest.mark.parametrize("kwargs, field", [
     ({"mode": "gan-magic"}, "mode"),
+    ({"mode": "optimize", "start": torch.zeros(1, 2, 3)}, "start"),
+    ({"mode": "encoder", "pivot": torch.zeros(1, 8, 64)}, "pivot"),
     ({"mode": "encoder", "encoder": None}, "encoder"),
     ({"image": torch.zeros(2, 3, 32, 32)}, "image"),
     ({"image": torch.full((1, 3, 32, 32), 255.0)}, "image"),

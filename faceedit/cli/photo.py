@@ -57,8 +57,7 @@ def _invert(args: argparse.Namespace) -> tuple:
     from tqdm.auto import tqdm
 
     from faceedit.images import from_pil
-    from faceedit.inversion import InversionConfig, invert
-    from faceedit.synth.scorer import load_scorer
+    from faceedit.inversion import InversionConfig, invert, scorer_distance
 
     generator, encoder = _models(args)
     photo, aligned, crop = _photo_and_crop(args, generator.config.size)
@@ -68,11 +67,10 @@ def _invert(args: argparse.Namespace) -> tuple:
     total = {"encoder": 0, "optimize": config.optimize_steps, "pti": config.optimize_steps + config.tune_steps}
     # The demo zoo's scorer is the perceptual distance here; its distance is not on LPIPS's scale, so PTI's
     # early stop is off (as in bench/inversion.py).
-    scorer = load_scorer().eval().requires_grad_(False)
     config = dataclasses.replace(config, perceptual_stop=0.0)
     with tqdm(total=total[args.mode], unit="step", desc=f"invert ({args.mode})", disable=not total[args.mode]) as bar:
         result = invert(from_pil([crop]), generator, encoder, mode=args.mode, config=config,
-                        perceptual=scorer.perceptual_distance, progress=lambda *_: bar.update(1))
+                        perceptual=scorer_distance(), progress=lambda *_: bar.update(1))
     return photo, aligned, crop, result, generator
 
 

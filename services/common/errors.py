@@ -8,6 +8,9 @@ it happens.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from faceedit.errors import CheckpointError, FaceEditError, InvalidInputError, NoFaceFound, NotFoundError
 
 
@@ -37,6 +40,17 @@ class PreconditionError(ServiceError):
 
 class TooLargeError(InvalidInputError):
     """A field is over a size limit: RESOURCE_EXHAUSTED, naming the field."""
+
+
+@contextmanager
+def redis_errors() -> Iterator[None]:
+    """Redis connection problems → UnavailableError (retryable), at the adapter boundary."""
+    import redis as redis_lib
+
+    try:
+        yield
+    except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
+        raise UnavailableError("redis", type(exc).__name__) from None
 
 
 # First match wins: subclasses before their bases.

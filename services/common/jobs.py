@@ -61,6 +61,7 @@ class Job:
     progress: float = 0.0
     message: str = ""
     result_generator_id: str = ""
+    result_latent_id: str = ""  # a tuning job's pivot, in the latent cache
     error_code: str = ""  # a status code name, e.g. INVALID_ARGUMENT, INTERNAL
     error_message: str = ""
     created: float = 0.0
@@ -81,6 +82,7 @@ class Job:
                    idempotency_key=h.get("idempotency_key", ""), state=h["state"],
                    progress=float(h.get("progress", 0)), message=h.get("message", ""),
                    result_generator_id=h.get("result_generator_id", ""),
+                   result_latent_id=h.get("result_latent_id", ""),
                    error_code=h.get("error_code", ""), error_message=h.get("error_message", ""),
                    created=float(h["created"]), updated=float(h["updated"]),
                    cancel_requested=h.get("cancel_requested") == "1", attempts=int(h.get("attempts", 0)),
@@ -221,9 +223,9 @@ class JobStore:
         progress = min(max(float(progress), 0.0), 1.0)
         return self._move(job_id, (RUNNING,), progress=repr(progress), message=message)
 
-    def succeed(self, job_id: str, generator_id: str) -> bool:
+    def succeed(self, job_id: str, generator_id: str, latent_id: str = "") -> bool:
         return self._move(job_id, (QUEUED, RUNNING), state=SUCCEEDED, progress="1.0",
-                          result_generator_id=generator_id, message="done")
+                          result_generator_id=generator_id, result_latent_id=latent_id, message="done")
 
     def fail(self, job_id: str, code: str, message: str) -> bool:
         return self._move(job_id, (QUEUED, RUNNING), state=FAILED, error_code=code, error_message=message,

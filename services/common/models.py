@@ -10,6 +10,7 @@ construction. Relative paths are relative to the file. Schema:
     families:                          # a family is one latent space: its encoder and boundaries
       ffhq:
         encoder: e4e_ffhq_encode.pt
+        perceptual: scorer.safetensors   # optional: the distance inversions optimise (faceedit scorer)
         boundaries:                    # faceedit.editing.BoundarySetSpec entries
           - {path: interfacegan, include: ["*_w_boundary.npy"]}
           - {path: e4e/ganspace_ffhq_pca.pt, components: {lighting: 7}}
@@ -37,7 +38,7 @@ DEFAULT_FILE = "models.yaml"  # inside the demo zoo folder
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _TOP_KEYS = {"default_generator", "generators", "families", "clips"}
 _GENERATOR_KEYS = {"checkpoint", "family"}
-_FAMILY_KEYS = {"encoder", "boundaries"}
+_FAMILY_KEYS = {"encoder", "boundaries", "perceptual"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class FamilySpec:
     name: str
     encoder: Path | None = None
     boundaries: tuple[Mapping[str, Any], ...] = ()  # raw entries; boundary_specs() parses them
+    # The perceptual distance inversions optimise (Invert OPTIMIZE, pivotal tuning): a faceedit scorer
+    # file (the demo zoo's). None: pixel L2 alone.
+    perceptual: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -156,13 +160,14 @@ def parse_model_config(data: Mapping[str, Any], source: Path) -> ModelConfig:
         name = str(name)
         entry = _mapping(entry, f"families.{name}", source)
         _check_keys(entry, _FAMILY_KEYS, f"families.{name}.", source)
-        encoder = entry.get("encoder")
+        encoder, perceptual = entry.get("encoder"), entry.get("perceptual")
         sets = entry.get("boundaries") or []
         if not isinstance(sets, list) or not all(isinstance(s, (Mapping, str)) for s in sets):
             raise InvalidInputError(f"families.{name}.boundaries", f"expected a list of boundary sets in {source}")
         families[name] = FamilySpec(
             name, _resolve(base, encoder, f"families.{name}.encoder", source) if encoder else None,
-            tuple({"path": s} if isinstance(s, str) else dict(s) for s in sets))
+            tuple({"path": s} if isinstance(s, str) else dict(s) for s in sets),
+            _resolve(base, perceptual, f"families.{name}.perceptual", source) if perceptual else None)
     for spec in generators.values():
         families.setdefault(spec.family, FamilySpec(spec.family))  # a family with no encoder or boundaries
     unused = sorted(set(families) - {g.family for g in generators.values()})

@@ -17,6 +17,7 @@ import numpy as np
 from faceedit.errors import FaceEditError, InvalidInputError, NotFoundError
 from services.common.errors import TooLargeError, code_for
 from services.common.latents import MAX_BATCH, MAX_N_LATENT, MAX_STYLE_DIM, check_latents
+from services.common.photos import Placement
 from services.common.uploads import check_upload_bytes
 
 VERSION = 2
@@ -76,11 +77,16 @@ class GenerateResponse:
     handler_ms: float | None = None
 
 
+INVERSION_MODES = ("encoder", "optimize")  # "pti" tunes a generator: a job, not a request
+
+
 @dataclass(frozen=True)
 class InvertRequest:
     image: bytes  # PNG, JPEG or WebP
     align: bool = False
     return_aligned: bool = False
+    mode: str = "encoder"
+    budget_s: float | None = None  # "optimize" stops after this long (the caller's deadline)
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,7 @@ class InvertResponse:
     ws: np.ndarray  # [1, n_latent, style_dim] float32
     aligned: bytes | None  # the PNG crop the encoder saw, when asked for
     size: int  # side of the crop the encoder saw
+    placement: Placement | None = None  # where that crop lies in the photo (aligned requests)
 
 
 # -- generator ---------------------------------------------------------------------------------
@@ -140,26 +147,40 @@ def decode_generate_response(data: bytes | bytearray | str) -> GenerateResponse:
 
 # -- encoder ------------------------------------------------------------------------------------
 
-def encode_invert_request(image: bytes, align: bool = False, return_aligned: bool = False) -> bytes:
+def encode_invert_request(image: bytes, align: bool = False, return_aligned: bool = False, mode: str = "encoder",
+                          budget_s: float | None = None) -> bytes:
     """Editor side: an encoded photo → request body for the encoder."""
     check_upload_bytes(bytes(image), "image")
-    return _dumps({"v": VERSION, "image": base64.b64encode(bytes(image)).decode("ascii"),
-                   "align": bool(align), "return_aligned": bool(return_aligned)})
+    _check_choice(mode, INVERSION_MODES, "mode")
+    body = {"v": VERSION, "image": base64.b64encode(bytes(image)).decode("ascii"),
+            "align": bool(align), "return_aligned": bool(return_aligned), "mode": mode}
+    if budget_s is not None:
+        body["budget_s"] = round(float(budget_s), 3)
+    return _dumps(body)
 
 
 def decode_invert_request(data: bytes | bytearray | str) -> InvertRequest:
     body = _loads(data)
     image = _b64(_get(body, "image", str), "image")
     check_upload_bytes(image, "image")
+    mode = _get(body, "mode", str, default="encoder")
+    _check_choice(mode, INVERSION_MODES, "mode")
+    budget = _get(body, "budget_s", float, default=None)
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise InvalidInputError("budget_s", f"must be a positive number of seconds, got {budget}")
     return InvertRequest(image, _get(body, "align", bool, default=False),
-                         _get(body, "return_aligned", bool, default=False))
+                         _get(body, "return_aligned", bool, default=False), mode, budget)
 
 
-def encode_invert_response(ws: np.ndarray, aligned: bytes | None, size: int) -> bytes:
+def encode_invert_response(ws: np.ndarray, aligned: bytes | None, size: int,
+                           placement: Placement | None = None) -> bytes:
     ws = np.ascontiguousarray(check_latents(np.asarray(ws), "ws"), dtype="<f4")
     parts = [ws.tobytes()] if aligned is None else [ws.tobytes(), bytes(aligned)]
-    return _frame({"v": VERSION, "ws": {"shape": list(ws.shape), "dtype": "float32"}, "size": int(size),
-                   "parts": [len(p) for p in parts]}, parts)
+    header = {"v": VERSION, "ws": {"shape": list(ws.shape), "dtype": "float32"}, "size": int(size),
+              "parts": [len(p) for p in parts]}
+    if placement is not None:
+        header["placement"] = placement.to_dict()
+    return _frame(header, parts)
 
 
 def decode_invert_response(data: bytes | bytearray | str) -> InvertResponse:
@@ -169,7 +190,9 @@ def decode_invert_response(data: bytes | bytearray | str) -> InvertResponse:
     if len(parts) not in (1, 2) or len(parts[0]) != 4 * count:
         raise InvalidInputError("parts", f"expected the {4 * count} bytes of ws {shape}, then at most the aligned crop")
     ws = check_latents(np.frombuffer(parts[0], dtype="<f4").reshape(shape), "ws")
-    return InvertResponse(ws, parts[1] if len(parts) == 2 else None, _get(header, "size", int))
+    placement = header.get("placement")
+    return InvertResponse(ws, parts[1] if len(parts) == 2 else None, _get(header, "size", int),
+                          None if placement is None else Placement.from_dict(placement, "placement"))
 
 
 # -- errors -------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""State that lost its owner: jobs whose worker died (expired lease → re-queued or cancelled) and a generator
-index lost with Redis (rebuilt from the artifacts)."""
+"""State that lost its owner: jobs whose worker died (expired lease → re-queued or cancelled), a generator
+index lost with Redis (rebuilt from the artifacts), and photos whose latent expired (deleted)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 
 from services.common.jobs import JobStore
+from services.common.photos import PhotoStore
 from services.common.registry import GeneratorIndex
 
 log = logging.getLogger("faceedit.recovery")
@@ -34,11 +35,13 @@ def recover_orphans(jobs: JobStore, submit: Callable[[str], None]) -> dict[str, 
 
 class RecoveryWatch:
     """Runs recover_orphans every `interval_s` on a daemon thread, and with an `index`, rebuilds it when
-    Redis has lost it (checked at start and on every pass); errors (Redis down) are logged and retried."""
+    Redis has lost it (checked at start and on every pass), and with `photos`, deletes the expired ones;
+    errors (Redis down) are logged and retried."""
 
     def __init__(self, jobs: JobStore, submit: Callable[[str], None], interval_s: float,
-                 index: GeneratorIndex | None = None):
+                 index: GeneratorIndex | None = None, photos: PhotoStore | None = None):
         self.jobs, self.submit, self.interval_s, self.index = jobs, submit, interval_s, index
+        self.photos = photos
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="recovery-watch", daemon=True)
 
@@ -58,6 +61,8 @@ class RecoveryWatch:
                 self.check_index()
                 if not first:
                     recover_orphans(self.jobs, self.submit)
+                if self.photos is not None:
+                    self.photos.sweep()
             except Exception as exc:  # noqa: BLE001 - a dependency outage must not end the watch
                 log.info(json.dumps({"event": "recovery watch", "error": type(exc).__name__}))
             first = False

@@ -11,11 +11,13 @@ from faceedit.errors import InvalidInputError, NotFoundError
 from services.common import jobs as jobstates
 from services.common import protocol
 from services.common.artifacts import ArtifactStore
-from services.common.errors import PreconditionError
+from services.common.errors import PreconditionError, redis_errors
 from services.common.jobs import Job, JobStore
+from services.common.latent_cache import LatentCache
+from services.common.photos import PhotoStore, kept_photo_id
 from services.common.registry import GeneratorIndex
 from services.common.uploads import decode_upload
-from services.editor.adapters import TaskQueue, redis_errors
+from services.editor.adapters import TaskQueue
 from services.editor.catalog import GeneratorCatalog, summary_of
 from services.editor.config import EditorConfig
 from services.editor.values import BASE, AdaptationJob
@@ -32,12 +34,19 @@ def _check_job_name(job_id: str) -> None:
         raise InvalidInputError("name", f"longer than {protocol.MAX_ID_LENGTH} characters")
 
 
+METHODS = ("difa", "pti")
+
+
 class AdaptationCore:
-    """Create, read, list and cancel DIFA jobs; delete adapted generators. Tenant-scoped throughout."""
+    """Create, read, list and cancel generator jobs — DIFA for an artwork, pivotal tuning for a photo; delete
+    the generators they made. Tenant-scoped throughout."""
 
     def __init__(self, catalog: GeneratorCatalog, jobs: JobStore, index: GeneratorIndex, store: ArtifactStore,
-                 queue: TaskQueue | Any, config: EditorConfig | None = None):
+                 queue: TaskQueue | Any, config: EditorConfig | None = None, cache: LatentCache | None = None,
+                 photos: PhotoStore | None = None):
         config = config or EditorConfig()
+        self.cache = cache  # with photos: pivotal tuning of a photo kept by Invert(align=true)
+        self.photos = photos
         self.catalog = catalog
         self.jobs = jobs
         self.index = index
@@ -47,7 +56,8 @@ class AdaptationCore:
         self.max_image_pixels = config.max_image_pixels
 
     def create(self, tenant: str, base_generator_id: str, image: bytes, idempotency_key: str,
-               display_name: str = "", options: Mapping[str, Any] | None = None) -> tuple[AdaptationJob, bool]:
+               display_name: str = "", options: Mapping[str, Any] | None = None, method: str = "difa",
+               latent_id: str = "") -> tuple[AdaptationJob, bool]:
         if not idempotency_key:
             raise InvalidInputError("idempotency_key", "is required (reuse it when retrying)")
         if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
@@ -58,6 +68,12 @@ class AdaptationCore:
         if base.kind != BASE:
             raise InvalidInputError("base_generator_id", f"{base.id!r} is an adapted generator; adapt a base one")
         params = self._params(options or {})
+        if method not in METHODS:
+            raise InvalidInputError("method", f"must be one of {list(METHODS)}, got {method[:100]!r}")
+        if method == "pti":
+            image, params = self._tuning_target(tenant, base, latent_id, image, params)
+        elif latent_id:
+            raise InvalidInputError("latent_id", "is for PIVOTAL_TUNING; DIFA adapts to style_image")
         _, fmt = decode_upload(image, "style_image.data", self.max_image_bytes, self.max_image_pixels)
         # Content-addressed: a retried upload writes the same key again, harmlessly.
         digest = hashlib.sha256(image).hexdigest()
@@ -66,12 +82,28 @@ class AdaptationCore:
         self.store.put(key, image)
         with redis_errors():
             job, created = self.jobs.create(tenant, base.id, key, params, idempotency_key=idempotency_key,
-                                            display_name=display_name)
+                                            display_name=display_name, kind="tune" if method == "pti" else "adapt")
         if created or job.state == jobstates.QUEUED:
             # A retry of a create whose task may never have reached the broker re-sends it; the
             # worker's lease and state machine turn a duplicate delivery into a no-op.
             self.queue.submit(job.id)
         return self._view(job), created
+
+    def _tuning_target(self, tenant: str, base: Any, latent_id: str, image: bytes, params: dict[str, Any]
+                       ) -> tuple[bytes, dict[str, Any]]:
+        """A tuning job's target: the aligned crop of the photo that Invert(align=true) kept with `latent_id`."""
+        if image:
+            raise InvalidInputError("style_image", "is for DIFA; PIVOTAL_TUNING tunes to the photo of latent_id")
+        if self.cache is None or self.photos is None:
+            raise PreconditionError("pivotal tuning is not available: this editor keeps no photos")
+        with redis_errors():
+            entry = self.cache.entry(tenant, latent_id, "latent_id")
+        if not entry.photo_id:
+            raise InvalidInputError("latent_id", "has no photo: tune a latent from Invert(align=true)")
+        if entry.family != base.family:
+            raise InvalidInputError("latent_id", f"belongs to family {entry.family!r}, not {base.family!r}")
+        photo = self.photos.get(tenant, entry.photo_id)
+        return photo.aligned, {**params, "method": "pti", "photo_id": photo.id}
 
     @staticmethod
     def _params(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -131,6 +163,8 @@ class AdaptationCore:
         with redis_errors():
             record = self.index.get(generator_id, tenant)
             self.index.delete(generator_id, tenant)
+            if self.photos is not None:  # a tuned generator's photo goes with it
+                self.photos.delete([kept_photo_id(generator_id)])
             if record.job_id:
                 try:
                     self.jobs.generator_deleted(record.job_id, generator_id)

@@ -1,22 +1,8 @@
-"""The editor's adapters to Redis and Celery: connection failures become UnavailableError, jobs go to the queue."""
+"""The editor's adapter to Celery: jobs go to the worker's queue; a broker that does not answer is UnavailableError."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from services.common.errors import UnavailableError
-
-
-@contextmanager
-def redis_errors() -> Iterator[None]:
-    """Redis connection problems → UnavailableError (retryable), at the adapter boundary."""
-    import redis as redis_lib
-
-    try:
-        yield
-    except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
-        raise UnavailableError("redis", type(exc).__name__) from None
 
 
 class TaskQueue:

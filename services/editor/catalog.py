@@ -12,9 +12,8 @@ import torch
 
 from faceedit.errors import InvalidInputError, NotFoundError
 from services.common import protocol
-from services.common.errors import PreconditionError
+from services.common.errors import PreconditionError, redis_errors
 from services.common.registry import GeneratorIndex, GeneratorRecord, check_id
-from services.editor.adapters import redis_errors
 from services.editor.values import ADAPTED, BASE, GeneratorSummary
 
 if TYPE_CHECKING:

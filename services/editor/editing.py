@@ -15,12 +15,14 @@ import torch
 from PIL import Image
 
 from faceedit.errors import InvalidInputError
-from services.common.errors import TooLargeError
+from services.common import protocol
+from services.common.errors import PreconditionError, TooLargeError, UnavailableError
+from services.common.latent_cache import LatentCache
 from services.common.latents import check_latents
+from services.common.photos import PhotoStore, StoredPhoto, owned_by_generator
 from services.common.uploads import decode_upload
 from services.editor.boundaries import BoundaryRegistry
 from services.editor.budget import RenderBudget
-from services.editor.cache import LatentCache
 from services.editor.catalog import BaseGenerator, GeneratorCatalog, ResolvedGenerator
 from services.editor.config import EditorConfig
 from services.editor.inference import Inference
@@ -74,8 +76,10 @@ class EditorCore:
 
     def __init__(self, catalog: GeneratorCatalog, boundaries: BoundaryRegistry, cache: LatentCache,
                  inference: Inference, config: EditorConfig | None = None, metrics: EditorMetrics | None = None,
-                 encoder_family: str | None = None, budget: RenderBudget | None = None):
+                 encoder_family: str | None = None, budget: RenderBudget | None = None,
+                 photos: PhotoStore | None = None):
         config = config or EditorConfig()
+        self.photos = photos  # None: no paste-back (Invert keeps no photo)
         self.catalog = catalog
         self.boundaries = boundaries
         self.cache = cache
@@ -139,23 +143,28 @@ class EditorCore:
     def resolve_latent(self, tenant: str, generator: ResolvedGenerator, source: LatentSource,
                        field_name: str = "latent") -> np.ndarray:
         """W+ [1, L, D] from an id, a seed or inline values."""
+        return self._resolve(tenant, generator, source, field_name)[0]
+
+    def _resolve(self, tenant: str, generator: ResolvedGenerator, source: LatentSource,
+                 field_name: str = "latent") -> tuple[np.ndarray, str]:
+        """(W+ [1, L, D], the id of the photo kept with a cached latent or "")."""
         given = [x is not None for x in (source.latent_id, source.seed, source.inline)]
         if sum(given) != 1:
             raise InvalidInputError(field_name, "set exactly one of latent_id, seed, inline")
         if source.latent_id is not None:
             with self.metrics.stage("cache.get"):
-                family, ws = self.cache.get(tenant, source.latent_id, f"{field_name}.latent_id")
-            if family != generator.family:
-                raise InvalidInputError(f"{field_name}.latent_id", f"belongs to generator family {family!r}, "
+                entry = self.cache.entry(tenant, source.latent_id, f"{field_name}.latent_id")
+            if entry.family != generator.family:
+                raise InvalidInputError(f"{field_name}.latent_id", f"belongs to generator family {entry.family!r}, "
                                                                    f"not {generator.family!r}")
-            return self._check_ws(ws, generator.base, f"{field_name}.latent_id")
+            return self._check_ws(entry.ws, generator.base, f"{field_name}.latent_id"), entry.photo_id
         if source.seed is not None:
             if not 0 <= source.seed < 2**32:
                 raise InvalidInputError(f"{field_name}.seed", f"must be in [0, 2^32), got {source.seed}")
             psi = self._psi(source.truncation, f"{field_name}.truncation")
             with self.metrics.stage("mapping"):
-                return generator.base.latents_from_seeds([source.seed], psi)
-        return self._check_ws(np.asarray(source.inline), generator.base, f"{field_name}.inline")
+                return generator.base.latents_from_seeds([source.seed], psi), ""
+        return self._check_ws(np.asarray(source.inline), generator.base, f"{field_name}.inline"), ""
 
     def build_edits(self, family: str, steps: Sequence[Step], n_latent: int) -> EditPlan:
         from faceedit.editing import Edit, resolve_layers
@@ -240,31 +249,41 @@ class EditorCore:
         return [FaceResult(int(s), img, lat) for s, img, lat in zip(seeds, images, latents)]
 
     def invert(self, tenant: str, image: bytes, align: bool = False, generator_id: str = "",
-               image_format: str = "png", return_aligned: bool = False) -> InvertResult:
+               image_format: str = "png", return_aligned: bool = False, mode: str = "encoder") -> InvertResult:
         generator = self.catalog.resolve(tenant, generator_id)
         fmt = _choice(image_format, IMAGE_FORMATS, "format")
+        mode = _choice(mode, protocol.INVERSION_MODES, "mode")
         if generator.family != self.encoder_family:
             raise InvalidInputError("generator_id", f"the encoder inverts into family {self.encoder_family!r}; "
                                                     f"{generator.id!r} is of family {generator.family!r}")
         with self.metrics.stage("validate.image"):
             decode_upload(image, "image.data", self.max_image_bytes, self.max_image_pixels)
+        keep_photo = align and self.photos is not None
         with self.metrics.stage("inference.invert"):
-            inverted = self.inference.invert(image, align=align, return_aligned=return_aligned)
+            # An aligned photo is kept for paste-back: that needs the crop and where it lies in the photo.
+            inverted = self.inference.invert(image, align=align, return_aligned=return_aligned or keep_photo, mode=mode)
         ws = self._check_ws(inverted.ws, generator.base, "encoder output")
         reconstruction = self._render(generator, tenant, ws, fmt)[0]
+        photo_id = ""
+        if keep_photo:
+            if inverted.aligned is None or inverted.placement is None:
+                raise UnavailableError("model server", "its encoder returned no placement for an aligned photo")
+            with self.metrics.stage("photos.put"):
+                photo_id = self.photos.put(tenant, image, inverted.aligned, inverted.placement, self.cache.ttl_s)
         with self.metrics.stage("cache.put"):
-            latent = self.cache.put(tenant, generator.family, ws)
+            latent = self.cache.put(tenant, generator.family, ws, photo_id)
         aligned = None
         if return_aligned and inverted.aligned is not None:
             aligned = RenderedImage(inverted.aligned, "png", inverted.size, inverted.size)
         return InvertResult(latent, reconstruction, aligned)
 
     def edit(self, tenant: str, generator_id: str, source: LatentSource, steps: Sequence[Step],
-             image_format: str = "png") -> EditResult:
+             image_format: str = "png", paste_back: bool = False) -> EditResult:
         generator = self.catalog.resolve(tenant, generator_id)
         fmt = _choice(image_format, IMAGE_FORMATS, "format")
-        ws = self.resolve_latent(tenant, generator, source)
+        ws, photo_id = self._resolve(tenant, generator, source)
         plan = self.build_edits(generator.family, steps, generator.base.n_latent)
+        photo = self._photo(tenant, photo_id) if paste_back else None
         if plan.z:
             ws = self._latents_with_z_edits(generator, source, plan)
         if plan.w:
@@ -272,15 +291,52 @@ class EditorCore:
 
             with self.metrics.stage("edit"):
                 ws = apply_edits(torch.from_numpy(ws), plan.w).numpy()  # [1, L, D]
-        image = self._render(generator, tenant, ws, fmt)[0]
+        if photo is None:
+            image = self._render(generator, tenant, ws, fmt)[0]
+        else:  # rendered lossless, pasted, then encoded as asked
+            image = self._paste(photo, self._render(generator, tenant, ws, "png")[0], fmt)
         with self.metrics.stage("cache.put"):
-            latent = self.cache.put(tenant, generator.family, ws)
+            # The edited latent keeps the photo: a chain of edits can still be pasted back.
+            latent = self.cache.put(tenant, generator.family, ws, photo_id)
         return EditResult(image, latent)
+
+    def _photo(self, tenant: str, photo_id: str) -> StoredPhoto:
+        """The photo kept with the source latent, for paste-back: a latent from Invert(align=true), an edit of one,
+        or a tuning job's pivot."""
+        if self.photos is None:
+            raise PreconditionError("paste_back is not available: this editor keeps no photos")
+        if not photo_id:
+            raise InvalidInputError("paste_back", "needs a latent_id from Invert(align=true) (or an edit of one, or a "
+                                                  "tuning job's pivot): this latent has no photo to paste into")
+        with self.metrics.stage("photos.get"):
+            return self.photos.get(tenant, photo_id)
+
+    def _paste(self, photo: StoredPhoto, crop: RenderedImage, fmt: str) -> RenderedImage:
+        """The edited crop blended back into the whole photo (faceedit.blending: soft face mask)."""
+        from faceedit.blending import paste_back
+
+        with self.metrics.stage("paste_back"):
+            picture, _ = decode_upload(photo.image, "photo", self.max_image_bytes, self.max_image_pixels)
+            edited = Image.open(io.BytesIO(crop.data)).convert("RGB")
+            pasted = paste_back(picture, edited, photo.aligned_face())
+            out = io.BytesIO()
+            pasted.save(out, format=fmt.upper(), **({"quality": 92} if fmt != "png" else {}))
+        if out.tell() > self.budget.max_message_bytes:
+            raise TooLargeError("paste_back", f"the {fmt.upper()} of the whole {pasted.width}x{pasted.height} photo is "
+                                              f"{out.tell() / 1e6:.1f} MB, over the reply limit of "
+                                              f"{self.budget.max_message_bytes / 1e6:.0f} MB; ask for JPEG")
+        return RenderedImage(out.getvalue(), fmt, pasted.width, pasted.height)
+
+    def delete_latent(self, tenant: str, latent_id: str) -> None:
+        """Removes the latent now, and the photo kept with it (which every edit of it shared)."""
+        entry = self.cache.delete(tenant, latent_id, "latent_id")
+        if entry.photo_id and self.photos is not None and not owned_by_generator(entry.photo_id):
+            self.photos.delete([entry.photo_id])
 
     def animate(self, tenant: str, generator_id: str, source: LatentSource, steps: Sequence[Step],
                 frames: int = 0, start: float = 0.0, end: float = 0.0, image_format: str = "png",
                 animation: str = "", skip_frames: bool = False, frame_duration_ms: int = 0,
-                ) -> Iterator[Frame | RenderedImage]:
+                paste_back: bool = False) -> Iterator[Frame | RenderedImage]:
         """Validates everything first (errors before the first frame), then yields frames and,
         when `animation` is gif/webp, one encoded animation last."""
         from faceedit.editing import edit_path
@@ -306,8 +362,9 @@ class EditorCore:
             raise InvalidInputError("edits", "an animation needs at least one attribute step")
         # Frames stream one message each; a GIF/WebP is checked for size once encoded.
         self.budget.check_fits(generator.base.id, n, fmt, "frames", one_reply=False)
-        ws = self.resolve_latent(tenant, generator, source)
+        ws, photo_id = self._resolve(tenant, generator, source)
         plan = self.build_edits(generator.family, steps, generator.base.n_latent)
+        photo = self._photo(tenant, photo_id) if paste_back else None
         ts = np.linspace(start, end, n)
         path = np.repeat(ws, n, axis=0)  # [F, L, D]
         if plan.z:
@@ -317,16 +374,20 @@ class EditorCore:
                 # Step edits are additive, so the W path is the unedited path plus each frame's offset.
                 offsets = edit_path(torch.zeros_like(torch.from_numpy(ws)), plan.w, n, start, end)[:, 0].numpy()
                 path = path + offsets
-        return self._frames(generator, tenant, path, ts, fmt, animation, skip_frames, duration)
+        return self._frames(generator, tenant, path, ts, fmt, animation, skip_frames, duration, photo)
 
     def _frames(self, generator: ResolvedGenerator, tenant: str, path: np.ndarray, ts: np.ndarray, fmt: str,
-                animation: str, skip_frames: bool, duration: int) -> Iterator[Frame | RenderedImage]:
+                animation: str, skip_frames: bool, duration: int, photo: StoredPhoto | None = None
+                ) -> Iterator[Frame | RenderedImage]:
         encoded: list[bytes] = []
         # Animations are encoded from lossless frames whatever the stream's frame format is.
-        render_fmt = "png" if animation and skip_frames else fmt
+        render_fmt = "png" if (animation and skip_frames) or photo is not None else fmt
+        frame_fmt = "png" if animation and skip_frames else fmt
         index = 0
         for chunk in self._render_chunks(generator, tenant, path, render_fmt):
             for image in chunk:
+                if photo is not None:
+                    image = self._paste(photo, image, frame_fmt)
                 if animation:
                     encoded.append(image.data)
                 if not skip_frames:

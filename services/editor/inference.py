@@ -48,7 +48,7 @@ class Inference(Protocol):
         """ws [B, n_latent, style_dim] float32 → B encoded images."""
         ...
 
-    def invert(self, image: bytes, align: bool, return_aligned: bool) -> InvertResponse: ...
+    def invert(self, image: bytes, align: bool, return_aligned: bool, mode: str = "encoder") -> InvertResponse: ...
 
     def ping(self) -> bool: ...
 
@@ -128,8 +128,13 @@ class TorchServeInference:
             raise UnavailableError("model server", f"returned {len(response.images)} images for {ws.shape[0]} latents")
         return response
 
-    def invert(self, image: bytes, align: bool = False, return_aligned: bool = False) -> InvertResponse:
-        body = protocol.encode_invert_request(image, align=align, return_aligned=return_aligned)
+    def invert(self, image: bytes, align: bool = False, return_aligned: bool = False,
+               mode: str = "encoder") -> InvertResponse:
+        # OPTIMIZE answers within the caller's deadline: the handler stops early, leaving it a margin.
+        remaining = caller_remaining_s()
+        budget = None if remaining is None else max(remaining - 1.0, 0.1)
+        body = protocol.encode_invert_request(image, align=align, return_aligned=return_aligned, mode=mode,
+                                              budget_s=budget)
         return protocol.decode_invert_response(self._call(self.encoder_model, body, "inversion"))
 
     def ping(self) -> bool:

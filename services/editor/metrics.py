@@ -42,6 +42,9 @@ class EditorMetrics:
         finally:
             self.stage_seconds.labels(name).observe(time.perf_counter() - start)
 
+    def count_cache_lookup(self, hit: bool) -> None:
+        self.cache.labels("hit" if hit else "miss").inc()
+
     def observe_stage(self, name: str, seconds: float) -> None:
         """A stage timed elsewhere: `inference.handler` is the model handler's own time as it reports it,
         within inference.synthesize (the difference is TorchServe's queue, batching delay and transport)."""

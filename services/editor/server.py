@@ -24,13 +24,14 @@ from faceedit_client.v1 import (
     editor_pb2,
     editor_pb2_grpc,
 )
+from services.common.latent_cache import LatentCache
 from services.common.models import ModelConfig, load_model_config
+from services.common.photos import PhotoStore
 from services.common.recovery import RecoveryWatch
 from services.editor.adaptation import AdaptationCore
 from services.editor.adapters import TaskQueue
 from services.editor.auth import ApiKeys
 from services.editor.boundaries import BoundaryRegistry
-from services.editor.cache import LatentCache
 from services.editor.catalog import BaseGenerator, GeneratorCatalog
 from services.editor.config import EditorConfig
 from services.editor.editing import EditorCore
@@ -145,13 +146,17 @@ class EditorServer:
             bases = load_bases(self.models)
         self.catalog = GeneratorCatalog(bases, self.models.default_generator, self.index)
         self.boundaries = boundaries if boundaries is not None else load_boundaries(self.models, bases)
-        self.cache = LatentCache(self.redis, config.latent_ttl_s, config.redis_namespace, self.metrics)
+        self.cache = LatentCache(self.redis, config.latent_ttl_s, config.redis_namespace,
+                                 self.metrics.count_cache_lookup)
+        self.photos = PhotoStore(self.store)
         self.queue = TaskQueue(config.broker, config.queue, config.task_name)
         self.editor = EditorCore(self.catalog, self.boundaries, self.cache, self.inference, config, self.metrics,
-                                 encoder_family=self.models.encoder_family)
-        self.adaptation = AdaptationCore(self.catalog, self.jobs, self.index, self.store, self.queue, config)
+                                 encoder_family=self.models.encoder_family, photos=self.photos)
+        self.adaptation = AdaptationCore(self.catalog, self.jobs, self.index, self.store, self.queue, config,
+                                         cache=self.cache, photos=self.photos)
         self.metrics.set_queue_depth_source(self._queue_depth)
-        self.recovery = RecoveryWatch(self.jobs, self.queue.submit, config.job_check_interval_s, self.index)
+        self.recovery = RecoveryWatch(self.jobs, self.queue.submit, config.job_check_interval_s, self.index,
+                                      photos=self.photos)
 
         options = [("grpc.max_receive_message_length", config.max_message_bytes),
                    ("grpc.max_send_message_length", config.max_message_bytes)]

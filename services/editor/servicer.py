@@ -51,6 +51,8 @@ _FORMATS = {common_pb2.IMAGE_FORMAT_UNSPECIFIED: "", common_pb2.IMAGE_FORMAT_PNG
 _FORMAT_ENUM = {v: k for k, v in _FORMATS.items() if v}
 _ANIMATIONS = {editor_pb2.ANIMATION_FORMAT_NONE: "", editor_pb2.ANIMATION_FORMAT_GIF: "gif",
                editor_pb2.ANIMATION_FORMAT_WEBP: "webp"}
+_INVERSION_MODES = {editor_pb2.INVERSION_MODE_ENCODER: "encoder", editor_pb2.INVERSION_MODE_OPTIMIZE: "optimize"}
+_METHODS = {adaptation_pb2.ADAPTATION_METHOD_DIFA: "difa", adaptation_pb2.ADAPTATION_METHOD_PIVOTAL_TUNING: "pti"}
 _STATES = {jobstates.QUEUED: adaptation_pb2.ADAPTATION_STATE_QUEUED,
            jobstates.RUNNING: adaptation_pb2.ADAPTATION_STATE_RUNNING,
            jobstates.SUCCEEDED: adaptation_pb2.ADAPTATION_STATE_SUCCEEDED,
@@ -219,7 +221,8 @@ def operation_msg(view: AdaptationJob) -> adaptation_pb2.AdaptationOperation:
     op = adaptation_pb2.AdaptationOperation(name=job.id, metadata=metadata, done=job.done)
     if job.state == jobstates.SUCCEEDED:
         result = adaptation_pb2.AdaptationResult(generator_id=job.result_generator_id,
-                                                  generator_deleted=view.generator is None)
+                                                  generator_deleted=view.generator is None,
+                                                  pivot_latent_id=job.result_latent_id)
         if view.generator is not None:
             result.generator.CopyFrom(generator_msg(view.generator))
         op.response.CopyFrom(result)
@@ -255,7 +258,8 @@ class EditorServicer(editor_pb2_grpc.EditorServicer):
     @rpc("Invert")
     def Invert(self, request: editor_pb2.InvertRequest, call: CallContext) -> editor_pb2.InvertResponse:
         result = self.core.invert(call.tenant, request.image.data, request.align, request.generator_id,
-                                  _FORMATS.get(request.format, "?"), request.return_aligned)
+                                  _FORMATS.get(request.format, "?"), request.return_aligned,
+                                  _INVERSION_MODES.get(request.mode, "?"))
         out = editor_pb2.InvertResponse(latent_id=result.latent.id, reconstruction=image_msg(result.reconstruction),
                                         expire_time=timestamp(result.latent.expires_at))
         if request.return_latent:
@@ -267,7 +271,7 @@ class EditorServicer(editor_pb2_grpc.EditorServicer):
     @rpc("Edit")
     def Edit(self, request: editor_pb2.EditRequest, call: CallContext) -> editor_pb2.EditResponse:
         result = self.core.edit(call.tenant, request.generator_id, latent_source(request.latent),
-                                steps(request.edits), _FORMATS.get(request.format, "?"))
+                                steps(request.edits), _FORMATS.get(request.format, "?"), request.paste_back)
         out = editor_pb2.EditResponse(image=image_msg(result.image), latent_id=result.latent.id,
                                       expire_time=timestamp(result.latent.expires_at))
         if request.return_latent:
@@ -279,7 +283,7 @@ class EditorServicer(editor_pb2_grpc.EditorServicer):
         items = self.core.animate(call.tenant, request.generator_id, latent_source(request.latent),
                                   steps(request.edits), request.frames, request.start, request.end,
                                   _FORMATS.get(request.frame_format, "?"), _ANIMATIONS.get(request.animation, "?"),
-                                  request.skip_frames, request.frame_duration_ms)
+                                  request.skip_frames, request.frame_duration_ms, request.paste_back)
         for item in items:
             if isinstance(item, Frame):
                 yield editor_pb2.AnimateResponse(frame=editor_pb2.Frame(index=item.index, t=item.t,
@@ -304,6 +308,11 @@ class EditorServicer(editor_pb2_grpc.EditorServicer):
                                      format=a.format, space=a.space, conditioned_variants=list(a.conditioned_variants))
             for a in attributes])
 
+    @rpc("DeleteLatent")
+    def DeleteLatent(self, request: editor_pb2.DeleteLatentRequest, call: CallContext) -> empty_pb2.Empty:
+        self.core.delete_latent(call.tenant, request.latent_id)
+        return empty_pb2.Empty()
+
 
 class AdaptationServicer(adaptation_pb2_grpc.AdaptationServicer):
     def __init__(self, adaptation: AdaptationCore, keys: ApiKeys, metrics: EditorMetrics):
@@ -316,7 +325,8 @@ class AdaptationServicer(adaptation_pb2_grpc.AdaptationServicer):
                          ) -> adaptation_pb2.AdaptationOperation:
         options = {"steps": request.options.steps, "learning_rate": request.options.learning_rate}
         view, _ = self.core.create(call.tenant, request.base_generator_id, request.style_image.data,
-                                   request.idempotency_key, request.display_name, options)
+                                   request.idempotency_key, request.display_name, options,
+                                   _METHODS.get(request.method, "?"), request.latent_id)
         return operation_msg(view)
 
     @rpc("GetAdaptation")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from services.common.jobs import Job
+from services.common.latent_cache import StoredLatent
 
 if TYPE_CHECKING:
     from faceedit.editing import Edit
@@ -53,13 +54,6 @@ class RenderedImage:
     format: str
     width: int
     height: int
-
-
-@dataclass(frozen=True)
-class StoredLatent:
-    id: str
-    ws: np.ndarray  # [1, n_latent, style_dim] float32
-    expires_at: float  # unix time
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,10 @@ class InferenceConfig:
     # Encoder: the aligned crop returned with Invert(return_aligned) is FFHQ's 1024 px alignment
     # (smaller when the photo is), not the encoder's input size: it is what paste-back needs.
     aligned_size: int = 1024
+    # Invert OPTIMIZE: at most this many W+ optimisation steps from the encoder's code (each a synthesis
+    # forward and backward: ~30 ms at 64 px, seconds at 1024 on a CPU); fewer when the caller's deadline
+    # comes first.
+    optimize_steps: int = 200
 
     @classmethod
     def load(cls, model_yaml: Mapping[str, Any] | None, env: Mapping[str, str] | None = None) -> InferenceConfig:

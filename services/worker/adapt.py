@@ -29,15 +29,19 @@ from faceedit.errors import (
     NotFoundError,
 )
 from faceedit.images import from_pil
+from faceedit.inversion import Distance, scorer_distance
 from faceedit.models import Encoder, Generator, load_encoder, load_generator
 from faceedit.models.precision import resolve_device
 from services.common.artifacts import ArtifactStore, open_artifact_store
 from services.common.errors import code_for
 from services.common.jobs import Job, JobStore
+from services.common.latent_cache import LatentCache
 from services.common.models import ModelConfig, load_model_config
+from services.common.photos import PhotoStore
 from services.common.registry import GeneratorIndex, save_adapted_generator
 from services.common.uploads import center_square, decode_upload
 from services.worker.config import WorkerConfig
+from services.worker.tuning import TuningServices, tune_to_photo, tuning_config
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +115,9 @@ class Runtime:
     _bases: dict[str, Generator] = field(default_factory=dict)
     _encoders: dict[str, Encoder | None] = field(default_factory=dict)
     _clips: list[ClipModel] | None = None
+    _perceptual: dict[str, Distance | None] = field(default_factory=dict)
+    cache: LatentCache | None = None
+    photos: PhotoStore | None = None
 
     @classmethod
     def open(cls, config: WorkerConfig) -> Runtime:
@@ -120,7 +127,16 @@ class Runtime:
         worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         return cls(config, JobStore(client, config.redis_namespace),
                    GeneratorIndex(client, store, config.redis_namespace), store, worker_id,
-                   load_model_config(config.models or None), resolve_device(config.device))
+                   load_model_config(config.models or None), resolve_device(config.device),
+                   cache=LatentCache(client, config.latent_ttl_s, config.redis_namespace), photos=PhotoStore(store))
+
+    def perceptual(self, base_id: str) -> Distance | None:
+        """The family's perceptual distance for inversions (None: pixel L2 alone), loaded once."""
+        family = self.models.family_of(base_id)
+        if family.name not in self._perceptual:
+            self._perceptual[family.name] = (scorer_distance(family.perceptual, self.device)
+                                             if family.perceptual is not None else None)
+        return self._perceptual[family.name]
 
     def base(self, base_id: str) -> Generator:
         if base_id not in self._bases:
@@ -283,6 +299,8 @@ def _adapt(job: Job, rt: Runtime, keeper: LeaseKeeper, on_progress: Callable[[fl
     except NotFoundError:
         pass
     base = rt.base(job.base_generator)
+    if job.kind == "tune":
+        return _tuning_job(job, rt, keeper, on_progress, base, generator_id)
     if rt.config.adaptation == "finetune":
         return _finetune_job(job, rt, keeper, on_progress, base, generator_id)
     return _difa_job(job, rt, keeper, on_progress, base, generator_id)
@@ -395,6 +413,24 @@ def _finetune_job(job: Job, rt: Runtime, keeper: LeaseKeeper, on_progress: Calla
     rt.store.delete(state_key(job.id, "finetune"))
     return {"status": "SUCCEEDED", "generator_id": record.id, "method": "finetune", "iterations": result.iterations,
             "resumed_from": resumed_from, "loss": result.loss}
+
+
+def _tuning_job(job: Job, rt: Runtime, keeper: LeaseKeeper, on_progress: Callable[[float, str], None] | None,
+                base: Generator, generator_id: str) -> dict:
+    """Pivotal tuning of the base to the job's photo (services/worker/tuning.py)."""
+    if rt.cache is None or rt.photos is None:
+        raise WorkerSetupError("redis_url", "pivotal tuning needs the latent cache and the photo store")
+    try:
+        config = tuning_config(rt.config.pti_settings, job.params)
+    except InvalidInputError as exc:
+        if exc.field.startswith("pti_settings"):
+            raise WorkerSetupError(exc.field, exc.problem) from None
+        raise
+    report, should_cancel = _job_callbacks(job, rt, keeper, on_progress)
+    services = TuningServices(rt.jobs, rt.index, rt.store, rt.cache, rt.photos)
+    return tune_to_photo(job, base, rt.encoder(job.base_generator), rt.perceptual(job.base_generator), config,
+                         services, rt.models.family_of(job.base_generator).name, generator_id, report,
+                         should_cancel, lambda: keeper.lost)
 
 
 def load_target(rt: Runtime, job: Job, size: int) -> torch.Tensor:

@@ -30,6 +30,11 @@ class WorkerConfig:
     # At start-up, queue `faceedit.prepare` for each base whose mean source CLIP embedding is not
     # cached yet (minutes at 1024 px), so the first job on it starts training at once.
     prepare_on_start: bool = True
+    # Pivotal tuning (a photo's tuning job): JSON of faceedit.inversion.InversionConfig fields fixed for
+    # every job (e.g. optimize_steps, tune_steps, locality); a job's steps/learning rate set the tuning
+    # phase. The pivot it caches lives as long as any latent (the editor's FACEEDIT_LATENT_TTL_S).
+    pti_settings: str = ""
+    latent_ttl_s: int = 3600
     queue: str = "gpu"
     # Must exceed the longest job: a message unacknowledged for longer is delivered again while the
     # job still runs (the lease keeps the second delivery from running it twice, but a worker would

@@ -15,6 +15,24 @@ from faceedit.errors import NotFoundError
 from faceedit.images import from_pil, to_pil
 from faceedit.models import load_encoder, load_generator
 from services.common import protocol
+from services.common.photos import Placement
+from services.common.uploads import center_square
+
+
+def fake_placement(photo_size: tuple[int, int]) -> Placement:
+    """Where a fake alignment puts the face: the photo's centre square, with a jaw line (the lower half of an
+    ellipse, chin at index 8) and brows above it in the 68-point order; the rest at the face's centre."""
+    width, height = photo_size
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    quad = np.array([[left, top], [left, top + side], [left + side, top + side], [left + side, top]])
+    angles = np.concatenate([np.linspace(np.pi, 0, 17), np.linspace(-0.8 * np.pi, -0.2 * np.pi, 10),
+                             np.full(41, np.nan)])
+    radius = np.concatenate([np.ones(17), np.full(10, 0.6), np.zeros(41)])
+    angles = np.nan_to_num(angles)
+    landmarks = np.stack([left + side * (0.5 + 0.3 * radius * np.cos(angles)),
+                          top + side * (0.55 + 0.35 * radius * np.sin(angles))], 1)  # [68, 2]
+    return Placement(quad, landmarks, (width, height))
 
 
 class FakeInference:
@@ -28,6 +46,7 @@ class FakeInference:
         self.calls: list[tuple[str, str, tuple[int, ...]]] = []  # (generator id, tenant, ws shape)
         self.healthy = True
         self.adapted: dict[tuple[str, str], float] = {}  # (id, tenant) → brightness shift, a fake "adapted" model
+        self.inverted: list[protocol.InvertRequest] = []
 
     def synthesize(self, generator_id: str, tenant: str, ws: np.ndarray, image_format: str = "png"):
         body = protocol.encode_generate_request(generator_id, ws, image_format=image_format, tenant=tenant)
@@ -48,13 +67,22 @@ class FakeInference:
         body = protocol.encode_generate_response(encoded, image_format, self.generator.config.size)
         return protocol.decode_generate_response(body)
 
-    def invert(self, image: bytes, align: bool = False, return_aligned: bool = False):
-        protocol.decode_invert_request(protocol.encode_invert_request(image, align, return_aligned))
+    def invert(self, image: bytes, align: bool = False, return_aligned: bool = False, mode: str = "encoder"):
+        request = protocol.decode_invert_request(protocol.encode_invert_request(image, align, return_aligned, mode))
+        self.inverted.append(request)
         pil = Image.open(io.BytesIO(image)).convert("RGB")
+        crop, placement = center_square(pil, min(pil.size)), None
+        if align:  # "aligned": the centre square, with a face-shaped ring of landmarks inside it
+            placement = fake_placement(pil.size)
         with torch.inference_mode():
-            ws = self.encoder(from_pil([pil], size=self.encoder.config.input_size)).numpy()  # [1, L, D]
+            ws = self.encoder(from_pil([crop], size=self.encoder.config.input_size)).numpy()  # [1, L, D]
+        aligned = None
+        if return_aligned:
+            out = io.BytesIO()
+            crop.save(out, format="PNG")
+            aligned = out.getvalue()
         return protocol.decode_invert_response(
-            protocol.encode_invert_response(ws, None, self.encoder.config.input_size))
+            protocol.encode_invert_response(ws, aligned, crop.width, placement))
 
     def ping(self) -> bool:
         return self.healthy

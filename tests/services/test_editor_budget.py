@@ -15,9 +15,9 @@ from faceedit.errors import InvalidInputError
 from faceedit.models import load_generator
 from faceedit.sampling import z_from_seeds
 from services.common.errors import DeadlineError, TooLargeError
+from services.common.latent_cache import LatentCache
 from services.editor.boundaries import BoundaryRegistry
 from services.editor.budget import RenderBudget
-from services.editor.cache import LatentCache
 from services.editor.catalog import BaseGenerator, GeneratorCatalog
 from services.editor.config import EditorConfig
 from services.editor.editing import EditorCore
@@ -51,7 +51,7 @@ def make_editor(tiny_models, redis_client, namespace, inference=None, budget=Non
     rng = torch.Generator().manual_seed(3)
     normals = {name: torch.randn(64, generator=rng) for name in ("age", "smile")}
     registry = BoundaryRegistry({"demo": boundaries or boundary_set(normals)})
-    cache = LatentCache(redis_client, 60, namespace, EditorMetrics())
+    cache = LatentCache(redis_client, 60, namespace, EditorMetrics().count_cache_lookup)
     inference = inference or FakeInference(tiny_models["generator"], tiny_models["encoder"])
     return EditorCore(catalog, registry, cache, inference, EditorConfig(max_seeds=64, max_frames=40, frame_batch=8),
                       budget=budget or RenderBudget(4.0, 8, 32 << 20))

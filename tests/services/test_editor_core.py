@@ -16,10 +16,10 @@ from faceedit.sampling import z_from_seeds
 from services.common.artifacts import LocalArtifactStore
 from services.common.errors import PreconditionError, TooLargeError, UnavailableError
 from services.common.jobs import JobStore
+from services.common.latent_cache import LatentCache
 from services.common.registry import GeneratorIndex, GeneratorRecord
 from services.editor.adaptation import AdaptationCore
 from services.editor.boundaries import BoundaryRegistry
-from services.editor.cache import LatentCache
 from services.editor.catalog import BaseGenerator, GeneratorCatalog
 from services.editor.config import EditorConfig
 from services.editor.editing import EditorCore
@@ -47,7 +47,7 @@ def world(tmp_path, tiny_models, base, boundaries, redis_client, namespace):
     index = GeneratorIndex(redis_client, store, namespace)
     catalog = GeneratorCatalog({"demo": base}, "demo", index)
     metrics = EditorMetrics()
-    cache = LatentCache(redis_client, 60, namespace, metrics)
+    cache = LatentCache(redis_client, 60, namespace, metrics.count_cache_lookup)
     inference = FakeInference(tiny_models["generator"], tiny_models["encoder"])
     config = EditorConfig(max_seeds=8, max_frames=10, frame_batch=3, max_image_bytes=100_000,
                           max_image_pixels=256 * 256)

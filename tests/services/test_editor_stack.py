@@ -238,6 +238,87 @@ def test_cancel_a_long_job(client):
     assert client.get_adaptation(job.name).state == "CANCELLED"
 
 
+@pytest.fixture(scope="module")
+def portrait() -> bytes:
+    """A zoo face (one dlib finds) on a wider plain background: a photo with room around the face."""
+    from faceedit.images import to_pil
+    from faceedit.synth import render_faces
+
+    faces, _ = render_faces(2, seed=5, size=256)
+    photo = Image.new("RGB", (460, 400), (40, 90, 140))
+    photo.paste(to_pil(faces[1:2])[0].resize((320, 320)), (70, 40))
+    out = io.BytesIO()
+    photo.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _code(call) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(FaceEditClientError) as info:
+        call()
+    return info.value.code, info.value.message
+
+
+@pytest.mark.skipif(not HAS_WORKER, reason="services.worker.app (the Celery worker) is not there yet")
+def test_a_photo_tuned_edited_and_pasted_back_then_deleted(client, portrait):
+    """Invert(align) keeps the photo; a pivotal-tuning job makes a generator for it; Edit with paste_back on the
+    tuned generator returns the whole photo; deleting the latent and the generator deletes the photo."""
+    inverted = client.invert(portrait, align=True)
+    pasted = client.edit([Step("age", 2.0)], latent_id=inverted.latent_id, paste_back=True)
+    assert (pasted.image.width, pasted.image.height) == (460, 400)
+    assert Image.open(io.BytesIO(pasted.image.data)).size == (460, 400)
+    before, after = (np.asarray(Image.open(io.BytesIO(b)).convert("RGB"), np.int16)
+                     for b in (portrait, pasted.image.data))
+    changed = np.abs(after - before).sum(-1) > 0
+    assert not changed[:, :60].any() and not changed[:30].any()  # the background is the photo's own
+    assert changed[100:330, 120:340].mean() > 0.3  # the face is the edit
+
+    job = client.create_tuning(inverted.latent_id, idempotency_key="tune-1", steps=20, display_name="me")
+    seen: list[float] = []
+    done = client.wait_for_adaptation(job.name, timeout_s=300, poll_s=0.5,
+                                      on_progress=lambda j: seen.append(j.progress))
+    assert done.state == "SUCCEEDED" and done.generator_id and done.pivot_latent_id
+    tuned = client.edit([Step("smile", 1.0)], latent_id=done.pivot_latent_id, generator_id=done.generator_id,
+                        paste_back=True, format="jpeg")
+    assert (tuned.image.width, tuned.image.height) == (460, 400) and tuned.image.format == "jpeg"
+    frames = list(client.animate([Step("age", 2.0)], latent_id=done.pivot_latent_id, generator_id=done.generator_id,
+                                 frames=3, paste_back=True))
+    assert [Image.open(io.BytesIO(f.image.data)).size for f in frames] == [(460, 400)] * 3
+
+    # A cancelled tuning job ends CANCELLED, without a generator.
+    from faceedit_client import AdaptationFailed
+
+    long_job = client.create_tuning(inverted.latent_id, idempotency_key="tune-cancel", steps=10_000)
+    client.cancel_adaptation(long_job.name)
+    with pytest.raises(AdaptationFailed) as info:
+        client.wait_for_adaptation(long_job.name, timeout_s=300, poll_s=0.5)
+    assert info.value.code == grpc.StatusCode.CANCELLED
+
+    client.delete_latent(inverted.latent_id)
+    assert _code(lambda: client.edit([], latent_id=inverted.latent_id))[0] == grpc.StatusCode.NOT_FOUND
+    code, message = _code(lambda: client.edit([], latent_id=pasted.latent_id, paste_back=True))
+    assert code == grpc.StatusCode.NOT_FOUND and "photo" in message  # its edits lost the photo with it
+    assert _code(lambda: client.create_tuning(pasted.latent_id))[0] == grpc.StatusCode.NOT_FOUND  # nothing to tune
+    # The tuned generator kept its own copy until it is deleted.
+    assert client.edit([], latent_id=done.pivot_latent_id, paste_back=True).image.width == 460
+    client.delete_generator(done.generator_id)
+    code, message = _code(lambda: client.edit([], latent_id=done.pivot_latent_id, paste_back=True))
+    assert code == grpc.StatusCode.NOT_FOUND and "photo" in message
+
+
+@pytest.mark.parametrize("call, code, field", [
+    (lambda c, p: c.invert(png_bytes(96, seed=3), align=True), grpc.StatusCode.INVALID_ARGUMENT, "image"),  # no face
+    (lambda c, p: c.edit([], seed=1, paste_back=True), grpc.StatusCode.INVALID_ARGUMENT, "paste_back"),
+    (lambda c, p: c.edit([], latent_id=c.invert(p).latent_id, paste_back=True), grpc.StatusCode.INVALID_ARGUMENT,
+     "paste_back"),  # inverted without alignment: no photo was kept
+    (lambda c, p: c.create_tuning(c.invert(p).latent_id), grpc.StatusCode.INVALID_ARGUMENT, "latent_id"),
+    (lambda c, p: c.create_tuning("lat-0123456789abcdef"), grpc.StatusCode.NOT_FOUND, "latent"),
+    (lambda c, p: c.delete_latent("not a latent id"), grpc.StatusCode.INVALID_ARGUMENT, "latent_id"),
+])
+def test_bad_photo_requests_through_the_stack(client, portrait, call, code, field):
+    got, message = _code(lambda: call(client, portrait))
+    assert got == code and field in message, (got, message)
+
+
 @pytest.mark.skipif(not HAS_WORKER, reason="services.worker.app (the Celery worker) is not there yet")
 def test_a_worker_killed_mid_job_is_restarted_and_the_job_completes_exactly_once(stack, client):
     """`make demo`'s own settings (lease 60 s, visibility timeout 2 h, checkpoint every 25 iterations): the

@@ -268,6 +268,31 @@ def test_alignment_finds_a_drawn_face_and_returns_its_crop(encoder_handler):
     assert Image.open(io.BytesIO(aligned.aligned)).size == (400, 400)  # the photo's scale, for paste-back
     # Alignment rotated and cropped the face: the encoder saw a different image, so other latents.
     assert aligned.aligned != plain.aligned and not np.allclose(aligned.ws, plain.ws)
+    # Where the crop lies in the photo comes back too (what paste-back needs), and nothing for a plain crop.
+    assert plain.placement is None and aligned.placement.photo_size == (400, 400)
+    assert aligned.placement.quad.shape == (4, 2) and aligned.placement.landmarks.shape == (68, 2)
+
+
+def test_optimize_refines_the_encoders_code_within_the_callers_budget(encoder_handler, base):
+    photo = to_pil(base.synthesis(torch.from_numpy(latents(base, 1, 5))) * 0.8 + 0.1)[0]
+    bodies = encoder_handler.handle([
+        {"data": protocol.encode_invert_request(png(photo))},
+        {"data": protocol.encode_invert_request(png(photo), mode="optimize", budget_s=2.0)}], None)
+    encoded, optimized = (protocol.decode_invert_response(b).ws for b in bodies)
+    target = from_pil([photo])
+
+    def l2(ws):
+        with torch.no_grad():
+            return float((base.synthesis(torch.from_numpy(ws.copy())) - target).pow(2).mean())
+
+    assert l2(optimized) < 0.9 * l2(encoded)
+    for bad in ({"mode": "pti"}, {"budget_s": -1.0}):  # tuning is a job; a budget is a positive time
+        body = protocol.encode_invert_request(png(photo))
+        raw = json.loads(body)
+        raw.update(bad)
+        with pytest.raises(InvalidInputError) as info:
+            protocol.decode_invert_response(encoder_handler.handle([{"data": json.dumps(raw).encode()}], None)[0])
+        assert info.value.field == next(iter(bad))
 
 
 def test_redis_down_fails_adapted_ids_as_unavailable_and_the_base_still_works(tiny_models, tmp_path, base):

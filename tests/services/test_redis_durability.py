@@ -14,9 +14,9 @@ import redis
 
 from services.common.artifacts import LocalArtifactStore
 from services.common.jobs import JobStore
+from services.common.latent_cache import LatentCache
 from services.common.redis_server import durable_redis_command, free_port
 from services.common.registry import GeneratorIndex, GeneratorRecord
-from services.editor.cache import LatentCache
 
 pytestmark = pytest.mark.integration
 

@@ -25,6 +25,7 @@ _FORMAT_NAMES = {v: k for k, v in FORMATS.items()}
 ANIMATIONS = {"": editor_pb2.ANIMATION_FORMAT_NONE, "gif": editor_pb2.ANIMATION_FORMAT_GIF,
               "webp": editor_pb2.ANIMATION_FORMAT_WEBP}
 STATES = {v: k.removeprefix("ADAPTATION_STATE_") for k, v in adaptation_pb2.AdaptationState.items()}
+INVERSION_MODES = {"encoder": editor_pb2.INVERSION_MODE_ENCODER, "optimize": editor_pb2.INVERSION_MODE_OPTIMIZE}
 
 
 class FaceEditClientError(Exception):
@@ -138,6 +139,7 @@ class Adaptation:
     idempotency_key: str = ""
     display_name: str = ""
     generator_deleted: bool = False  # SUCCEEDED, and its generator has been deleted since
+    pivot_latent_id: str = ""  # a tuning job's: the photo's latent on the tuned generator
 
 
 @dataclass
@@ -195,7 +197,8 @@ def _operation(op: adaptation_pb2.AdaptationOperation) -> Adaptation:
                       op.metadata.message, op.response.generator_id if which == "response" else "",
                       op.error.code if which == "error" else 0, op.error.message if which == "error" else "",
                       op.metadata.idempotency_key, op.metadata.display_name,
-                      which == "response" and op.response.generator_deleted)
+                      which == "response" and op.response.generator_deleted,
+                      op.response.pivot_latent_id if which == "response" else "")
 
 
 class FaceEditClient:
@@ -250,33 +253,39 @@ class FaceEditClient:
         return [Face(f.seed, _image(f.image), f.latent_id, _latent(f.latent)) for f in reply.faces]
 
     def invert(self, image: bytes, align: bool = False, generator_id: str = "", format: str = "png",
-               return_latent: bool = False, return_aligned: bool = False, timeout_s: float | None = None
-               ) -> Inversion:
+               return_latent: bool = False, return_aligned: bool = False, mode: str = "encoder",
+               timeout_s: float | None = None) -> Inversion:
+        """`align=True` also keeps the photo with the latent (for `paste_back`, until `delete_latent` or the
+        latent's TTL); `mode="optimize"` refines the encoder's code against the photo within the deadline."""
         reply = self._call(self.editor.Invert, editor_pb2.InvertRequest(
             image=common_pb2.Image(data=image), align=align, generator_id=generator_id, format=FORMATS[format],
-            return_latent=return_latent, return_aligned=return_aligned), timeout_s)
+            return_latent=return_latent, return_aligned=return_aligned, mode=INVERSION_MODES[mode]), timeout_s)
         return Inversion(reply.latent_id, _image(reply.reconstruction), _latent(reply.latent),
                          _image(reply.aligned) if reply.HasField("aligned") else None)
 
     def edit(self, steps: Sequence[Step], latent_id: str | None = None, seed: int | None = None,
              latent: np.ndarray | None = None, truncation: float = 0.0, generator_id: str = "",
-             format: str = "png", return_latent: bool = False, timeout_s: float | None = None) -> EditResult:
+             format: str = "png", return_latent: bool = False, paste_back: bool = False,
+             timeout_s: float | None = None) -> EditResult:
+        """`paste_back=True`: the caller's whole photo with the edited face blended in (a latent from
+        `invert(align=True)`, an edit of one, or a tuning job's pivot)."""
         reply = self._call(self.editor.Edit, editor_pb2.EditRequest(
             generator_id=generator_id, latent=_ref(latent_id, seed, latent, truncation), edits=_steps(steps),
-            format=FORMATS[format], return_latent=return_latent), timeout_s)
+            format=FORMATS[format], return_latent=return_latent, paste_back=paste_back), timeout_s)
         return EditResult(_image(reply.image), reply.latent_id, _latent(reply.latent))
 
     def animate(self, steps: Sequence[Step], latent_id: str | None = None, seed: int | None = None,
                 latent: np.ndarray | None = None, truncation: float = 0.0, generator_id: str = "",
                 frames: int = 16, start: float = 0.0, end: float = 1.0, frame_format: str = "png",
                 animation: str = "", skip_frames: bool = False, frame_duration_ms: int = 0,
-                timeout_s: float | None = None) -> Iterator[Frame | Image]:
+                paste_back: bool = False, timeout_s: float | None = None) -> Iterator[Frame | Image]:
         """Yields Frame objects as they arrive, then (with `animation`) one Image of the GIF/WebP.
         Retries UNAVAILABLE only before the first message: a half-delivered stream is not repeated."""
         request = editor_pb2.AnimateRequest(
             generator_id=generator_id, latent=_ref(latent_id, seed, latent, truncation), edits=_steps(steps),
             frames=frames, start=start, end=end, frame_format=FORMATS[frame_format],
-            animation=ANIMATIONS[animation], skip_frames=skip_frames, frame_duration_ms=frame_duration_ms)
+            animation=ANIMATIONS[animation], skip_frames=skip_frames, frame_duration_ms=frame_duration_ms,
+            paste_back=paste_back)
         delays = self.retry.delays()
         request_id = uuid.uuid4().hex[:16]
         while True:
@@ -314,6 +323,10 @@ class FaceEditClient:
                           a.default_layers, a.description, a.source, a.format, a.space or "w",
                           tuple(a.conditioned_variants)) for a in reply.attributes]
 
+    def delete_latent(self, latent_id: str, timeout_s: float | None = None) -> None:
+        """Forget a latent now, with the photo kept for it (its edits lose the photo too)."""
+        self._call(self.editor.DeleteLatent, editor_pb2.DeleteLatentRequest(latent_id=latent_id), timeout_s)
+
     # -- Adaptation ---------------------------------------------------------------------------
     def create_adaptation(self, style_image: bytes, idempotency_key: str | None = None,
                           base_generator_id: str = "", display_name: str = "", steps: int = 0,
@@ -323,6 +336,17 @@ class FaceEditClient:
         request = adaptation_pb2.CreateAdaptationRequest(
             base_generator_id=base_generator_id, style_image=common_pb2.Image(data=style_image),
             idempotency_key=idempotency_key or uuid.uuid4().hex, display_name=display_name,
+            options=adaptation_pb2.AdaptationOptions(steps=steps, learning_rate=learning_rate))
+        return _operation(self._call(self.adaptation.CreateAdaptation, request, timeout_s))
+
+    def create_tuning(self, latent_id: str, idempotency_key: str | None = None, base_generator_id: str = "",
+                      display_name: str = "", steps: int = 0, learning_rate: float = 0.0,
+                      timeout_s: float | None = None) -> Adaptation:
+        """Start a pivotal-tuning job for the photo kept with `latent_id` (from `invert(align=True)`): its
+        result is a generator tuned to that photo and the pivot latent to edit on it (`pivot_latent_id`)."""
+        request = adaptation_pb2.CreateAdaptationRequest(
+            base_generator_id=base_generator_id, method=adaptation_pb2.ADAPTATION_METHOD_PIVOTAL_TUNING,
+            latent_id=latent_id, idempotency_key=idempotency_key or uuid.uuid4().hex, display_name=display_name,
             options=adaptation_pb2.AdaptationOptions(steps=steps, learning_rate=learning_rate))
         return _operation(self._call(self.adaptation.CreateAdaptation, request, timeout_s))
 
