@@ -18,7 +18,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml clients/python/pyproject.toml constraints.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,align,serve,clip]' -e ./clients/python
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,align,serve,clip,portraits]' -e ./clients/python
 	@touch $@
 
 # Lint and import order (ruff, configured in pyproject.toml); `make test` runs it first.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -68,3 +69,13 @@ def write_tiny_models(root: Path, n_w_avg: int = 2000, noise_strength: float = 0
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(root / "clip.safetensors"))
     (root / "clip.json").write_text(json.dumps({"model": "tiny test CLIP", "model_cfg": TINY_CLIP}))
     return {"generator": root / "generator.pt", "encoder": root / "encoder.pt", "clip": root / "clip.safetensors"}
+
+
+def face_landmarks(left: float, top: float, side: float) -> np.ndarray:
+    """68 points in iBUG order for a face filling the square (left, top, side): a jaw line (the lower half of an
+    ellipse, chin at index 8) and brows above it; the other points at the face's centre. What a fake aligner
+    returns, so the face mask (the jaw and brow hull) is that ellipse."""
+    angles = np.concatenate([np.linspace(np.pi, 0, 17), np.linspace(-0.8 * np.pi, -0.2 * np.pi, 10), np.zeros(41)])
+    radius = np.concatenate([np.ones(17), np.full(10, 0.6), np.zeros(41)])
+    return np.stack([left + side * (0.5 + 0.3 * radius * np.cos(angles)),
+                     top + side * (0.55 + 0.35 * radius * np.sin(angles))], 1)  # [68, 2]

@@ -158,6 +158,51 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_inversion(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    import torch
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from faceedit.editing.boundary import load_boundaries
+    from faceedit.inversion import InversionConfig
+    from faceedit.inversion_quality import evaluate_inversion
+    from faceedit.synth.render import render_faces
+    from faceedit.synth.scorer import load_scorer
+    from faceedit.zoo import boundaries as zoo_boundaries
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    generator, encoder = _models(args)
+    scorer = load_scorer(args.scorer).eval().requires_grad_(False)
+    files = ({p.stem: p for p in sorted(Path(args.boundaries).glob("*.safetensors"))} if args.boundaries
+             else zoo_boundaries())
+    names = [n for n in scorer.config.attribute_names if n in files]
+    if not names:
+        raise InvalidInputError("--boundaries", f"no boundary of the scorer's attributes in {args.boundaries}")
+    boundaries = load_boundaries({n: files[n] for n in names})
+    config = InversionConfig(perceptual_stop=0.0)
+    if args.steps is not None:
+        config = dataclasses.replace(config, optimize_steps=args.steps, tune_steps=args.steps)
+    faces, _ = render_faces(args.faces, seed=args.seed, size=generator.config.size)  # held out: not a training seed
+    portraits = [Image.open(p).convert("RGB") for p in args.portrait]
+    if args.astronaut:
+        from skimage import data
+
+        portraits.append(Image.fromarray(data.astronaut()))
+    steps = 3 * (args.faces + len(portraits))
+    with tqdm(total=steps, unit="inversion", desc="eval inversion") as bar:
+        report = evaluate_inversion(generator, encoder, scorer, boundaries, faces, portraits, config,
+                                    sample_edits=args.edit_samples, seed=args.seed,
+                                    progress=lambda message: (bar.set_postfix_str(message), bar.update(1)))
+    print(report.table())
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2, default=float) + "\n")
+    return 0
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("photo")
     p.add_argument("--mode", choices=["encoder", "optimize", "pti"], default="encoder",
@@ -187,3 +232,19 @@ def register(commands: CommandGroups) -> None:
     p.add_argument("--boundaries", default=None, help="a boundary folder (default: the demo zoo's)")
     p.add_argument("--out", required=True, help="the edited photo (.png, .jpg)")
     p.set_defaults(run=cmd_edit, attribute_flags=attributes)
+
+    p = commands.eval.add_parser("inversion", help="reconstruction, attribute agreement and editability of the "
+                                                   "encoder, optimize and pti modes; real portraits' face MSE")
+    p.add_argument("--faces", type=int, default=3, help="held-out renders (their ground truth is known)")
+    p.add_argument("--seed", type=int, default=90_210, help="of the renders and the edited samples")
+    p.add_argument("--portrait", action="append", default=[], help="a real photo to align and invert (repeatable)")
+    p.add_argument("--astronaut", action="store_true", help="also scikit-image's public-domain astronaut portrait")
+    p.add_argument("--steps", type=int, default=None, help="optimisation and tuning steps (default: PTI's 450 + 350)")
+    p.add_argument("--edit-samples", type=int, default=64, help="random samples per edit on each generator; 0: skip")
+    p.add_argument("--generator", default=None, help="default: the demo zoo's")
+    p.add_argument("--encoder", default=None, help="default: the demo zoo's")
+    p.add_argument("--scorer", default=None, help="default: the demo zoo's")
+    p.add_argument("--boundaries", default=None, help="folder of .safetensors boundaries (default: the zoo's)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--json", default=None, help="also write the report here")
+    p.set_defaults(run=cmd_eval_inversion)

@@ -149,7 +149,7 @@ def _rate(m: EditMeasurement) -> str:
     return f"{m.success_rate:.2f} (n={m.n_eligible})" if m.n_eligible else "- (n=0)"
 
 
-class _Measurer:
+class EditMeasurer:
     """Scores (and embeds) edited latents in batches, against the unedited baseline."""
 
     def __init__(self, generator: Generator, scorer: Scorer, ws: Tensor, batch_size: int):
@@ -219,7 +219,7 @@ def evaluate_edits(generator: Generator, scorer: Scorer, boundaries: Mapping[str
     z = torch.randn(n, generator.style_dim, generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
         ws = generator.broadcast(generator.truncate(generator.mapping(z), truncation)).contiguous()  # [N, L, D]
-    measurer = _Measurer(generator, scorer, ws, batch_size)
+    measurer = EditMeasurer(generator, scorer, ws, batch_size)
     reference_drift = float((measurer.base_features - measurer.base_features.roll(1, 0)).pow(2).sum(1).mean())
 
     report = EditReport([], {a: b.accuracy for a, b in boundaries.items()}, reference_drift, n, margin,

@@ -18,21 +18,16 @@ from services.common import protocol
 from services.common.photos import Placement
 from services.common.uploads import center_square
 
+from factories import face_landmarks
+
 
 def fake_placement(photo_size: tuple[int, int]) -> Placement:
-    """Where a fake alignment puts the face: the photo's centre square, with a jaw line (the lower half of an
-    ellipse, chin at index 8) and brows above it in the 68-point order; the rest at the face's centre."""
+    """Where a fake alignment puts the face: the photo's centre square, with face-shaped landmarks in it."""
     width, height = photo_size
     side = min(width, height)
     left, top = (width - side) / 2, (height - side) / 2
     quad = np.array([[left, top], [left, top + side], [left + side, top + side], [left + side, top]])
-    angles = np.concatenate([np.linspace(np.pi, 0, 17), np.linspace(-0.8 * np.pi, -0.2 * np.pi, 10),
-                             np.full(41, np.nan)])
-    radius = np.concatenate([np.ones(17), np.full(10, 0.6), np.zeros(41)])
-    angles = np.nan_to_num(angles)
-    landmarks = np.stack([left + side * (0.5 + 0.3 * radius * np.cos(angles)),
-                          top + side * (0.55 + 0.35 * radius * np.sin(angles))], 1)  # [68, 2]
-    return Placement(quad, landmarks, (width, height))
+    return Placement(quad, face_landmarks(left, top, side), (width, height))
 
 
 class FakeInference:

@@ -162,18 +162,20 @@ class Campaign:
         self.rng = rng
         self.mutators: dict[str, list[Callable[[Any], str | None]]] = {
             "Generate": [self._generator_id, self._seeds, self._truncation, self._format],
-            "Invert": [self._generator_id, self._image, self._format, self._image_meta],
-            "Edit": [self._generator_id, self._latent, self._edits, self._format],
+            "Invert": [self._generator_id, self._image, self._format, self._image_meta, self._mode],
+            "Edit": [self._generator_id, self._latent, self._edits, self._format, self._paste_back],
             "Animate": [self._generator_id, self._latent, self._edits, self._frame_format, self._animation,
-                        self._frames, self._start_end, self._duration, self._skip_frames],
+                        self._frames, self._start_end, self._duration, self._skip_frames, self._paste_back],
             "ListGenerators": [],
             "ListAttributes": [self._generator_id],
             "CreateAdaptation": [self._base_generator_id, self._style_image, self._idempotency_key,
-                                 self._display_name, self._steps, self._learning_rate],
+                                 self._display_name, self._steps, self._learning_rate, self._method,
+                                 self._tuning_latent_id],
             "GetAdaptation": [self._name],
             "ListAdaptations": [self._page_size, self._page_token],
             "CancelAdaptation": [self._name],
             "DeleteGenerator": [self._delete_id],
+            "DeleteLatent": [self._latent_id_to_delete],
         }
 
     # Valid requests, one field of which each case breaks.
@@ -192,6 +194,7 @@ class Campaign:
             "ListAdaptations": lambda: A.ListAdaptationsRequest(page_size=10),
             "CancelAdaptation": lambda: A.CancelAdaptationRequest(name=self.job),
             "DeleteGenerator": lambda: A.DeleteGeneratorRequest(generator_id="gen-" + "0" * 20),
+            "DeleteLatent": lambda: E.DeleteLatentRequest(latent_id="lat-" + "0" * 32),
         }[method]()
 
     # -- one field each; each returns the field's path (None: no single field to name)
@@ -236,6 +239,26 @@ class Campaign:
     def _duration(self, r: Any) -> str:
         r.frame_duration_ms = self.rng.choice([-1, 9, 10_001, 2**31 - 1, -(2**31)])
         return "frame_duration_ms"
+
+    def _mode(self, r: Any) -> str:
+        r.mode = self.rng.choice(BAD_ENUMS[:3] + [2, 99])  # OPTIMIZE is valid (and slow): not a fuzz case
+        return "mode"
+
+    def _paste_back(self, r: Any) -> str:
+        r.paste_back = True  # for a seed latent: there is no photo to paste into
+        return "paste_back"
+
+    def _method(self, r: Any) -> str:
+        r.method = self.rng.choice(BAD_ENUMS[:3] + [2, 99])
+        return "method"
+
+    def _tuning_latent_id(self, r: Any) -> str:
+        r.latent_id = bad_string(self.rng, ("lat-" + "0" * 32, "lat-", "x"))  # DIFA takes no latent
+        return "latent_id"
+
+    def _latent_id_to_delete(self, r: Any) -> str:
+        r.latent_id = bad_string(self.rng, ("lat-" + "f" * 32, "lat-", "../x", "a" * 129))
+        return "latent_id"
 
     def _skip_frames(self, r: Any) -> str:
         r.skip_frames = True  # with no animation: nothing would be sent
@@ -418,7 +441,8 @@ class Campaign:
                                        ("ListAttributes", "generator_id"), ("CreateAdaptation", "base_generator_id"),
                                        ("CreateAdaptation", "idempotency_key"), ("CreateAdaptation", "display_name"),
                                        ("GetAdaptation", "name"), ("CancelAdaptation", "name"),
-                                       ("ListAdaptations", "page_token"), ("DeleteGenerator", "generator_id")):
+                                       ("ListAdaptations", "page_token"), ("DeleteGenerator", "generator_id"),
+                                       ("DeleteLatent", "latent_id"), ("CreateAdaptation", "latent_id")):
                 request = self.base(method)
                 setattr(request, field_name, value)
                 out.append(Case(method, f"{len(value)} chars in {field_name}", request, auth, field=field_name))
