@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from faceedit.inversion import InversionConfig, invert  # noqa: E402
 from faceedit.models import load_encoder, load_generator  # noqa: E402
 from faceedit.models.delta import delta_to_bytes, with_tensors  # noqa: E402
@@ -31,8 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     # default tuning runs all its steps here.
     parser.add_argument("--perceptual-stop", type=float, default=0.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--per-step-size", type=int, default=0, choices=(0, 256, 512, 1024),
+                        help="also time single optimize and tune steps on a config-f generator of this size "
+                             "(random weights in the official layout: the cost per step, not the quality)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.per_step_size:
+        per_step(args.per_step_size)
+        if not args.faces:
+            return 0
     zoo = paths()
     generator, encoder = load_generator(zoo["generator"]).eval(), load_encoder(zoo["encoder"]).eval()
     scorer = load_scorer().eval().requires_grad_(False)
@@ -74,6 +82,33 @@ def main(argv: list[str] | None = None) -> int:
     print(f"PTI delta: {statistics.mean(delta_mb):.1f} MB per photo in fp32, {statistics.mean(delta_mb) / 2:.1f} MB "
           f"in fp16 (the 'pti fp16' row)")
     return 0
+
+
+def per_step(size: int, steps: int = 2) -> None:
+    """Seconds per W+ optimisation step and per tuning step at `size` (config-f, 512-d W, official layout)."""
+    import tempfile
+
+    from dropin import build_generator_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"stylegan2-{size}.pt"
+        build_generator_file(path, size)
+        generator = load_generator(path).eval()
+    target = torch.rand(1, 3, size, size) * 2 - 1
+    times: dict[str, list[float]] = {"optimize": [], "tune": []}
+    last = [time.perf_counter()]
+
+    def tick(phase: str, step: int, total: int, losses: dict) -> None:
+        now = time.perf_counter()
+        times[phase].append(now - last[0])
+        last[0] = now
+
+    config = InversionConfig(optimize_steps=steps + 1, tune_steps=steps + 1, perceptual_stop=0.0)
+    invert(target, generator, None, mode="pti", config=config, progress=tick)
+    # The first step of each phase includes its set-up (the tuned copy, the optimiser): report the rest.
+    optimize, tune = (statistics.mean(times[p][1:]) for p in ("optimize", "tune"))
+    print(f"{size} px, {torch.get_num_threads()} threads: {optimize:.2f} s per optimize step, {tune:.2f} s per tune "
+          f"step; PTI's 450 + 350 steps would take {(450 * optimize + 350 * tune) / 60:.0f} min here")
 
 
 if __name__ == "__main__":

@@ -56,6 +56,13 @@ def tiny_clip(seed: int = 2) -> ClipModel:
     return wrap_clip(build_clip_module(TINY_CLIP)).eval().requires_grad_(False)
 
 
+def tiny_text_clip(seed: int = 2) -> ClipModel:
+    """The tiny CLIP with open_clip's tokenizer (its full vocabulary), for text prompts."""
+    config = {**TINY_CLIP, "text_cfg": {**TINY_CLIP["text_cfg"], "vocab_size": 49408}}
+    torch.manual_seed(seed)
+    return wrap_clip(build_clip_module(config), config).eval().requires_grad_(False)
+
+
 def write_tiny_models(root: Path, n_w_avg: int = 2000, noise_strength: float = 0.0) -> dict[str, Path]:
     """The tiny generator (rosinality .pt), a matching e4e encoder and the tiny CLIP (safetensors + card) as files."""
     root.mkdir(parents=True, exist_ok=True)

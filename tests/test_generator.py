@@ -169,3 +169,21 @@ def test_config_round_trips_through_json():
         GeneratorConfig(size=48)
     with pytest.raises(InvalidInputError, match="channels"):
         GeneratorConfig(size=32, channels={4: 8, 8: 8})
+
+
+def test_stylespace_synthesis_equals_wplus_synthesis_and_moves_single_channels(tiny_generator):
+    generator = tiny_generator
+    z = torch.randn(3, generator.style_dim, generator=torch.Generator().manual_seed(4))
+    ws = generator.broadcast(generator.mapping(z))
+    ws = ws + 0.1 * torch.randn_like(ws)  # a W+ code: every layer its own w
+    with torch.no_grad():
+        styles = generator.styles(ws)
+        assert [s.shape for s in styles] == [(3, conv.in_ch) for conv, _ in generator.style_layers()]
+        assert torch.equal(generator.synthesis_from_styles(styles), generator.synthesis(ws))
+        moved = [s.clone() for s in styles]
+        moved[3][:, 5] += 10.0  # one channel of one layer
+        changed = generator.synthesis_from_styles(moved)
+    assert not torch.equal(changed, generator.synthesis(ws))
+    with pytest.raises(InvalidInputError) as info:
+        generator.synthesis_from_styles(styles[:-1])
+    assert info.value.field == "styles"

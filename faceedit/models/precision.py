@@ -93,3 +93,16 @@ def synthesis_precision(precision: str) -> Iterator[None]:
 def default_precision() -> Precision:
     """The precision `synthesis` uses when none is passed: fp32 unless `synthesis_precision` set one."""
     return _default_precision.get()
+
+
+def active_autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The reduced dtype autocast runs convs in here, or None outside autocast (plain fp32 path)."""
+    device_type = x.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
+def full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Leave autocast for a precision-sensitive step; outside autocast a no-op, so fp32 is untouched."""
+    if active_autocast_dtype(x) is None:
+        return contextlib.nullcontext()
+    return torch.autocast(x.device.type, enabled=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,7 +12,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from faceedit.errors import InvalidInputError
-from faceedit.models.precision import Precision, autocast_dtype, default_precision
+from faceedit.models.precision import (
+    Precision,
+    active_autocast_dtype,
+    autocast_dtype,
+    default_precision,
+    full_precision,
+)
 
 NoiseMode = Literal["const", "random", "none"]
 
@@ -97,19 +102,6 @@ class GeneratorConfig:
         if data.get("channels") is not None:
             data["channels"] = {int(k): int(v) for k, v in data["channels"].items()}
         return cls(**data)
-
-
-def _autocast_dtype(x: Tensor) -> torch.dtype | None:
-    """The reduced dtype autocast runs convs in here, or None outside autocast (plain fp32 path)."""
-    device_type = x.device.type
-    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-
-
-def _full_precision(x: Tensor) -> contextlib.AbstractContextManager:
-    """Leave autocast for a precision-sensitive step; outside autocast a no-op, so fp32 is untouched."""
-    if _autocast_dtype(x) is None:
-        return contextlib.nullcontext()
-    return torch.autocast(x.device.type, enabled=False)
 
 
 def _blur_kernel(scale: float) -> Tensor:
@@ -198,17 +190,18 @@ class ModulatedConv2d(nn.Module):
         energy = weight.square().sum(dim=(2, 3))  # [out, in]
         return torch.rsqrt(style.square() @ energy.t() + 1e-8)  # [B, out]
 
-    def forward(self, x: Tensor, w: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Returns the convolved input and the per-sample output scale still to apply.
+    def forward(self, x: Tensor, w: Tensor | None, style: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Returns the convolved input and the per-sample output scale still to apply. `style` [B, in]
+        (StyleSpace) replaces the one `w` [B, style_dim] would give.
 
         The demodulation scale is handed back (not applied) so the caller can fuse it with the
         bias and noise in one pass over the activations.
         """
         batch = x.shape[0]
-        with _full_precision(x):
+        with full_precision(x):
             # Under autocast the style linear and the demodulation's matmul would run in bf16/fp16;
             # the rsqrt of a sum of squares is where that costs the most, and both are tiny.
-            style = self.modulation(w)  # [B, in]
+            style = self.modulation(w) if style is None else style  # [B, in]
             weight = self.weight[0] * self.scale  # [out, in, k, k]
             out_scale = self.demodulation(style, weight) if self.demodulate else None
         if batch == 1:
@@ -216,7 +209,7 @@ class ModulatedConv2d(nn.Module):
             weight_in = weight * style.reshape(1, self.in_ch, 1, 1)
         else:
             weight_in = weight
-            low = _autocast_dtype(x)
+            low = active_autocast_dtype(x)
             if low is not None:
                 # Scale in the conv's dtype: one half-width pass, not an fp32 product and a cast.
                 x, style = x.to(low), style.to(low)
@@ -250,8 +243,8 @@ class StyledConv(nn.Module):
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_ch)
 
-    def forward(self, x: Tensor, w: Tensor, noise: Tensor | None) -> Tensor:
-        x, out_scale = self.conv(x, w)
+    def forward(self, x: Tensor, w: Tensor | None, noise: Tensor | None, style: Tensor | None = None) -> Tensor:
+        x, out_scale = self.conv(x, w, style)
         batch, channels = x.shape[:2]
         # leaky_relu(a)·√2 == leaky_relu(a·√2): fold √2 into the scale, bias and noise.
         shift = (self.activate.bias * _SQRT2).reshape(1, channels, 1, 1)
@@ -275,16 +268,16 @@ class ToRGB(nn.Module):
         self.conv = ModulatedConv2d(in_ch, 3, 1, style_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
-    def forward(self, x: Tensor, w: Tensor, skip: Tensor | None) -> Tensor:
-        if _autocast_dtype(x) is not None:
+    def forward(self, x: Tensor, w: Tensor | None, skip: Tensor | None, style: Tensor | None = None) -> Tensor:
+        if active_autocast_dtype(x) is not None:
             # The RGB of every resolution sums into the image: in bf16 (8-bit mantissa) that sum
             # would be off by about a grey level, and this 3-channel conv is cheap in fp32.
-            with _full_precision(x):
-                return self._rgb(x.float(), w, skip)
-        return self._rgb(x, w, skip)
+            with full_precision(x):
+                return self._rgb(x.float(), w, skip, style)
+        return self._rgb(x, w, skip, style)
 
-    def _rgb(self, x: Tensor, w: Tensor, skip: Tensor | None) -> Tensor:
-        out, _ = self.conv(x, w)
+    def _rgb(self, x: Tensor, w: Tensor | None, skip: Tensor | None, style: Tensor | None) -> Tensor:
+        out, _ = self.conv(x, w, style)
         out = out + self.bias
         if skip is not None:
             out = out + upfirdn2d(skip, self.upsample.kernel, up=2, pad=self.upsample.pad)
@@ -392,6 +385,27 @@ class Generator(nn.Module):
         first, second = self.broadcast(w_first), self.broadcast(w_second)
         return torch.cat([first[:, :index], second[:, index:]], dim=1)  # [B, n_latent, style_dim]
 
+    # -- StyleSpace -----------------------------------------------------------------------------
+    def style_layers(self) -> list[tuple[ModulatedConv2d, int]]:
+        """Every modulated conv in synthesis order, with the W+ index its style is computed from."""
+        layers = [(self.conv1.conv, 0), (self.to_rgb1.conv, 1)]
+        for k, to_rgb in enumerate(self.to_rgbs):
+            up_conv, conv = self.convs[2 * k].conv, self.convs[2 * k + 1].conv
+            layers += [(up_conv, 1 + 2 * k), (conv, 2 + 2 * k), (to_rgb.conv, 3 + 2 * k)]
+        return layers
+
+    def styles(self, ws: Tensor) -> list[Tensor]:
+        """W+ [B, n_latent, style_dim] → StyleSpace: one style [B, in_channels] per modulated conv (s = A(w))."""
+        _check_latent(ws, "ws", (self.n_latent, self.style_dim))
+        return [conv.modulation(ws[:, i]) for conv, i in self.style_layers()]
+
+    def synthesis_from_styles(self, styles: Sequence[Tensor], noise_mode: NoiseMode = "const") -> Tensor:
+        """`styles(ws)` (edited channel by channel, StyleCLIP's global directions) → images, as `synthesis`."""
+        shapes = [(conv.in_ch,) for conv, _ in self.style_layers()]
+        if len(styles) != len(shapes) or any(s.ndim != 2 or tuple(s.shape[1:]) != e for s, e in zip(styles, shapes)):
+            raise InvalidInputError("styles", f"expected {len(shapes)} tensors [B, in_channels] as styles() gives")
+        return self._synthesis(None, noise_mode, None, list(styles))
+
     # -- image synthesis -------------------------------------------------------------------
     def synthesis(self, ws: Tensor, noise_mode: NoiseMode = "const",
                   noise: Sequence[Tensor] | None = None, precision: Precision | None = None) -> Tensor:
@@ -416,8 +430,16 @@ class Generator(nn.Module):
             image = self._synthesis(ws, noise_mode, noise)
         return image.float()
 
-    def _synthesis(self, ws: Tensor, noise_mode: NoiseMode, noise: Sequence[Tensor] | None) -> Tensor:
-        batch = ws.shape[0]
+    def _synthesis(self, ws: Tensor | None, noise_mode: NoiseMode, noise: Sequence[Tensor] | None,
+                   styles: list[Tensor] | None = None) -> Tensor:
+        ref = ws if styles is None else styles[0]
+        batch = ref.shape[0]
+
+        def w(i: int) -> Tensor | None:
+            return None if ws is None else ws[:, i]
+
+        def s(j: int) -> Tensor | None:  # j: the conv's place in style_layers()
+            return None if styles is None else styles[j]
 
         def layer_noise(i: int, res: int) -> Tensor | None:
             if noise is not None:
@@ -425,23 +447,23 @@ class Generator(nn.Module):
             if noise_mode == "const":
                 return self.noises.get(i)
             if noise_mode == "random":
-                return torch.randn(batch, 1, res, res, device=ws.device, dtype=ws.dtype)
+                return torch.randn(batch, 1, res, res, device=ref.device, dtype=ref.dtype)
             if noise_mode == "none":
                 return None
             raise InvalidInputError("noise_mode", f"must be 'const', 'random' or 'none', got {noise_mode!r}")
 
         # Channels-last activations: oneDNN's (and cuDNN's) fast paths for conv and depthwise blur.
         x = self.input.input.expand(batch, -1, -1, -1).contiguous(memory_format=torch.channels_last)
-        x = self.conv1(x, ws[:, 0], layer_noise(0, 4))
-        skip = self.to_rgb1(x, ws[:, 1], None)  # [B, 3, 4, 4]
+        x = self.conv1(x, w(0), layer_noise(0, 4), s(0))
+        skip = self.to_rgb1(x, w(1), None, s(1))  # [B, 3, 4, 4]
 
         # W+ index per layer: up-conv 1+2k, conv 2+2k, to_rgb 3+2k (shared with the next up-conv).
         for k, to_rgb in enumerate(self.to_rgbs):
             res = 2 ** (k + 3)
             up_conv, conv = self.convs[2 * k], self.convs[2 * k + 1]
-            x = up_conv(x, ws[:, 1 + 2 * k], layer_noise(1 + 2 * k, res))  # [B, C, res, res]
-            x = conv(x, ws[:, 2 + 2 * k], layer_noise(2 + 2 * k, res))
-            skip = to_rgb(x, ws[:, 3 + 2 * k], skip)  # [B, 3, res, res]
+            x = up_conv(x, w(1 + 2 * k), layer_noise(1 + 2 * k, res), s(2 + 3 * k))  # [B, C, res, res]
+            x = conv(x, w(2 + 2 * k), layer_noise(2 + 2 * k, res), s(3 + 3 * k))
+            skip = to_rgb(x, w(3 + 2 * k), skip, s(4 + 3 * k))  # [B, 3, res, res]
         assert skip.shape[-1] == self.config.size
         return skip
 

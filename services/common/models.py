@@ -43,6 +43,8 @@ _FAMILY_KEYS = {"encoder", "boundaries", "perceptual"}
 
 @dataclass(frozen=True)
 class GeneratorSpec:
+    """A base generator: its id (the same in every service), checkpoint and family."""
+
     id: str
     checkpoint: Path
     family: str
@@ -50,6 +52,8 @@ class GeneratorSpec:
 
 @dataclass(frozen=True)
 class FamilySpec:
+    """One latent space: the encoder that inverts into it, its boundary sets, its perceptual distance."""
+
     name: str
     encoder: Path | None = None
     boundaries: tuple[Mapping[str, Any], ...] = ()  # raw entries; boundary_specs() parses them

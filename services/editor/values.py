@@ -50,6 +50,8 @@ class EditPlan:
 
 @dataclass(frozen=True)
 class RenderedImage:
+    """An encoded image as a reply carries it."""
+
     data: bytes
     format: str
     width: int
@@ -58,6 +60,8 @@ class RenderedImage:
 
 @dataclass(frozen=True)
 class FaceResult:
+    """One face of Generate: its seed, its image, and its latent (cached, by id)."""
+
     seed: int
     image: RenderedImage
     latent: StoredLatent
@@ -65,6 +69,8 @@ class FaceResult:
 
 @dataclass(frozen=True)
 class InvertResult:
+    """Invert: the cached latent, its reconstruction, and the crop the encoder saw when asked for."""
+
     latent: StoredLatent
     reconstruction: RenderedImage
     aligned: RenderedImage | None
@@ -72,12 +78,16 @@ class InvertResult:
 
 @dataclass(frozen=True)
 class EditResult:
+    """Edit: the image (the crop, or the whole photo with paste-back) and the edited latent, cached."""
+
     image: RenderedImage
     latent: StoredLatent
 
 
 @dataclass(frozen=True)
 class Frame:
+    """One frame of Animate: its index, its position t along the edit, its image."""
+
     index: int
     t: float
     image: RenderedImage
@@ -85,6 +95,8 @@ class Frame:
 
 @dataclass(frozen=True)
 class GeneratorSummary:
+    """A generator as ListGenerators lists it: a base, or one of the tenant's adapted or tuned ones."""
+
     id: str
     kind: str  # BASE or ADAPTED
     family: str

@@ -48,6 +48,8 @@ class AdaptationFailed(FaceEditClientError):
 
 @dataclass(frozen=True)
 class Image:
+    """An image from the service: encoded bytes (PNG, JPEG, WebP or GIF) and its size."""
+
     data: bytes
     format: str
     width: int = 0
@@ -94,6 +96,8 @@ class Step:
 
 @dataclass(frozen=True)
 class Frame:
+    """One frame of an animation: its index, its position t along the edit, its image."""
+
     index: int
     t: float
     image: Image
@@ -101,6 +105,8 @@ class Frame:
 
 @dataclass(frozen=True)
 class Attribute:
+    """An editable attribute of a generator family, as ListAttributes reports it."""
+
     name: str
     accuracy: float | None  # None: the boundary file records none (official direction files)
     recommended_min: float

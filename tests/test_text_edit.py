@@ -1,0 +1,112 @@
+"""Text-driven edits (StyleCLIP global directions) on a tiny seeded generator and CLIP: the relevance
+precomputation (batched, resumable, stored as an artifact), prompt → direction, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from faceedit.editing.text import (
+    ChannelRelevance,
+    RelevanceConfig,
+    apply_text_direction,
+    channel_relevance,
+    text_direction,
+    text_edit,
+)
+from faceedit.errors import InvalidInputError
+
+from factories import tiny_generator, tiny_text_clip
+
+CONFIG = RelevanceConfig(samples=3, channels_per_batch=5)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_generator().eval(), tiny_text_clip()
+
+
+@pytest.fixture(scope="module")
+def relevance(models):
+    generator, clip = models
+    return channel_relevance(generator, clip, CONFIG)
+
+
+def test_relevance_covers_every_conv_channel_and_is_the_embedding_change(models, relevance):
+    generator, clip = models
+    convs = [j for j, (conv, _) in enumerate(generator.style_layers()) if conv.out_ch != 3]  # toRGB left out
+    assert relevance.layers == convs and relevance.complete
+    assert relevance.relevance.shape == (sum(relevance.widths), clip.encode_text(["x"]).shape[1])
+    assert torch.isfinite(relevance.relevance).all() and (relevance.std > 0).all()
+    # Channel 0 by hand: push it ±kσ on the same samples, the mean change of the normalised embedding.
+    z = torch.randn(CONFIG.samples, generator.style_dim, generator=torch.Generator().manual_seed(CONFIG.seed))
+    with torch.no_grad():
+        styles = generator.styles(generator.broadcast(generator.mapping(z)))
+        j, sigma = relevance.layers[0], float(relevance.std[0]) * CONFIG.push
+        up, down = [s.clone() for s in styles], [s.clone() for s in styles]
+        up[j][:, 0] += sigma
+        down[j][:, 0] -= sigma
+        change = (clip.encode_image(generator.synthesis_from_styles(up))
+                  - clip.encode_image(generator.synthesis_from_styles(down))).mean(0)
+    torch.testing.assert_close(relevance.relevance[0], change, atol=1e-5, rtol=1e-4)
+
+
+def test_a_partial_relevance_resumes_to_the_same_result_and_round_trips_as_bytes(models, relevance):
+    generator, clip = models
+    saved: list[bytes] = []
+    with pytest.raises(KeyboardInterrupt):
+        def stop_after_first(partial: ChannelRelevance) -> None:
+            saved.append(partial.to_bytes())
+            raise KeyboardInterrupt  # the job died here
+
+        channel_relevance(generator, clip, CONFIG, checkpoint=stop_after_first, checkpoint_every=10)
+    partial = ChannelRelevance.from_bytes(saved[0])
+    assert 10 <= partial.done < sum(partial.widths) and not partial.complete
+    resumed = channel_relevance(generator, clip, CONFIG, resume=partial)
+    torch.testing.assert_close(resumed.relevance, relevance.relevance)
+    with pytest.raises(InvalidInputError) as info:
+        text_direction(partial, clip, "a smiling face")
+    assert info.value.field == "relevance"
+    with pytest.raises(InvalidInputError):  # another configuration cannot be resumed
+        channel_relevance(generator, clip, RelevanceConfig(samples=4), resume=partial)
+
+
+def test_a_text_edit_moves_only_the_channels_that_pass_the_threshold(models, relevance):
+    generator, clip = models
+    direction = text_direction(relevance, clip, "an old face", threshold=0.2)
+    assert direction.abs().max() > 0 and (direction == 0).any()
+    loose = text_direction(relevance, clip, "an old face", threshold=0.05)
+    assert int((loose != 0).sum()) > int((direction != 0).sum())
+    with pytest.raises(InvalidInputError) as info:  # a threshold no channel reaches says so
+        text_direction(relevance, clip, "an old face", threshold=0.999)
+    assert info.value.field == "threshold"
+    ws = generator.broadcast(generator.mapping(torch.randn(2, generator.style_dim)))
+    with torch.no_grad():
+        base = generator.synthesis(ws)
+        edited = text_edit(generator, clip, ws, "an old face", strength=3.0, threshold=0.2, relevance=relevance)
+        styles = generator.styles(ws)
+    assert edited.shape == base.shape and not torch.allclose(edited, base)
+    torch.testing.assert_close(text_edit(generator, clip, ws, "an old face", strength=0.0, relevance=relevance),
+                               base)  # strength 0 is the unedited image
+    moved = apply_text_direction(styles, relevance, direction, 1.0)
+    untouched = set(range(len(styles))) - set(relevance.layers)
+    assert all(torch.equal(moved[j], styles[j]) for j in untouched)  # toRGB styles stay
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"target": ""}, "target"), ({"target": "x" * 301}, "target"), ({"neutral": "  "}, "neutral"),
+    ({"threshold": 1.5}, "threshold"), ({"threshold": -0.1}, "threshold"),
+])
+def test_bad_prompts_and_settings_name_the_field(models, relevance, kwargs, field):
+    args = {"target": "a smiling face", **kwargs}
+    with pytest.raises(InvalidInputError) as info:
+        text_direction(relevance, models[1], **args)
+    assert info.value.field == field
+
+
+def test_bad_relevance_settings_name_the_field():
+    for kwargs, field in (({"samples": 1}, "samples"), ({"push": 0.0}, "push"), ({"channels_per_batch": 0},
+                                                                                  "channels_per_batch")):
+        with pytest.raises(InvalidInputError) as info:
+            RelevanceConfig(**kwargs)
+        assert info.value.field == field
