@@ -3,6 +3,8 @@ precomputation (batched, resumable, stored as an artifact), prompt → direction
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -110,3 +112,41 @@ def test_bad_relevance_settings_name_the_field():
         with pytest.raises(InvalidInputError) as info:
             RelevanceConfig(**kwargs)
         assert info.value.field == field
+
+
+def test_the_cached_relevance_is_computed_once_and_a_partial_one_is_resumed(models, relevance, tmp_path):
+    from faceedit.adaptation.blob_cache import DirectoryCache
+    from faceedit.editing.text import cached_channel_relevance, relevance_key
+
+    generator, clip = models
+    cache = DirectoryCache(tmp_path)
+    key = relevance_key(generator, clip, CONFIG)
+    partial = channel_relevance(generator, clip, dataclasses.replace(CONFIG))  # a finished one, cut back to 10
+    cut = ChannelRelevance(partial.relevance[:10], partial.std, partial.layers, partial.widths, 10, CONFIG)
+    cache.put(key + ".partial", cut.to_bytes())
+    seen: list[int] = []
+    first = cached_channel_relevance(generator, clip, cache, CONFIG, progress=lambda done, total: seen.append(done))
+    assert seen[0] > 10 and first.complete  # resumed after the 10 it had
+    torch.testing.assert_close(first.relevance, relevance.relevance)
+    again = cached_channel_relevance(generator, clip, cache, CONFIG, progress=lambda *_: seen.append(-1))
+    assert -1 not in seen and torch.equal(again.relevance, first.relevance)  # read, not recomputed
+
+
+def test_the_evaluation_scores_each_prompt_on_what_it_names_next_to_the_boundary(models, relevance):
+    from faceedit.editing.boundary import Boundary
+    from faceedit.editing.text_quality import PROMPTS, evaluate_text_edits
+    from faceedit.synth import load_scorer
+
+    generator, clip = models
+    normal = torch.nn.functional.normalize(torch.randn(generator.style_dim, generator=torch.Generator().manual_seed(3)),
+                                           dim=0)
+    age = Boundary(normal, 0.0, 0.9, None, {"attribute": "age", "recommended_strength": [-3.0, 3.0]})
+    report = evaluate_text_edits(generator, clip, load_scorer(), relevance, {"age": age}, n=6, threshold=0.05)
+    rows = {m.prompt: m for m in report.measurements}
+    assert list(rows) == [p.text for p in PROMPTS]
+    old = rows["an old face"]
+    assert 0 <= old.success_rate <= 1 and old.channels > 0 and old.boundary_success is not None
+    assert rows["an angry face"].success_rate is None and "no ground truth" in rows["an angry face"].note
+    assert rows["a watercolor painting of a face"].boundary_success is None  # styles have no boundary
+    assert rows["a smiling face"].boundary_success is None  # no smile boundary was given
+    assert "| an old face | age |" in report.table()

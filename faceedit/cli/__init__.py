@@ -10,14 +10,14 @@ from faceedit.errors import FaceEditError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from faceedit.cli import adaptation, editing, models, photo, zoo
+    from faceedit.cli import adaptation, editing, models, photo, text, zoo
 
     parser = argparse.ArgumentParser(prog="faceedit", description="GAN face editing tools")
     top = parser.add_subparsers(dest="command", required=True)
     train = top.add_parser("train", help="train a demo-zoo model").add_subparsers(dest="what", required=True)
     evaluate = top.add_parser("eval", help="measure the demo zoo").add_subparsers(dest="what", required=True)
     groups = CommandGroups(top, train, evaluate)
-    for module in (models, zoo, editing, adaptation, photo):
+    for module in (models, zoo, editing, adaptation, photo, text):
         module.register(groups)
     return parser
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from faceedit import artifacts
+from faceedit.adaptation.blob_cache import BlobCache
 from faceedit.errors import CheckpointFormatError, InvalidInputError
 from faceedit.models.stylegan2 import Generator
 
@@ -144,6 +145,36 @@ def channel_relevance(generator: Generator, clip: ImageTextModel, config: Releva
                     checkpoint(result)
                 last_checkpoint = result.done
     assert result.relevance.shape[0] == total
+    return result
+
+
+def relevance_key(generator: Generator, clip: ImageTextModel, config: RelevanceConfig) -> str:
+    """One cache entry per (generator weights, CLIP weights, measurement settings)."""
+    import hashlib
+    import json
+
+    from faceedit.models.delta import state_fingerprint
+
+    clip_module = getattr(clip, "model", clip)
+    settings = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
+    return f"relevance/{state_fingerprint(generator)[:24]}-{state_fingerprint(clip_module)[:24]}-{settings}.safetensors"
+
+
+def cached_channel_relevance(generator: Generator, clip: ImageTextModel, cache: BlobCache,
+                             config: RelevanceConfig | None = None,
+                             progress: Callable[[int, int], None] | None = None) -> ChannelRelevance:
+    """`channel_relevance` computed once per (generator, CLIP, settings) into `cache` (the artifact store's
+    `cache/` in the services); a run cut short resumes from its last checkpoint (`<key>.partial`)."""
+    config = config or RelevanceConfig()
+    key = relevance_key(generator, clip, config)
+    found = cache.get(key)
+    if found is not None:
+        return ChannelRelevance.from_bytes(found, key)
+    partial = cache.get(key + ".partial")
+    resume = ChannelRelevance.from_bytes(partial, key + ".partial") if partial is not None else None
+    result = channel_relevance(generator, clip, config, resume=resume, progress=progress,
+                               checkpoint=lambda r: cache.put(key + ".partial", r.to_bytes()))
+    cache.put(key, result.to_bytes())
     return result
 
 
