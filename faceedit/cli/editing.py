@@ -51,6 +51,24 @@ def _generator(path: str | None) -> tuple[Generator, str, Path]:
     return load_generator(path), sha256_file(path), path
 
 
+def cmd_train_ganspace(args: argparse.Namespace) -> int:
+    import shlex
+    import sys
+
+    from faceedit.artifacts import sha256_file, write_sidecar
+    from faceedit.editing.unsupervised import compute_ganspace, save_ganspace
+    from faceedit.zoo import zoo_dir
+
+    generator, generator_sha, _ = _generator(args.generator)
+    basis = compute_ganspace(generator.eval(), n=args.n, components=args.components, seed=args.seed)
+    out = save_ganspace(Path(args.out) if args.out else zoo_dir() / "ganspace.pt", basis)
+    write_sidecar(out, {"kind": "ganspace", "generator_sha256": generator_sha, "samples": args.n,
+                        "std": [round(float(v), 5) for v in basis.std],
+                        "training": {"command": "faceedit " + shlex.join(sys.argv[1:])}}, sha256=sha256_file(out))
+    print(f"wrote {out}: {args.components} components of W from {args.n} samples; std {basis.std[:4].tolist()} ...")
+    return 0
+
+
 def cmd_train_boundary(args: argparse.Namespace) -> int:
     import torch
 
@@ -177,6 +195,15 @@ def cmd_eval_edits(args: argparse.Namespace) -> int:
 
 
 def register(commands: CommandGroups) -> None:
+    p = commands.train.add_parser("ganspace", help="GANSpace: principal components of sampled W, listed by a "
+                                                   "boundary set with components: all as ganspace:K")
+    p.add_argument("--generator", help="generator checkpoint (default: the demo zoo's)")
+    p.add_argument("--n", type=int, default=20_000, help="w's sampled")
+    p.add_argument("--components", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="default: <zoo>/ganspace.pt")
+    p.set_defaults(run=cmd_train_ganspace)
+
     epilog = f"The demo zoo's boundaries, their measurements and docs/edits are built by:\n{ZOO_COMMANDS}"
     p = commands.train.add_parser("boundary", help="InterfaceGAN boundaries (linear SVMs in W) for scorer attributes",
                                   epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from faceedit.editing.boundary_set import (
+    ALL_COMPONENTS,
     DIRECTION_SUFFIXES,
     BoundarySet,
     BoundarySetSpec,
@@ -278,14 +279,19 @@ def _ganspace(path: Path, spec: BoundarySetSpec, n_latent: int, style_dim: int) 
                        "(components: {name: index})")
     if spec.space == "z":
         raise _Refused("GANSpace components are directions in W; the set forces space Z")
+    components = (spec.components if spec.components != ALL_COMPONENTS
+                  else {f"ganspace:{k}": k for k in range(len(basis.components))})
     entries = []
-    for name, index in sorted(spec.components.items(), key=lambda item: item[1]):
+    for name, index in sorted(components.items(), key=lambda item: item[1]):
         try:
             direction = unit_rows(basis.direction(index), f"{path}#component={index}")  # [D]
         except InvalidInputError as exc:
             raise _Refused(f"components[{name!r}]: {exc.problem}") from None
+        # Named one by one, a component takes the set's strength range; listed all at once, ±2 of its std.
+        recommended = (spec.recommended_strength if spec.components != ALL_COMPONENTS
+                       else (-2 * float(basis.std[index]), 2 * float(basis.std[index])))
         entries.append(_entry(name, direction, "w", f"{path}#component={index}", "ganspace", None,
-                              spec.recommended_strength, None, (), "",
+                              recommended, None, (), "",
                               MappingProxyType({"component": index, "std": float(basis.std[index])}),
                               n_latent, style_dim, basis))
     return entries

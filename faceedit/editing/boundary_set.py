@@ -20,7 +20,8 @@ from faceedit.errors import (
 )
 
 SPACES = ("w", "z")
-FORMATS = ("faceedit", "interfacegan", "e4e", "ganspace")
+FORMATS = ("faceedit", "interfacegan", "e4e", "ganspace", "sefa")
+ALL_COMPONENTS = "all"  # components: all → every GANSpace component, named ganspace:K
 DEFAULT_STRENGTH = (-3.0, 3.0)  # e4e's LEC metric and InterfaceGAN's linear_interpolate both use ±3
 DIRECTION_SUFFIXES = (".safetensors", ".npy", ".pt", ".pth")
 _SPEC_KEYS = ("path", "include", "names", "components", "space", "recommended_strength")
@@ -62,14 +63,15 @@ class BoundarySetSpec:
     files whose names match one of the glob patterns. `names` maps a file name or stem to the
     attribute name it gives (else the sidecar's `attribute`, else `attribute_name`; the space and
     conditions read off the file name are kept). `components` names GANSpace PCA
-    components (attribute → index); a PCA file is refused without it. `space` forces "w" or "z" for
+    components (attribute → index), or is "all" (each component K as `ganspace:K`); a PCA file is refused
+    without it. `space` forces "w" or "z" for
     files whose metadata does not record one. `recommended_strength` is used where a file records none.
     """
 
     path: str
     include: tuple[str, ...] = ()
     names: Mapping[str, str] = field(default_factory=dict)
-    components: Mapping[str, int] = field(default_factory=dict)
+    components: Mapping[str, int] | str = field(default_factory=dict)
     space: str = ""
     recommended_strength: tuple[float, float] = DEFAULT_STRENGTH
 
@@ -85,12 +87,13 @@ class BoundarySetSpec:
                 isinstance(k, str) and k and isinstance(v, str) and v for k, v in self.names.items()):
             raise InvalidInputError("names", f"expected {{file name or stem: attribute name}}, got {self.names!r}")
         object.__setattr__(self, "names", MappingProxyType(dict(self.names)))
-        if not isinstance(self.components, Mapping) or not all(
-                isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                for k, v in self.components.items()):
-            raise InvalidInputError("components",
-                                    f"expected {{attribute name: component index >= 0}}, got {self.components!r}")
-        object.__setattr__(self, "components", MappingProxyType(dict(self.components)))
+        if self.components != ALL_COMPONENTS:
+            if not isinstance(self.components, Mapping) or not all(
+                    isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                    for k, v in self.components.items()):
+                raise InvalidInputError("components", f"expected {{attribute name: component index >= 0}} or "
+                                                      f"{ALL_COMPONENTS!r}, got {self.components!r}")
+            object.__setattr__(self, "components", MappingProxyType(dict(self.components)))
         object.__setattr__(self, "space", parse_space(self.space, "space"))
         object.__setattr__(self, "recommended_strength",
                            strength_range(self.recommended_strength, "recommended_strength"))

@@ -11,9 +11,10 @@ construction. Relative paths are relative to the file. Schema:
       ffhq:
         encoder: e4e_ffhq_encode.pt
         perceptual: scorer.safetensors   # optional: the distance inversions optimise (faceedit scorer)
+        sefa: 8                          # optional: the generator's top 8 SeFa directions, as sefa:0 .. sefa:7
         boundaries:                    # faceedit.editing.BoundarySetSpec entries
           - {path: interfacegan, include: ["*_w_boundary.npy"]}
-          - {path: e4e/ganspace_ffhq_pca.pt, components: {lighting: 7}}
+          - {path: e4e/ganspace_ffhq_pca.pt, components: {lighting: 7}}   # or components: all → ganspace:K
     clips: ["ViT-B-32-quickgelu=clip/b32.pt"]   # DIFA's CLIP models ("[architecture=]weights")
 """
 
@@ -38,7 +39,7 @@ DEFAULT_FILE = "models.yaml"  # inside the demo zoo folder
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _TOP_KEYS = {"default_generator", "generators", "families", "clips"}
 _GENERATOR_KEYS = {"checkpoint", "family"}
-_FAMILY_KEYS = {"encoder", "boundaries", "perceptual"}
+_FAMILY_KEYS = {"encoder", "boundaries", "perceptual", "sefa"}
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class FamilySpec:
     # The perceptual distance inversions optimise (Invert OPTIMIZE, pivotal tuning): a faceedit scorer
     # file (the demo zoo's). None: pixel L2 alone.
     perceptual: Path | None = None
+    sefa: int = 0  # also list the generator's top-k SeFa directions as attributes sefa:0 .. sefa:{k-1}
 
 
 @dataclass(frozen=True)
@@ -164,14 +166,16 @@ def parse_model_config(data: Mapping[str, Any], source: Path) -> ModelConfig:
         name = str(name)
         entry = _mapping(entry, f"families.{name}", source)
         _check_keys(entry, _FAMILY_KEYS, f"families.{name}.", source)
-        encoder, perceptual = entry.get("encoder"), entry.get("perceptual")
+        encoder, perceptual, sefa = entry.get("encoder"), entry.get("perceptual"), entry.get("sefa", 0)
+        if not isinstance(sefa, int) or isinstance(sefa, bool) or not 0 <= sefa <= 64:
+            raise InvalidInputError(f"families.{name}.sefa", f"expected a count of SeFa directions in 0..64 ({source})")
         sets = entry.get("boundaries") or []
         if not isinstance(sets, list) or not all(isinstance(s, (Mapping, str)) for s in sets):
             raise InvalidInputError(f"families.{name}.boundaries", f"expected a list of boundary sets in {source}")
         families[name] = FamilySpec(
             name, _resolve(base, encoder, f"families.{name}.encoder", source) if encoder else None,
             tuple({"path": s} if isinstance(s, str) else dict(s) for s in sets),
-            _resolve(base, perceptual, f"families.{name}.perceptual", source) if perceptual else None)
+            _resolve(base, perceptual, f"families.{name}.perceptual", source) if perceptual else None, sefa)
     for spec in generators.values():
         families.setdefault(spec.family, FamilySpec(spec.family))  # a family with no encoder or boundaries
     unused = sorted(set(families) - {g.family for g in generators.values()})

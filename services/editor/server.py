@@ -53,9 +53,18 @@ def load_bases(models: ModelConfig) -> dict[str, BaseGenerator]:
 def load_boundaries(models: ModelConfig, bases: dict[str, BaseGenerator]) -> BoundaryRegistry:
     """Every family's boundary sets, checked against its latent space; any unusable file stops the start."""
     registry = BoundaryRegistry()
-    for family in models.families:
+    for family, spec in models.families.items():
         base = next(b for b in bases.values() if b.family == family)
-        registry.add_family(family, BoundaryRegistry.read_sets(models.boundary_specs(family), base))
+        boundaries = BoundaryRegistry.read_sets(models.boundary_specs(family), base)
+        if spec.sefa:  # closed-form directions of the family's (first) generator's weights
+            from faceedit.editing import BoundarySet
+            from faceedit.editing.unsupervised import sefa_entries
+            from faceedit.models import load_generator
+
+            checkpoint = models.generators[base.id].checkpoint
+            boundaries = BoundarySet([*boundaries.entries, *sefa_entries(load_generator(checkpoint), spec.sefa,
+                                                                          source=checkpoint.name)])
+        registry.add_family(family, boundaries)
         log.info(json.dumps({"event": "boundaries", "family": family,
                              "attributes": registry.attributes(family).names()}))
     return registry
