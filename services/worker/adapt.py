@@ -292,15 +292,15 @@ def run_adaptation(job_id: str, rt: Runtime, on_progress: Callable[[float, str],
 
 def _adapt(job: Job, rt: Runtime, keeper: LeaseKeeper, on_progress: Callable[[float, str], None] | None) -> dict:
     generator_id = generator_id_for(job.id)
+    base = rt.base(job.base_generator)
+    if job.kind == "tune":  # it finishes an interrupted delivery itself: the pivot must be cached too
+        return _tuning_job(job, rt, keeper, on_progress, base, generator_id)
     try:  # a previous delivery stored the generator but died before finishing the job record
         rt.index.get(generator_id, job.tenant)
         rt.jobs.succeed(job.id, generator_id)
         return {"status": "SUCCEEDED", "generator_id": generator_id, "resumed_from": "result"}
     except NotFoundError:
         pass
-    base = rt.base(job.base_generator)
-    if job.kind == "tune":
-        return _tuning_job(job, rt, keeper, on_progress, base, generator_id)
     if rt.config.adaptation == "finetune":
         return _finetune_job(job, rt, keeper, on_progress, base, generator_id)
     return _difa_job(job, rt, keeper, on_progress, base, generator_id)

@@ -25,7 +25,7 @@ from faceedit.models import Encoder, Generator
 from services.common.artifacts import ArtifactStore
 from services.common.jobs import Job, JobStore
 from services.common.latent_cache import LatentCache
-from services.common.photos import PhotoStore, kept_photo_id
+from services.common.photos import PhotoStore, StoredPhoto, kept_photo_id
 from services.common.registry import GeneratorIndex, save_adapted_generator
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,9 @@ def tune_to_photo(job: Job, base: Generator, encoder: Encoder | None, perceptual
     pivot = _read_pivot(s.store, job.id, base)
     done_before = config.optimize_steps if pivot is not None else 0
     total = config.optimize_steps + config.tune_steps
+    if pivot is not None and _stored(s.index, generator_id, job.tenant):
+        # An earlier delivery stored the tuned generator and died before finishing: finish, do not tune again.
+        return _finish(job, photo, pivot, generator_id, family, s) | {"resumed_from": "result"}
 
     def progress(phase: str, step: int, steps: int, losses: dict[str, float]) -> None:
         done = step if phase == "optimize" else config.optimize_steps + step
@@ -106,13 +109,27 @@ def tune_to_photo(job: Job, base: Generator, encoder: Encoder | None, perceptual
     record = save_adapted_generator(s.store, s.index, job.tenant, job.base_generator, result.tuned_tensors(),
                                     base=base, generator_id=generator_id, job_id=job.id,
                                     display_name=job.display_name)
-    # The generator keeps its own copy of the photo (deleted with it); the pivot renders the photo on it.
-    kept = s.photos.copy(photo, kept_photo_id(record.id))
-    latent = s.cache.put(job.tenant, family, result.ws.cpu().numpy(), kept)
-    s.jobs.succeed(job.id, record.id, latent.id)
+    return _finish(job, photo, result.ws, record.id, family, s) | {
+        "resumed_from": done_before, "losses": result.losses, "seconds": round(result.seconds, 2)}
+
+
+def _stored(index: GeneratorIndex, generator_id: str, tenant: str) -> bool:
+    try:
+        index.get(generator_id, tenant)
+        return True
+    except NotFoundError:
+        return False
+
+
+def _finish(job: Job, photo: StoredPhoto, pivot: torch.Tensor, generator_id: str, family: str,
+            s: TuningServices) -> dict[str, Any]:
+    """The generator is stored: it keeps its own copy of the photo (deleted with it), the pivot (which renders
+    the photo on it) is cached, the job succeeds, its pivot checkpoint goes."""
+    kept = s.photos.copy(photo, kept_photo_id(generator_id))
+    latent = s.cache.put(job.tenant, family, pivot.detach().cpu().numpy(), kept)
+    s.jobs.succeed(job.id, generator_id, latent.id)
     s.store.delete(pivot_key(job.id))
-    return {"status": "SUCCEEDED", "generator_id": record.id, "method": "pti", "pivot_latent_id": latent.id,
-            "resumed_from": done_before, "losses": result.losses, "seconds": round(result.seconds, 2)}
+    return {"status": "SUCCEEDED", "generator_id": generator_id, "method": "pti", "pivot_latent_id": latent.id}
 
 
 def _read_pivot(store: ArtifactStore, job_id: str, base: Generator) -> torch.Tensor | None:

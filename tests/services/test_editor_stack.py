@@ -272,11 +272,13 @@ def test_a_photo_tuned_edited_and_pasted_back_then_deleted(client, portrait):
     assert not changed[:, :60].any() and not changed[:30].any()  # the background is the photo's own
     assert changed[100:330, 120:340].mean() > 0.3  # the face is the edit
 
-    job = client.create_tuning(inverted.latent_id, idempotency_key="tune-1", steps=20, display_name="me")
-    seen: list[float] = []
-    done = client.wait_for_adaptation(job.name, timeout_s=300, poll_s=0.5,
-                                      on_progress=lambda j: seen.append(j.progress))
+    job = client.create_tuning(inverted.latent_id, idempotency_key="tune-1", steps=200, display_name="me")
+    seen = []
+    done = client.wait_for_adaptation(job.name, timeout_s=300, poll_s=0.1, on_progress=seen.append)
     assert done.state == "SUCCEEDED" and done.generator_id and done.pivot_latent_id
+    running = [j for j in seen if j.state == "RUNNING" and 0 < j.progress < 1]
+    assert running and running[-1].message.startswith("iteration "), [(j.state, j.message) for j in seen]
+    assert [j.progress for j in running] == sorted(j.progress for j in running)  # it only moves forward
     tuned = client.edit([Step("smile", 1.0)], latent_id=done.pivot_latent_id, generator_id=done.generator_id,
                         paste_back=True, format="jpeg")
     assert (tuned.image.width, tuned.image.height) == (460, 400) and tuned.image.format == "jpeg"
@@ -303,6 +305,25 @@ def test_a_photo_tuned_edited_and_pasted_back_then_deleted(client, portrait):
     client.delete_generator(done.generator_id)
     code, message = _code(lambda: client.edit([], latent_id=done.pivot_latent_id, paste_back=True))
     assert code == grpc.StatusCode.NOT_FOUND and "photo" in message
+
+
+def test_of_several_faces_the_largest_is_edited_and_pasted_back(client):
+    from faceedit.images import to_pil
+    from faceedit.synth import render_faces
+
+    faces, _ = render_faces(2, seed=5, size=256)
+    face = to_pil(faces[1:2])[0]
+    photo = Image.new("RGB", (640, 400), (40, 90, 140))
+    photo.paste(face.resize((320, 320)), (20, 40))  # the larger face, on the left
+    photo.paste(face.resize((200, 200)), (420, 100))  # a smaller one on the right
+    buffer = io.BytesIO()
+    photo.save(buffer, format="PNG")
+    inverted = client.invert(buffer.getvalue(), align=True)
+    pasted = client.edit([Step("age", 2.5)], latent_id=inverted.latent_id, paste_back=True)
+    before = np.asarray(photo, np.int16)
+    after = np.asarray(Image.open(io.BytesIO(pasted.image.data)).convert("RGB"), np.int16)
+    changed = np.abs(after - before).sum(-1) > 0
+    assert changed[:, :360].mean() > 0.05 and not changed[:, 400:].any()  # the left face only
 
 
 @pytest.mark.parametrize("call, code, field", [
@@ -355,6 +376,29 @@ def test_a_worker_killed_mid_job_is_restarted_and_the_job_completes_exactly_once
     # The issue's bound (5 minutes with make demo's settings): lease + watch interval + the rest of the job.
     print(f"\nworker SIGKILLed: job done {recovered_s:.0f} s later (lease {WorkerConfig().lease_ttl:.0f} s)")
     assert recovered_s < 300
+
+
+@pytest.mark.skipif(not HAS_WORKER, reason="services.worker.app (the Celery worker) is not there yet")
+def test_a_worker_killed_while_tuning_resumes_from_the_pivot(stack, client, portrait):
+    """As above for pivotal tuning: killed after its pivot was checkpointed, the job is re-queued and only tunes."""
+    import os
+    import signal
+
+    from services.worker.tuning import pivot_key
+
+    started, pids = stack
+    inverted = client.invert(portrait, align=True)
+    job = client.create_tuning(inverted.latent_id, idempotency_key="tune-kill", steps=3000, display_name="kept")
+    _wait(lambda: (started.run_dir / "artifacts" / pivot_key(job.name)).is_file(), "the tuning job's pivot")
+    victim = int((started.run_dir / "worker.pid").read_text())
+    os.killpg(victim, signal.SIGKILL)
+    done = client.wait_for_adaptation(job.name, timeout_s=300, poll_s=1.0)
+    pids["worker"] = int((started.run_dir / "worker.pid").read_text())
+    assert pids["worker"] != victim
+    assert done.state == "SUCCEEDED" and done.pivot_latent_id
+    assert [g.id for g in client.list_generators() if g.display_name == "kept"] == [done.generator_id]
+    assert f"job {job.name}: resuming from its optimised pivot" in (started.run_dir / "worker.log").read_text()
+    assert not (started.run_dir / "artifacts" / pivot_key(job.name)).exists()
 
 
 def _wait(condition, what: str, within_s: float = 300) -> None:

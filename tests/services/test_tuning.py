@@ -129,3 +129,28 @@ def test_tuning_settings_are_checked_and_the_job_sets_the_tuning_phase():
             tuning_config(bad, {})
         assert info.value.field == field
     assert np.isfinite(tuning_config("", {}).optimize_lr)
+
+
+def test_a_crash_after_the_generator_was_stored_finishes_without_tuning_again(runtime, photo, monkeypatch):
+    import services.worker.tuning as tuning
+
+    job, _ = tuning_job(runtime, photo)
+    calls = {"n": 0}
+    real_finish = tuning._finish
+
+    def die_in_finish(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise SimulatedCrash()  # stored the generator, died before caching the pivot and finishing
+        return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "_finish", die_in_finish)
+    with pytest.raises(SimulatedCrash):
+        run_adaptation(job.id, runtime)
+    assert runtime.jobs.get(job.id).state == RUNNING and runtime.store.exists(pivot_key(job.id))
+    seen: list[str] = []
+    result = run_adaptation(job.id, runtime, lambda f, m: seen.append(m))
+    assert result["status"] == SUCCEEDED and result["resumed_from"] == "result" and not seen  # no step re-run
+    done = runtime.jobs.get(job.id)
+    assert done.result_latent_id and runtime.cache.entry("acme", done.result_latent_id, "x").photo_id
+    assert len(runtime.index.list("acme")) == 1
