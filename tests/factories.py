@@ -20,7 +20,8 @@ SLIM_CHANNELS = {4: 32, 8: 32, 16: 16, 32: 8}  # the checkpoint and precision te
 TINY_CLIP = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 4, "head_width": 16},
-    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+    # open_clip's tokenizer's full vocabulary, so text prompts work (the embedding is 49408 x 16).
+    "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
 }
 
 
@@ -57,10 +58,9 @@ def tiny_clip(seed: int = 2) -> ClipModel:
 
 
 def tiny_text_clip(seed: int = 2) -> ClipModel:
-    """The tiny CLIP with open_clip's tokenizer (its full vocabulary), for text prompts."""
-    config = {**TINY_CLIP, "text_cfg": {**TINY_CLIP["text_cfg"], "vocab_size": 49408}}
+    """The tiny CLIP with open_clip's tokenizer, for text prompts."""
     torch.manual_seed(seed)
-    return wrap_clip(build_clip_module(config), config).eval().requires_grad_(False)
+    return wrap_clip(build_clip_module(TINY_CLIP), TINY_CLIP).eval().requires_grad_(False)
 
 
 def write_tiny_models(root: Path, n_w_avg: int = 2000, noise_strength: float = 0.0) -> dict[str, Path]:

@@ -59,12 +59,24 @@ class InferenceError(FaceEditError):
 
 
 @dataclass(frozen=True)
+class StyleOffset:
+    """A StyleSpace edit (a text edit's direction): the styles of `layers` (Generator.style_layers indices,
+    `widths` channels each) move by strengths[b] x direction for latent b."""
+
+    layers: tuple[int, ...]
+    widths: tuple[int, ...]
+    direction: np.ndarray  # [sum(widths)] float32
+    strengths: np.ndarray  # [B] float32
+
+
+@dataclass(frozen=True)
 class GenerateRequest:
     generator_id: str
     ws: np.ndarray  # [B, n_latent, style_dim] float32
     image_format: str = "png"
     noise_mode: str = "const"
     tenant: str = ""
+    style_offset: StyleOffset | None = None
 
 
 @dataclass(frozen=True)
@@ -100,15 +112,41 @@ class InvertResponse:
 # -- generator ---------------------------------------------------------------------------------
 
 def encode_generate_request(generator_id: str, ws: np.ndarray, image_format: str = "png",
-                            noise_mode: str = "const", tenant: str = "") -> bytes:
+                            noise_mode: str = "const", tenant: str = "",
+                            style_offset: StyleOffset | None = None) -> bytes:
     """Editor side: W+ latents for one generator → request body."""
     _check_id(generator_id, "generator_id")
     _check_choice(image_format, IMAGE_FORMATS, "image_format")
     _check_choice(noise_mode, NOISE_MODES, "noise_mode")
+    ws = check_latents(np.asarray(ws), "ws")
     body = {"v": VERSION, "generator_id": generator_id, "tenant": tenant,
-            "ws": _pack_array(check_latents(np.asarray(ws), "ws")), "image_format": image_format,
-            "noise_mode": noise_mode}
+            "ws": _pack_array(ws), "image_format": image_format, "noise_mode": noise_mode}
+    if style_offset is not None:
+        _check_style_offset(style_offset, ws.shape[0])
+        body["style_offset"] = {"layers": list(style_offset.layers), "widths": list(style_offset.widths),
+                                "direction": _pack_array(style_offset.direction),
+                                "strengths": _pack_array(style_offset.strengths)}
     return _dumps(body)
+
+
+MAX_STYLE_CHANNELS = 32 * 1024  # 9,088 at 1024 px with the toRGB styles
+
+
+def _check_style_offset(offset: StyleOffset, batch: int) -> StyleOffset:
+    layers, widths = offset.layers, offset.widths
+    if (len(layers) != len(widths) or not layers or len(layers) > 64 or len(set(layers)) != len(layers)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < MAX_STYLE_CHANNELS
+                       for v in (*layers, *widths))):
+        raise InvalidInputError("style_offset.layers", "expected as many distinct layer indices as widths, "
+                                                       "at most 64")
+    channels = sum(widths)
+    if offset.direction.shape != (channels,) or offset.strengths.shape != (batch,) or channels > MAX_STYLE_CHANNELS:
+        raise InvalidInputError("style_offset.direction", f"expected direction [{channels}] and strengths "
+                                                          f"[{batch}], got {list(offset.direction.shape)} and "
+                                                          f"{list(offset.strengths.shape)}")
+    if not (np.isfinite(offset.direction).all() and np.isfinite(offset.strengths).all()):
+        raise InvalidInputError("style_offset.direction", "contains NaN or infinite values")
+    return offset
 
 
 def decode_generate_request(data: bytes | bytearray | str) -> GenerateRequest:
@@ -124,7 +162,14 @@ def decode_generate_request(data: bytes | bytearray | str) -> GenerateRequest:
     noise_mode = _get(body, "noise_mode", str, default="const")
     _check_choice(noise_mode, NOISE_MODES, "noise_mode")
     ws = check_latents(_unpack_array(_get(body, "ws", dict), "ws"), "ws")
-    return GenerateRequest(generator_id, ws, image_format, noise_mode, tenant)
+    offset = _get(body, "style_offset", dict, default=None)
+    style_offset = None
+    if offset is not None:
+        layers, widths = _get(offset, "layers", list), _get(offset, "widths", list)
+        style_offset = _check_style_offset(StyleOffset(
+            tuple(layers), tuple(widths), _unpack_array(_get(offset, "direction", dict), "style_offset.direction"),
+            _unpack_array(_get(offset, "strengths", dict), "style_offset.strengths")), ws.shape[0])
+    return GenerateRequest(generator_id, ws, image_format, noise_mode, tenant, style_offset)
 
 
 def encode_generate_response(images: Sequence[bytes], fmt: str, size: int, handler_ms: float | None = None) -> bytes:

@@ -240,6 +240,11 @@ def delta_bytes(tensors: Mapping[str, Tensor], base: Generator, record: Mapping[
     return delta_to_bytes(tensors, base, extra)
 
 
+def generator_id_for(job_id: str) -> str:
+    """One id per job, whatever the number of deliveries: a rerun finds its own earlier result."""
+    return "gen-" + job_id.removeprefix("job-")
+
+
 def save_adapted_generator(store: ArtifactStore, index: GeneratorIndex, tenant: str, base_id: str,
                            tensors: Mapping[str, Tensor], base: Generator,
                            generator_id: str | None = None, job_id: str = "",

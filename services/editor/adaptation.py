@@ -14,8 +14,8 @@ from services.common.artifacts import ArtifactStore
 from services.common.errors import PreconditionError, redis_errors
 from services.common.jobs import Job, JobStore
 from services.common.latent_cache import LatentCache
-from services.common.photos import PhotoStore, kept_photo_id
-from services.common.registry import GeneratorIndex
+from services.common.photos import PhotoStore, StoredPhoto, kept_photo_id
+from services.common.registry import GeneratorIndex, generator_id_for
 from services.common.uploads import decode_upload
 from services.editor.adapters import TaskQueue
 from services.editor.catalog import GeneratorCatalog, summary_of
@@ -70,28 +70,35 @@ class AdaptationCore:
         params = self._params(options or {})
         if method not in METHODS:
             raise InvalidInputError("method", f"must be one of {list(METHODS)}, got {method[:100]!r}")
+        photo = None
         if method == "pti":
-            image, params = self._tuning_target(tenant, base, latent_id, image, params)
-        elif latent_id:
-            raise InvalidInputError("latent_id", "is for PIVOTAL_TUNING; DIFA adapts to style_image")
-        _, fmt = decode_upload(image, "style_image.data", self.max_image_bytes, self.max_image_pixels)
-        # Content-addressed: a retried upload writes the same key again, harmlessly.
-        digest = hashlib.sha256(image).hexdigest()
-        tenant_seg = "t" + hashlib.sha256(tenant.encode()).hexdigest()[:24]
-        key = f"targets/{tenant_seg}/{digest}.{fmt}"
-        self.store.put(key, image)
+            photo = self._tuning_photo(tenant, base, latent_id, image)
+            key = ""  # the worker reads the generator's own copy of the photo (below), nothing else
+            params["method"] = "pti"
+        else:
+            if latent_id:
+                raise InvalidInputError("latent_id", "is for PIVOTAL_TUNING; DIFA adapts to style_image")
+            _, fmt = decode_upload(image, "style_image.data", self.max_image_bytes, self.max_image_pixels)
+            # Content-addressed: a retried upload writes the same key again, harmlessly.
+            digest = hashlib.sha256(image).hexdigest()
+            tenant_seg = "t" + hashlib.sha256(tenant.encode()).hexdigest()[:24]
+            key = f"targets/{tenant_seg}/{digest}.{fmt}"
+            self.store.put(key, image)
         with redis_errors():
             job, created = self.jobs.create(tenant, base.id, key, params, idempotency_key=idempotency_key,
                                             display_name=display_name, kind="tune" if method == "pti" else "adapt")
+        if photo is not None and created:
+            # The generator-to-be's own copy, under its id: it no longer depends on the latent's TTL, and goes
+            # with the generator (DeleteGenerator), or with the job if that fails or is cancelled.
+            self.photos.copy(photo, kept_photo_id(generator_id_for(job.id)))
         if created or job.state == jobstates.QUEUED:
             # A retry of a create whose task may never have reached the broker re-sends it; the
             # worker's lease and state machine turn a duplicate delivery into a no-op.
             self.queue.submit(job.id)
         return self._view(job), created
 
-    def _tuning_target(self, tenant: str, base: Any, latent_id: str, image: bytes, params: dict[str, Any]
-                       ) -> tuple[bytes, dict[str, Any]]:
-        """A tuning job's target: the aligned crop of the photo that Invert(align=true) kept with `latent_id`."""
+    def _tuning_photo(self, tenant: str, base: Any, latent_id: str, image: bytes) -> StoredPhoto:
+        """A tuning job's photo: the one Invert(align=true) kept with `latent_id` (the job tunes to its crop)."""
         if image:
             raise InvalidInputError("style_image", "is for DIFA; PIVOTAL_TUNING tunes to the photo of latent_id")
         if self.cache is None or self.photos is None:
@@ -102,8 +109,7 @@ class AdaptationCore:
             raise InvalidInputError("latent_id", "has no photo: tune a latent from Invert(align=true)")
         if entry.family != base.family:
             raise InvalidInputError("latent_id", f"belongs to family {entry.family!r}, not {base.family!r}")
-        photo = self.photos.get(tenant, entry.photo_id)
-        return photo.aligned, {**params, "method": "pti", "photo_id": photo.id}
+        return self.photos.get(tenant, entry.photo_id)
 
     @staticmethod
     def _params(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -162,9 +168,9 @@ class AdaptationCore:
             raise PreconditionError(f"{generator_id!r} is a base generator; only adapted generators can be deleted")
         with redis_errors():
             record = self.index.get(generator_id, tenant)
-            self.index.delete(generator_id, tenant)
-            if self.photos is not None:  # a tuned generator's photo goes with it
+            if self.photos is not None:  # a tuned generator's photo goes first: a failure here can be retried
                 self.photos.delete([kept_photo_id(generator_id)])
+            self.index.delete(generator_id, tenant)
             if record.job_id:
                 try:
                     self.jobs.generator_deleted(record.job_id, generator_id)

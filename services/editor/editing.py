@@ -20,6 +20,7 @@ from services.common.errors import PreconditionError, TooLargeError, Unavailable
 from services.common.latent_cache import LatentCache
 from services.common.latents import check_latents
 from services.common.photos import PhotoStore, StoredPhoto, owned_by_generator
+from services.common.protocol import StyleOffset
 from services.common.uploads import decode_upload
 from services.editor.boundaries import BoundaryRegistry
 from services.editor.budget import RenderBudget
@@ -27,6 +28,7 @@ from services.editor.catalog import BaseGenerator, GeneratorCatalog, ResolvedGen
 from services.editor.config import EditorConfig
 from services.editor.inference import Inference
 from services.editor.metrics import EditorMetrics
+from services.editor.text_edits import TextEdits, text_step
 from services.editor.values import (
     ANIMATION_FORMATS,
     BASE,
@@ -77,9 +79,10 @@ class EditorCore:
     def __init__(self, catalog: GeneratorCatalog, boundaries: BoundaryRegistry, cache: LatentCache,
                  inference: Inference, config: EditorConfig | None = None, metrics: EditorMetrics | None = None,
                  encoder_family: str | None = None, budget: RenderBudget | None = None,
-                 photos: PhotoStore | None = None):
+                 photos: PhotoStore | None = None, text_edits: TextEdits | None = None):
         config = config or EditorConfig()
         self.photos = photos  # None: no paste-back (Invert keeps no photo)
+        self.text_edits = text_edits  # None: no text steps
         self.catalog = catalog
         self.boundaries = boundaries
         self.cache = cache
@@ -102,12 +105,13 @@ class EditorCore:
                                                 f"got {truncation}")
         return float(truncation)
 
-    def _render(self, generator: ResolvedGenerator, tenant: str, ws: np.ndarray, fmt: str) -> list[RenderedImage]:
+    def _render(self, generator: ResolvedGenerator, tenant: str, ws: np.ndarray, fmt: str,
+                style_offset: StyleOffset | None = None) -> list[RenderedImage]:
         """All of ws [B, L, D] rendered, in chunks sized by the budget."""
-        return [image for chunk in self._render_chunks(generator, tenant, ws, fmt) for image in chunk]
+        return [image for chunk in self._render_chunks(generator, tenant, ws, fmt, style_offset) for image in chunk]
 
-    def _render_chunks(self, generator: ResolvedGenerator, tenant: str, ws: np.ndarray, fmt: str
-                       ) -> Iterator[list[RenderedImage]]:
+    def _render_chunks(self, generator: ResolvedGenerator, tenant: str, ws: np.ndarray, fmt: str,
+                       style_offset: StyleOffset | None = None) -> Iterator[list[RenderedImage]]:
         """ws [B, L, D] → images, one TorchServe call per chunk; the chunk size is re-read before each
         call (it follows the measured cost), and no chunk is sent to a caller that is gone."""
         key, done = generator.base.id, 0
@@ -115,9 +119,11 @@ class EditorCore:
             if done:
                 self.budget.before_chunk(done, len(ws))
             chunk = ws[done:done + self.budget.chunk_size(key, fmt)]  # [b, L, D]
+            offset = None if style_offset is None else dataclasses.replace(
+                style_offset, strengths=style_offset.strengths[done:done + len(chunk)])
             started = time.perf_counter()
             with self.metrics.stage("inference.synthesize"):
-                response = self.inference.synthesize(generator.id, tenant, chunk, fmt)
+                response = self.inference.synthesize(generator.id, tenant, chunk, fmt, offset)
             if response.handler_ms is not None:
                 self.metrics.observe_stage("inference.handler", response.handler_ms / 1e3)
             self.budget.observe(key, len(chunk), time.perf_counter() - started,
@@ -175,6 +181,16 @@ class EditorCore:
         boundaries = self.boundaries.attributes(family)
         for i, step in enumerate(steps):
             prefix = f"edits[{i}]"
+            if step.text:
+                if step.attribute:
+                    raise InvalidInputError(f"{prefix}.text", "set either attribute or text, not both")
+                if step.conditions or step.layers or step.space:
+                    raise InvalidInputError(f"{prefix}.text", "a text step takes no conditions, layers or space")
+                plan.text.append(text_step(step.text, step.strength, step.neutral, step.threshold, prefix))
+                continue
+            if step.neutral or step.threshold:
+                raise InvalidInputError(f"{prefix}.{'neutral' if step.neutral else 'threshold'}",
+                                        "is for text steps (set text instead of attribute)")
             if len(step.conditions) > MAX_CONDITIONS:
                 raise TooLargeError(f"{prefix}.conditions", f"more than {MAX_CONDITIONS}")
             entry = self.boundaries.get(family, step.attribute, f"{prefix}.attribute", step.conditions, step.space)
@@ -291,14 +307,30 @@ class EditorCore:
 
             with self.metrics.stage("edit"):
                 ws = apply_edits(torch.from_numpy(ws), plan.w).numpy()  # [1, L, D]
+        offset = self._text_offset(generator, plan, np.ones(1))
         if photo is None:
-            image = self._render(generator, tenant, ws, fmt)[0]
+            image = self._render(generator, tenant, ws, fmt, offset)[0]
         else:  # rendered lossless, pasted, then encoded as asked
-            image = self._paste(photo, self._render(generator, tenant, ws, "png")[0], fmt)
+            image = self._paste(photo, self._render(generator, tenant, ws, "png", offset)[0], fmt)
         with self.metrics.stage("cache.put"):
             # The edited latent keeps the photo: a chain of edits can still be pasted back.
             latent = self.cache.put(tenant, generator.family, ws, photo_id)
         return EditResult(image, latent)
+
+    def _text_offset(self, generator: ResolvedGenerator, plan: EditPlan, strengths: np.ndarray
+                     ) -> StyleOffset | None:
+        """The plan's text steps as one StyleSpace offset (StyleCLIP), scaled per latent by `strengths` [B].
+        The latent returned stays the unedited-by-text W+: a text edit lives in StyleSpace, not in W+."""
+        if not plan.text:
+            return None
+        if self.text_edits is None:
+            raise PreconditionError("text edits are not available: this editor has no CLIP configured")
+        with self.metrics.stage("text.direction"):
+            return self.text_edits.offset(generator.base.id, plan.text, strengths)
+
+    def text_edits_available(self, tenant: str, generator_id: str = "") -> bool:
+        generator = self.catalog.resolve(tenant, generator_id)
+        return self.text_edits is not None and self.text_edits.available(generator.base.id)
 
     def _photo(self, tenant: str, photo_id: str) -> StoredPhoto:
         """The photo kept with the source latent, for paste-back: a latent from Invert(align=true), an edit of one,
@@ -374,17 +406,18 @@ class EditorCore:
                 # Step edits are additive, so the W path is the unedited path plus each frame's offset.
                 offsets = edit_path(torch.zeros_like(torch.from_numpy(ws)), plan.w, n, start, end)[:, 0].numpy()
                 path = path + offsets
-        return self._frames(generator, tenant, path, ts, fmt, animation, skip_frames, duration, photo)
+        offset = self._text_offset(generator, plan, ts)  # frame f moves t_f of the text steps' strengths
+        return self._frames(generator, tenant, path, ts, fmt, animation, skip_frames, duration, photo, offset)
 
     def _frames(self, generator: ResolvedGenerator, tenant: str, path: np.ndarray, ts: np.ndarray, fmt: str,
-                animation: str, skip_frames: bool, duration: int, photo: StoredPhoto | None = None
-                ) -> Iterator[Frame | RenderedImage]:
+                animation: str, skip_frames: bool, duration: int, photo: StoredPhoto | None = None,
+                style_offset: StyleOffset | None = None) -> Iterator[Frame | RenderedImage]:
         encoded: list[bytes] = []
         # Animations are encoded from lossless frames whatever the stream's frame format is.
         render_fmt = "png" if (animation and skip_frames) or photo is not None else fmt
         frame_fmt = "png" if animation and skip_frames else fmt
         index = 0
-        for chunk in self._render_chunks(generator, tenant, path, render_fmt):
+        for chunk in self._render_chunks(generator, tenant, path, render_fmt, style_offset):
             for image in chunk:
                 if photo is not None:
                     image = self._paste(photo, image, frame_fmt)

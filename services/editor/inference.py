@@ -19,7 +19,7 @@ from services.common.errors import (
     TooLargeError,
     UnavailableError,
 )
-from services.common.protocol import GenerateResponse, InvertResponse
+from services.common.protocol import GenerateResponse, InvertResponse, StyleOffset
 
 # The caller's deadline (time.monotonic() seconds) for the RPC being served on this thread: set by
 # the servicer, so a model-server call never outlives the client that is waiting for it.
@@ -44,8 +44,9 @@ def caller_active() -> bool:
 class Inference(Protocol):
     """What the core needs from the model server (the unit tests' fake implements the same)."""
 
-    def synthesize(self, generator_id: str, tenant: str, ws: np.ndarray, image_format: str) -> GenerateResponse:
-        """ws [B, n_latent, style_dim] float32 → B encoded images."""
+    def synthesize(self, generator_id: str, tenant: str, ws: np.ndarray, image_format: str,
+                   style_offset: StyleOffset | None = None) -> GenerateResponse:
+        """ws [B, n_latent, style_dim] float32 (and a StyleSpace offset: text edits) → B encoded images."""
         ...
 
     def invert(self, image: bytes, align: bool, return_aligned: bool, mode: str = "encoder") -> InvertResponse: ...
@@ -121,8 +122,10 @@ class TorchServeInference:
             raise _translate(exc, model, what, self.max_message_bytes) from None
         return response.prediction
 
-    def synthesize(self, generator_id: str, tenant: str, ws: np.ndarray, image_format: str = "png") -> GenerateResponse:
-        body = protocol.encode_generate_request(generator_id, ws, image_format=image_format, tenant=tenant)
+    def synthesize(self, generator_id: str, tenant: str, ws: np.ndarray, image_format: str = "png",
+                   style_offset: StyleOffset | None = None) -> GenerateResponse:
+        body = protocol.encode_generate_request(generator_id, ws, image_format=image_format, tenant=tenant,
+                                                style_offset=style_offset)
         response = protocol.decode_generate_response(self._call(self.generator_model, body, "synthesis"))
         if len(response.images) != ws.shape[0]:
             raise UnavailableError("model server", f"returned {len(response.images)} images for {ws.shape[0]} latents")

@@ -39,6 +39,7 @@ from services.editor.inference import Inference, TorchServeInference
 from services.editor.metrics import EditorMetrics
 from services.editor.probe import LIVENESS_SERVICE
 from services.editor.servicer import AdaptationServicer, EditorServicer
+from services.editor.text_edits import TextEdits
 
 log = logging.getLogger("faceedit.editor")
 
@@ -160,7 +161,8 @@ class EditorServer:
         self.photos = PhotoStore(self.store)
         self.queue = TaskQueue(config.broker, config.queue, config.task_name)
         self.editor = EditorCore(self.catalog, self.boundaries, self.cache, self.inference, config, self.metrics,
-                                 encoder_family=self.models.encoder_family, photos=self.photos)
+                                 encoder_family=self.models.encoder_family, photos=self.photos,
+                                 text_edits=TextEdits(self.store, self.models.clips[0] if self.models.clips else None))
         self.adaptation = AdaptationCore(self.catalog, self.jobs, self.index, self.store, self.queue, config,
                                          cache=self.cache, photos=self.photos)
         self.metrics.set_queue_depth_source(self._queue_depth)

@@ -191,7 +191,8 @@ def steps(msgs: Any) -> list[Step]:
     for i, m in enumerate(msgs):
         if len(m.conditions) > MAX_CONDITIONS:
             raise TooLargeError(f"edits[{i}].conditions", f"more than {MAX_CONDITIONS}")
-    return [Step(m.attribute, m.strength, m.layers, tuple(m.conditions), m.space) for m in msgs]
+    return [Step(m.attribute, m.strength, m.layers, tuple(m.conditions), m.space, m.text, m.neutral, m.threshold)
+            for m in msgs]
 
 
 def timestamp(unix: float) -> timestamp_pb2.Timestamp:
@@ -301,7 +302,8 @@ class EditorServicer(editor_pb2_grpc.EditorServicer):
     def ListAttributes(self, request: editor_pb2.ListAttributesRequest, call: CallContext
                        ) -> editor_pb2.ListAttributesResponse:
         family, attributes = self.core.list_attributes(call.tenant, request.generator_id)
-        return editor_pb2.ListAttributesResponse(family=family, attributes=[
+        text_edits = self.core.text_edits_available(call.tenant, request.generator_id)
+        return editor_pb2.ListAttributesResponse(family=family, text_edits=text_edits, attributes=[
             editor_pb2.AttributeInfo(name=a.name, accuracy=a.accuracy or 0.0, accuracy_known=a.accuracy is not None,
                                      recommended_min=a.recommended_min, recommended_max=a.recommended_max,
                                      default_layers=a.default_layers, description=a.description, source=a.source,

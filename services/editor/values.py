@@ -12,6 +12,7 @@ from services.common.latent_cache import StoredLatent
 
 if TYPE_CHECKING:
     from faceedit.editing import Edit
+    from services.editor.text_edits import TextStep
 
 IMAGE_FORMATS = ("png", "jpeg", "webp")
 ANIMATION_FORMATS = ("gif", "webp")
@@ -37,6 +38,9 @@ class Step:
     layers: str = ""  # "" = the boundary's recorded layers (all if none)
     conditions: tuple[str, ...] = ()
     space: str = ""  # "w" / "z" for an attribute in both spaces; "" = W when it has one
+    text: str = ""  # a prompt instead of the attribute (StyleCLIP global direction)
+    neutral: str = ""
+    threshold: float = 0.0
 
 
 @dataclass
@@ -46,6 +50,7 @@ class EditPlan:
     w: list[Edit] = field(default_factory=list)
     z: list[Edit] = field(default_factory=list)
     z_fields: list[str] = field(default_factory=list)  # the step of each Z edit, for errors
+    text: list[TextStep] = field(default_factory=list)  # prompts: one StyleSpace offset, applied by TorchServe
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,25 @@ from services.inference.handler_support import (
 log = logging.getLogger(__name__)
 
 
+def check_style_layers(generator: Generator, offset: protocol.StyleOffset) -> None:
+    layers = generator.style_layers()
+    if any(j >= len(layers) or layers[j][0].in_ch != w for j, w in zip(offset.layers, offset.widths)):
+        raise InvalidInputError("style_offset.layers", "do not match this generator's StyleSpace (its relevance "
+                                                       "was computed for another generator)")
+
+
+def styled_synthesis(generator: Generator, ws: torch.Tensor, offset: protocol.StyleOffset, strengths: torch.Tensor,
+                     noise_mode: str) -> torch.Tensor:
+    """ws [b, L, D] rendered from their styles moved by strengths[b] x the offset's direction."""
+    styles = generator.styles(ws)
+    direction = torch.from_numpy(offset.direction.copy()).to(ws.device)
+    start = 0
+    for j, width in zip(offset.layers, offset.widths):
+        styles[j] = styles[j] + strengths[:, None] * direction[start:start + width]  # [b, width]
+        start += width
+    return generator.synthesis_from_styles(styles, noise_mode=noise_mode)
+
+
 class GeneratorHandler:
     """One instance per TorchServe worker. `handle` answers every request of a dynamic batch:
     requests are grouped by (generator, noise mode) so each group is one synthesis call, and a
@@ -69,7 +88,7 @@ class GeneratorHandler:
         responses: list[bytes | None] = [None] * len(data)
         resolved: dict[tuple[str, str], Generator | Exception] = {}
         # Keyed by the generator object, so every tenant's base-generator requests share one call.
-        groups: dict[tuple[int, str], list[tuple[int, protocol.GenerateRequest]]] = defaultdict(list)
+        groups: dict[tuple[int, str, int], list[tuple[int, protocol.GenerateRequest]]] = defaultdict(list)
         generators: dict[int, Generator] = {}
         for i, row in enumerate(data):
             try:
@@ -84,12 +103,15 @@ class GeneratorHandler:
                 if isinstance(generator, Exception):
                     raise generator
                 check_latents(request.ws, "ws", generator.n_latent, generator.style_dim)
+                if request.style_offset is not None:
+                    check_style_layers(generator, request.style_offset)
             except Exception as exc:  # noqa: BLE001 - every failure becomes this request's error body
                 responses[i] = self._error(exc)
                 continue
             generators[id(generator)] = generator
-            groups[(id(generator), request.noise_mode)].append((i, request))
-        for (generator_key, noise_mode), members in groups.items():
+            # A StyleSpace edit is its own call; plain requests share one per generator and noise mode.
+            groups[(id(generator), request.noise_mode, -1 if request.style_offset is None else i)].append((i, request))
+        for (generator_key, noise_mode, _), members in groups.items():
             try:
                 for i, body in self._synthesize(generators[generator_key], noise_mode, members, started):
                     responses[i] = body
@@ -128,10 +150,17 @@ class GeneratorHandler:
         """Each member's reply; `started` (perf_counter) is when handle() began, for the handler time it reports."""
         assert self.config is not None
         ws = torch.from_numpy(np.concatenate([r.ws for _, r in members])).to(self.device)
+        offset = members[0][1].style_offset  # one member when set (see handle)
+        per_call = self.config.images_per_call(generator.config.size)
         with torch.inference_mode():  # a dynamic batch split to stay within the memory budget
-            chunks = ws.split(self.config.images_per_call(generator.config.size))
-            images = torch.cat([generator.synthesis(chunk, noise_mode=noise_mode, precision=self.config.precision).cpu()
-                                for chunk in chunks])
+            if offset is None:
+                images = torch.cat([generator.synthesis(chunk, noise_mode=noise_mode,
+                                                        precision=self.config.precision).cpu()
+                                    for chunk in ws.split(per_call)])
+            else:
+                strengths = torch.from_numpy(offset.strengths.copy()).to(self.device)
+                images = torch.cat([styled_synthesis(generator, ws[k:k + per_call], offset, strengths[k:k + per_call],
+                                                     noise_mode).cpu() for k in range(0, len(ws), per_call)])
         pil = to_pil(images)
         out, start = [], 0
         for i, request in members:

@@ -38,10 +38,10 @@ from services.common.jobs import Job, JobStore
 from services.common.latent_cache import LatentCache
 from services.common.models import ModelConfig, load_model_config
 from services.common.photos import PhotoStore
-from services.common.registry import GeneratorIndex, save_adapted_generator
+from services.common.registry import GeneratorIndex, generator_id_for, save_adapted_generator
 from services.common.uploads import center_square, decode_upload
 from services.worker.config import WorkerConfig
-from services.worker.tuning import TuningServices, tune_to_photo, tuning_config
+from services.worker.tuning import TuningServices, discard_tuning, tune_to_photo, tuning_config
 
 log = logging.getLogger(__name__)
 
@@ -247,11 +247,6 @@ class LeaseKeeper:
             self.jobs.release_lease(self.job_id, self.worker_id)
 
 
-def generator_id_for(job_id: str) -> str:
-    """One id per job, whatever the number of deliveries: a rerun finds its own earlier result."""
-    return "gen-" + job_id.removeprefix("job-")
-
-
 def job_folder(job_id: str) -> str:
     return f"jobs/{job_id}"
 
@@ -283,11 +278,19 @@ def run_adaptation(job_id: str, rt: Runtime, on_progress: Callable[[float, str],
             if isinstance(exc, WorkerSetupError):
                 log.error("adaptation job %s cannot run: %s", job_id, exc)
             rt.jobs.fail(job_id, code_for(exc), str(exc)[:MAX_ERROR_CHARS])
+            _discard(job, rt)
             return {"status": "FAILED", "error": str(exc)}
         except Exception:
             log.exception("adaptation job %s failed", job_id)
             rt.jobs.fail(job_id, "INTERNAL", "adaptation failed; see the worker log")
+            _discard(job, rt)
             return {"status": "FAILED", "error": "internal"}
+
+
+def _discard(job: Job, rt: Runtime) -> None:
+    """What a failed job leaves of a photo goes with it (a tuning job's copy and pivot)."""
+    if job.kind == "tune" and rt.photos is not None:
+        discard_tuning(job, generator_id_for(job.id), rt.store, rt.photos)
 
 
 def _adapt(job: Job, rt: Runtime, keeper: LeaseKeeper, on_progress: Callable[[float, str], None] | None) -> dict:

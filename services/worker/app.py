@@ -80,8 +80,10 @@ def prepare_base(rt: Any, base_id: str, progress: Callable[[int, int], None] | N
         # No job parameter touches the mean's settings: this is the key every job on the base reads.
         base = rt.base(base_id)
         config = difa_config(rt.config, rt.clip_configs(), {}, base.config.size)
-        keys = prepare_source_mean(base, rt.clips(), config, StoreFolder(rt.store, CLIP_MEAN_PREFIX),
-                                   progress)
+        cache = StoreFolder(rt.store, CLIP_MEAN_PREFIX)
+        keys = prepare_source_mean(base, rt.clips(), config, cache, progress)
+        if rt.config.relevance_samples:
+            keys.update(prepare_relevance(rt, base_id, cache, progress))
     except FaceEditError as exc:  # a warm-up that cannot run is logged; the jobs report it themselves
         log.error("cannot prepare base %s: %s", base_id, exc)
         return {"status": "FAILED", "base_generator": base_id, "error": str(exc)}
@@ -89,9 +91,25 @@ def prepare_base(rt: Any, base_id: str, progress: Callable[[int, int], None] | N
     return {"status": "PREPARED" if computed else "CACHED", "base_generator": base_id, "computed": computed}
 
 
+def prepare_relevance(rt: Any, base_id: str, cache: Any, progress: Callable[[int, int], None] | None
+                      ) -> dict[str, bool]:
+    """Text edits' channel relevance of the base with the first CLIP (StyleCLIP global directions), then the
+    marker the editor reads (services/common/text_edits.py); resumes a partial one."""
+    from faceedit.editing.text import RelevanceConfig, cached_channel_relevance, relevance_key
+    from services.common.text_edits import RelevanceMarker
+
+    base, clip = rt.base(base_id), rt.clips()[0]
+    config = RelevanceConfig(samples=rt.config.relevance_samples)
+    key = relevance_key(base, clip, config)
+    computed = cache.get(key) is None
+    relevance = cached_channel_relevance(base, clip, cache, config, progress)
+    RelevanceMarker(base_id, f"{cache.prefix}/{key}", rt.models.clips[0], sum(relevance.widths)).write(rt.store)
+    return {key: computed}
+
+
 def bases_missing_a_mean(rt: Any) -> list[str]:
-    """The configured bases whose mean source CLIP embedding is not cached (loads them and the CLIPs, which the
-    Runtime keeps for the jobs)."""
+    """The configured bases whose mean source CLIP embedding (or text-edit relevance) is not cached (loads them
+    and the CLIPs, which the Runtime keeps for the jobs)."""
     from faceedit.adaptation.clip_mean import has_source_mean
     from faceedit.errors import FaceEditError
     from services.worker.adapt import CLIP_MEAN_PREFIX, StoreFolder, difa_config
@@ -102,11 +120,14 @@ def bases_missing_a_mean(rt: Any) -> list[str]:
     except FaceEditError as exc:
         log.warning("not preparing any base: %s", exc)
         return []
+    from services.common.text_edits import RelevanceMarker
+
     cache = StoreFolder(rt.store, CLIP_MEAN_PREFIX)
     missing = []
     for base_id in rt.models.generators:
         try:
-            if not has_source_mean(rt.base(base_id), clips, config, cache):
+            text_missing = bool(rt.config.relevance_samples) and RelevanceMarker.read(rt.store, base_id) is None
+            if text_missing or not has_source_mean(rt.base(base_id), clips, config, cache):
                 missing.append(base_id)
         except FaceEditError as exc:  # one unloadable base must not keep the others cold
             log.warning("not preparing base %s: %s", base_id, exc)

@@ -34,6 +34,9 @@ class WorkerConfig:
     # every job (e.g. optimize_steps, tune_steps, locality); a job's steps/learning rate set the tuning
     # phase. The pivot it caches lives as long as any latent (the editor's FACEEDIT_LATENT_TTL_S).
     pti_settings: str = ""
+    # Text edits (StyleCLIP global directions): prepared with the mean at start-up, each base's channel
+    # relevance with the first CLIP, each channel pushed on this many samples (StyleCLIP: 100); 0: off.
+    relevance_samples: int = 16
     latent_ttl_s: int = 3600
     queue: str = "gpu"
     # Must exceed the longest job: a message unacknowledged for longer is delivered again while the

@@ -1,6 +1,7 @@
 """The pivotal-tuning job: a photo's pivot latent, the base tuned to it (a delta), the photo kept, the pivot cached.
 
-The photo is the one Invert(align=true) kept (services/common/photos.py); the job reads its aligned crop.
+The photo is the one Invert(align=true) kept (services/common/photos.py), copied under the generator's id
+when the job was created; the job reads its aligned crop.
 It resumes after a worker dies: the optimised pivot is checkpointed once found, so a redelivery only tunes.
 """
 
@@ -25,7 +26,7 @@ from faceedit.models import Encoder, Generator
 from services.common.artifacts import ArtifactStore
 from services.common.jobs import Job, JobStore
 from services.common.latent_cache import LatentCache
-from services.common.photos import PhotoStore, StoredPhoto, kept_photo_id
+from services.common.photos import PhotoStore, kept_photo_id
 from services.common.registry import GeneratorIndex, save_adapted_generator
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ def tune_to_photo(job: Job, base: Generator, encoder: Encoder | None, perceptual
                   lease_lost: Callable[[], bool]) -> dict[str, Any]:
     """Runs (or resumes) one tuning job to its end state in the job record; returns a summary."""
     s = services
-    photo = s.photos.get(job.tenant, str(job.params.get("photo_id", "")))  # NotFound: deleted or expired since
+    # The generator-to-be's own copy, made when the job was created (NotFound: DeleteGenerator ran meanwhile).
+    photo = s.photos.get(job.tenant, kept_photo_id(generator_id))
     crop = Image.open(io.BytesIO(photo.aligned)).convert("RGB").resize((base.config.size,) * 2, Image.LANCZOS)
     device = next(base.parameters()).device
     target = from_pil([crop]).to(device)  # [1, 3, size, size]
@@ -86,7 +88,7 @@ def tune_to_photo(job: Job, base: Generator, encoder: Encoder | None, perceptual
     total = config.optimize_steps + config.tune_steps
     if pivot is not None and _stored(s.index, generator_id, job.tenant):
         # An earlier delivery stored the tuned generator and died before finishing: finish, do not tune again.
-        return _finish(job, photo, pivot, generator_id, family, s) | {"resumed_from": "result"}
+        return _finish(job, pivot, generator_id, family, photo.id, s) | {"resumed_from": "result"}
 
     def progress(phase: str, step: int, steps: int, losses: dict[str, float]) -> None:
         done = step if phase == "optimize" else config.optimize_steps + step
@@ -104,12 +106,12 @@ def tune_to_photo(job: Job, base: Generator, encoder: Encoder | None, perceptual
         if lease_lost():  # not ours any more: the worker that owns it keeps the record and the pivot
             return {"status": "LEASE_LOST"}
         s.jobs.cancelled(job.id, f"cancelled in {cancelled.phase} at step {cancelled.step}")
-        s.store.delete(pivot_key(job.id))
+        discard_tuning(job, generator_id, s.store, s.photos)
         return {"status": "CANCELLED", "phase": cancelled.phase, "step": cancelled.step}
     record = save_adapted_generator(s.store, s.index, job.tenant, job.base_generator, result.tuned_tensors(),
                                     base=base, generator_id=generator_id, job_id=job.id,
                                     display_name=job.display_name)
-    return _finish(job, photo, result.ws, record.id, family, s) | {
+    return _finish(job, result.ws, record.id, family, photo.id, s) | {
         "resumed_from": done_before, "losses": result.losses, "seconds": round(result.seconds, 2)}
 
 
@@ -121,15 +123,20 @@ def _stored(index: GeneratorIndex, generator_id: str, tenant: str) -> bool:
         return False
 
 
-def _finish(job: Job, photo: StoredPhoto, pivot: torch.Tensor, generator_id: str, family: str,
+def _finish(job: Job, pivot: torch.Tensor, generator_id: str, family: str, photo_id: str,
             s: TuningServices) -> dict[str, Any]:
-    """The generator is stored: it keeps its own copy of the photo (deleted with it), the pivot (which renders
-    the photo on it) is cached, the job succeeds, its pivot checkpoint goes."""
-    kept = s.photos.copy(photo, kept_photo_id(generator_id))
-    latent = s.cache.put(job.tenant, family, pivot.detach().cpu().numpy(), kept)
+    """The generator is stored (with its photo, kept since the job was created): the pivot, which renders the
+    photo on it, is cached, the job succeeds, its pivot checkpoint goes."""
+    latent = s.cache.put(job.tenant, family, pivot.detach().cpu().numpy(), photo_id)
     s.jobs.succeed(job.id, generator_id, latent.id)
     s.store.delete(pivot_key(job.id))
     return {"status": "SUCCEEDED", "generator_id": generator_id, "method": "pti", "pivot_latent_id": latent.id}
+
+
+def discard_tuning(job: Job, generator_id: str, store: ArtifactStore, photos: PhotoStore) -> None:
+    """A tuning job that ends without a generator leaves nothing of the photo behind: its copy and its pivot."""
+    photos.delete([kept_photo_id(generator_id)])
+    store.delete(pivot_key(job.id))
 
 
 def _read_pivot(store: ArtifactStore, job_id: str, base: Generator) -> torch.Tensor | None:

@@ -43,8 +43,10 @@ class FakeInference:
         self.adapted: dict[tuple[str, str], float] = {}  # (id, tenant) → brightness shift, a fake "adapted" model
         self.inverted: list[protocol.InvertRequest] = []
 
-    def synthesize(self, generator_id: str, tenant: str, ws: np.ndarray, image_format: str = "png"):
-        body = protocol.encode_generate_request(generator_id, ws, image_format=image_format, tenant=tenant)
+    def synthesize(self, generator_id: str, tenant: str, ws: np.ndarray, image_format: str = "png",
+                   style_offset: protocol.StyleOffset | None = None):
+        body = protocol.encode_generate_request(generator_id, ws, image_format=image_format, tenant=tenant,
+                                                style_offset=style_offset)
         request = protocol.decode_generate_request(body)
         self.calls.append((generator_id, tenant, tuple(request.ws.shape)))
         shift = 0.0
@@ -53,7 +55,14 @@ class FakeInference:
                 raise NotFoundError("generator", generator_id)
             shift = self.adapted[(generator_id, tenant)]
         with torch.inference_mode():
-            images = self.generator.synthesis(torch.from_numpy(request.ws.copy())) + shift  # [B, 3, H, W]
+            ws = torch.from_numpy(request.ws.copy())
+            if request.style_offset is not None:  # as the real handler does it
+                from services.inference.generator_handler import styled_synthesis
+
+                strengths = torch.from_numpy(request.style_offset.strengths.copy())
+                images = styled_synthesis(self.generator, ws, request.style_offset, strengths, "const") + shift
+            else:
+                images = self.generator.synthesis(ws) + shift  # [B, 3, H, W]
         encoded = []
         for image in to_pil(images):
             out = io.BytesIO()

@@ -447,7 +447,7 @@ class Campaign:
                 setattr(request, field_name, value)
                 out.append(Case(method, f"{len(value)} chars in {field_name}", request, auth, field=field_name))
             for method in ("Edit", "Animate"):
-                for step_field in ("attribute", "layers", "space"):
+                for step_field in ("attribute", "layers", "space", "text", "neutral"):
                     request = self.base(method)
                     setattr(request.edits[0], step_field, value)
                     out.append(Case(method, f"{len(value)} chars in {step_field}", request, auth,

@@ -259,6 +259,25 @@ def _code(call) -> tuple[grpc.StatusCode, str]:
 
 
 @pytest.mark.skipif(not HAS_WORKER, reason="services.worker.app (the Celery worker) is not there yet")
+def test_a_text_edit_once_the_worker_prepared_it(client):
+    """The worker computes each base's channel relevance at start (faceedit.prepare); ListAttributes says when
+    it is there, then a text step goes through TorchServe as a StyleSpace offset."""
+    _wait(lambda: client.text_edits(), "text edits to be prepared", within_s=240)
+    plain = client.edit([], seed=11)
+    older = client.edit([Step("", 3.0, text="an old face", threshold=0.05)], seed=11)
+    assert older.image.data != plain.image.data
+    mixed = client.edit([Step("age", 1.0), Step("", 3.0, text="an old face", threshold=0.05)], seed=11)
+    assert mixed.image.data not in (plain.image.data, older.image.data)
+    frames = list(client.animate([Step("", 3.0, text="an old face", threshold=0.05)], seed=11, frames=2, start=0,
+                                 end=1))
+    assert frames[0].image.data == plain.image.data and frames[-1].image.data == older.image.data
+    for step, field in ((Step("", 1.0, text=""), "edits[0].attribute"), (Step("", 1.0, text="x" * 400),
+                                                                          "edits[0].text")):
+        code, message = _code(lambda s=step: client.edit([s], seed=11))
+        assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND) and field in message, message
+
+
+@pytest.mark.skipif(not HAS_WORKER, reason="services.worker.app (the Celery worker) is not there yet")
 def test_a_photo_tuned_edited_and_pasted_back_then_deleted(client, portrait):
     """Invert(align) keeps the photo; a pivotal-tuning job makes a generator for it; Edit with paste_back on the
     tuned generator returns the whole photo; deleting the latent and the generator deletes the photo."""

@@ -309,3 +309,27 @@ def test_redis_down_fails_adapted_ids_as_unavailable_and_the_base_still_works(ti
         protocol.decode_generate_response(adapted)
     assert info.value.code == protocol.UNAVAILABLE
     assert len(protocol.decode_generate_response(plain).images) == 1
+
+
+def test_a_stylespace_offset_moves_each_latents_styles_by_its_own_strength(handler, base):
+    ws = latents(base, 2, 9)
+    layers = [j for j, (conv, _) in enumerate(base.style_layers()) if conv.out_ch != 3][:2]
+    widths = [base.style_layers()[j][0].in_ch for j in layers]
+    direction = np.random.default_rng(0).standard_normal(sum(widths)).astype(np.float32)
+    offset = protocol.StyleOffset(tuple(layers), tuple(widths), direction, np.array([0.0, 2.0], np.float32))
+    plain, styled = handler.handle([{"data": protocol.encode_generate_request("tiny", ws)},
+                                    {"data": protocol.encode_generate_request("tiny", ws, style_offset=offset)}],
+                                   None)
+    plain, styled = protocol.decode_generate_response(plain), protocol.decode_generate_response(styled)
+    assert styled.images[0] == plain.images[0] and styled.images[1] != plain.images[1]  # strength 0, then 2
+    with torch.no_grad():
+        styles = base.styles(torch.from_numpy(ws[1:2]))
+        styles[layers[0]] += 2.0 * torch.from_numpy(direction[:widths[0]])
+        styles[layers[1]] += 2.0 * torch.from_numpy(direction[widths[0]:])
+        expected = to_pil(base.synthesis_from_styles(styles))[0]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(styled.images[1]))), np.asarray(expected))
+    wrong = protocol.StyleOffset((0,), (widths[0] + 1,), np.zeros(widths[0] + 1, np.float32), np.ones(2, np.float32))
+    body = handler.handle([{"data": protocol.encode_generate_request("tiny", ws, style_offset=wrong)}], None)[0]
+    with pytest.raises(InvalidInputError) as info:
+        protocol.decode_generate_response(body)
+    assert info.value.field == "style_offset.layers"

@@ -144,9 +144,16 @@ def test_a_tuning_job_is_made_from_a_kept_photo_only(world):
     editor, adaptation = world["editor"], world["adaptation"]
     aligned = editor.invert("acme", photo_png(), align=True)
     view, created = adaptation.create("acme", "", b"", "tune-1", method="pti", latent_id=aligned.latent.id)
-    assert created and view.job.kind == "tune" and view.job.params["photo_id"]
-    # The target handed to the worker is the aligned crop, not the whole photo.
-    assert Image.open(io.BytesIO(world["store"].get(view.job.target_key))).size == (64, 64)
+    assert created and view.job.kind == "tune" and view.job.target_key == ""  # no second copy of the face
+    # The generator-to-be keeps its own copy of the photo, independent of the latent's TTL ...
+    from services.common.registry import generator_id_for
+
+    kept = kept_photo_id(generator_id_for(view.job.id))
+    assert world["photos"].get("acme", kept).image == world["photos"].get(
+        "acme", editor.cache.entry("acme", aligned.latent.id, "x").photo_id).image
+    assert not list(world["store"].keys("targets"))
+    editor.delete_latent("acme", aligned.latent.id)  # ... which the latent's deletion leaves alone
+    assert world["photos"].get("acme", kept)
     plain = editor.invert("acme", photo_png()).latent.id
     cases = [(dict(latent_id=plain), "latent_id"), (dict(latent_id=""), "latent_id"),
              (dict(latent_id=aligned.latent.id, image=photo_png()), "style_image"),

@@ -178,3 +178,24 @@ def test_unexpected_exceptions_do_not_leak_their_text():
     with pytest.raises(p.InferenceError) as info:
         p.decode_generate_response(body)
     assert info.value.code == p.INTERNAL
+
+
+def test_a_style_offset_round_trips_and_bad_ones_name_their_field():
+    ws = np.zeros((2, 8, 64), np.float32)
+    offset = p.StyleOffset((0, 3), (4, 2), np.arange(6, dtype=np.float32), np.array([0.5, 1.0], np.float32))
+    decoded = p.decode_generate_request(p.encode_generate_request("g", ws, style_offset=offset))
+    assert decoded.style_offset.layers == (0, 3) and decoded.style_offset.widths == (4, 2)
+    np.testing.assert_array_equal(decoded.style_offset.direction, offset.direction)
+    np.testing.assert_array_equal(decoded.style_offset.strengths, offset.strengths)
+    bad = [
+        (p.StyleOffset((0,), (4, 2), np.zeros(6, np.float32), np.ones(2, np.float32)), "style_offset.layers"),
+        (p.StyleOffset((0, 0), (4, 2), np.zeros(6, np.float32), np.ones(2, np.float32)), "style_offset.layers"),
+        (p.StyleOffset((0,), (4,), np.zeros(5, np.float32), np.ones(2, np.float32)), "style_offset.direction"),
+        (p.StyleOffset((0,), (4,), np.zeros(4, np.float32), np.ones(3, np.float32)), "style_offset.direction"),
+        (p.StyleOffset((0,), (4,), np.full(4, np.nan, np.float32), np.ones(2, np.float32)),
+         "style_offset.direction"),
+    ]
+    for wrong, field in bad:
+        with pytest.raises(InvalidInputError) as info:
+            p.encode_generate_request("g", ws, style_offset=wrong)
+        assert info.value.field == field

@@ -18,7 +18,7 @@ from faceedit.models import load_generator
 from services.common.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED
 from services.common.latent_cache import LatentCache
 from services.common.photos import PhotoStore, kept_photo_id
-from services.common.registry import load_adapted_generator
+from services.common.registry import generator_id_for, load_adapted_generator
 from services.worker.adapt import run_adaptation
 from services.worker.tuning import pivot_key, tuning_config
 
@@ -49,12 +49,12 @@ def photo(tiny_models) -> bytes:
 
 
 def tuning_job(rt, photo: bytes, params: dict | None = None):
+    """As the editor makes one: the job, and the photo copied under its generator-to-be's id."""
     photo_id = rt.photos.put("acme", photo, photo, fake_placement((32, 32)), ttl_s=600)
-    key = "targets/t/crop.png"
-    rt.store.put(key, photo)
-    job, _ = rt.jobs.create("acme", "tiny", key, {"method": "pti", "photo_id": photo_id, "iterations": TUNE_STEPS,
-                                                   **(params or {})}, kind="tune")
-    return job, photo_id
+    job, _ = rt.jobs.create("acme", "tiny", "", {"method": "pti", "iterations": TUNE_STEPS, **(params or {})},
+                            kind="tune")
+    kept = rt.photos.copy(rt.photos.get("acme", photo_id), kept_photo_id(generator_id_for(job.id)))
+    return job, kept
 
 
 def mse(generator, ws: torch.Tensor, photo: bytes) -> float:
@@ -80,7 +80,7 @@ def test_a_tuning_job_tunes_the_base_to_the_photo_and_keeps_the_photo_with_it(ru
     assert not runtime.store.exists(pivot_key(job.id))
 
 
-def test_cancel_while_tuning_leaves_no_generator(runtime, photo):
+def test_cancel_while_tuning_leaves_no_generator_and_nothing_of_the_photo(runtime, photo):
     job, _ = tuning_job(runtime, photo)
 
     def cancel_in_tuning(fraction: float, message: str) -> None:
@@ -91,6 +91,7 @@ def test_cancel_while_tuning_leaves_no_generator(runtime, photo):
     assert result["status"] == CANCELLED and result["phase"] == "tune"
     assert runtime.jobs.get(job.id).state == CANCELLED
     assert not list(runtime.store.keys("generators")) and not runtime.store.exists(pivot_key(job.id))
+    assert [k for k in runtime.store.keys("photos") if "phk-" in k] == []  # its copy of the photo went too
 
 
 def test_a_job_redelivered_after_a_crash_resumes_from_its_pivot(runtime, photo):
@@ -111,8 +112,8 @@ def test_a_job_redelivered_after_a_crash_resumes_from_its_pivot(runtime, photo):
 
 
 def test_a_photo_deleted_before_the_job_ran_fails_it_not_found(runtime, photo):
-    job, photo_id = tuning_job(runtime, photo)
-    runtime.photos.delete([photo_id])
+    job, kept = tuning_job(runtime, photo)
+    runtime.photos.delete([kept])  # DeleteGenerator of the generator-to-be
     result = run_adaptation(job.id, runtime)
     failed = runtime.jobs.get(job.id)
     assert result["status"] == FAILED and failed.state == FAILED and failed.error_code == "NOT_FOUND"
@@ -154,3 +155,26 @@ def test_a_crash_after_the_generator_was_stored_finishes_without_tuning_again(ru
     done = runtime.jobs.get(job.id)
     assert done.result_latent_id and runtime.cache.entry("acme", done.result_latent_id, "x").photo_id
     assert len(runtime.index.list("acme")) == 1
+
+
+def test_a_job_that_fails_leaves_nothing_of_the_photo(runtime, photo, monkeypatch):
+    import services.worker.tuning as tuning
+
+    job, kept = tuning_job(runtime, photo)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in tuning")
+
+    real = tuning.invert
+    calls = {"n": 0}
+
+    def fail_when_tuning(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the pivot is checkpointed; the tuning phase fails
+            broken()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "invert", fail_when_tuning)
+    result = run_adaptation(job.id, runtime)
+    assert result["status"] == FAILED and runtime.jobs.get(job.id).error_code == "INTERNAL"
+    assert not runtime.store.exists(pivot_key(job.id)) and not runtime.store.exists(f"photos/{kept}")

@@ -22,6 +22,7 @@ from services.common.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, 
 from services.common.models import load_model_config
 from services.common.registry import (
     GeneratorIndex,
+    generator_id_for,
     load_adapted_generator,
     save_adapted_generator,
 )
@@ -31,7 +32,6 @@ from services.worker.adapt import (
     Runtime,
     WorkerSetupError,
     clip_configs,
-    generator_id_for,
     load_target,
     run_adaptation,
     state_key,
@@ -227,8 +227,13 @@ def test_prepare_task_warms_the_cache_and_start_up_queues_only_missing_bases(run
 
     counts: list[int] = []
     first = worker_app.prepare_base(runtime, "tiny", lambda done, total: counts.append(done))
-    assert first["status"] == "PREPARED" and len(first["computed"]) == 1 and counts[-1] == 4
-    assert runtime.store.exists(f"{CLIP_MEAN_PREFIX}/{first['computed'][0]}")
+    # The mean source CLIP embedding (4 samples) and text edits' channel relevance, then its marker.
+    assert first["status"] == "PREPARED" and len(first["computed"]) == 2 and 4 in counts
+    assert all(runtime.store.exists(f"{CLIP_MEAN_PREFIX}/{key}") for key in first["computed"])
+    from services.common.text_edits import RelevanceMarker
+
+    marker = RelevanceMarker.read(runtime.store, "tiny")
+    assert marker is not None and runtime.store.exists(marker.artifact_key) and marker.channels > 0
     assert worker_app.prepare_base(runtime, "tiny") == {"status": "CACHED", "base_generator": "tiny", "computed": []}
     sent.clear()
     worker_app.queue_missing_means()

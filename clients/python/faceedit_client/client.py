@@ -85,13 +85,17 @@ class EditResult:
 
 @dataclass(frozen=True)
 class Step:
-    """One attribute step for edit/animate."""
+    """One attribute step for edit/animate; or, with `text` (and attribute ""), a text prompt (StyleCLIP):
+    `Step("", 4.0, text="a smiling face")` where `text_edits()` says the generator has them."""
 
     attribute: str
     strength: float
     layers: str = ""
     conditions: Sequence[str] = ()
     space: str = ""  # "w" or "z" for an attribute listed in both; "": W when there is one
+    text: str = ""
+    neutral: str = ""  # "": "a face"
+    threshold: float = 0.0  # 0: 0.1
 
 
 @dataclass(frozen=True)
@@ -194,7 +198,8 @@ def _ref(latent_id: str | None, seed: int | None, latent: np.ndarray | None, tru
 
 def _steps(steps: Sequence[Step]) -> list[editor_pb2.AttributeStep]:
     return [editor_pb2.AttributeStep(attribute=s.attribute, strength=s.strength, layers=s.layers,
-                                     conditions=list(s.conditions), space=s.space) for s in steps]
+                                     conditions=list(s.conditions), space=s.space, text=s.text, neutral=s.neutral,
+                                     threshold=s.threshold) for s in steps]
 
 
 def _operation(op: adaptation_pb2.AdaptationOperation) -> Adaptation:
@@ -328,6 +333,11 @@ class FaceEditClient:
         return [Attribute(a.name, a.accuracy if a.accuracy_known else None, a.recommended_min, a.recommended_max,
                           a.default_layers, a.description, a.source, a.format, a.space or "w",
                           tuple(a.conditioned_variants)) for a in reply.attributes]
+
+    def text_edits(self, generator_id: str = "", timeout_s: float | None = None) -> bool:
+        """Whether `Step(text=...)` works for this generator (its text-edit relevance is prepared)."""
+        return self._call(self.editor.ListAttributes, editor_pb2.ListAttributesRequest(generator_id=generator_id),
+                          timeout_s).text_edits
 
     def delete_latent(self, latent_id: str, timeout_s: float | None = None) -> None:
         """Forget a latent now, with the photo kept for it (its edits lose the photo too)."""
