@@ -47,6 +47,7 @@ def test_sefa_entries_are_unit_directions_that_move_the_image(generator):
         assert e.format == "sefa" and e.space == "w" and e.accuracy is None
         assert float(e.direction.norm()) == pytest.approx(1.0, abs=1e-5)
         assert e.recommended[0] == -e.recommended[1] and e.recommended[1] > 0
+        assert float(e.direction[e.direction.abs().argmax()]) > 0  # the sign fixed: same on every host
     ws = generator.broadcast(generator.mapping(torch.randn(2, generator.style_dim)))
     with torch.no_grad():
         moved = generator.synthesis(apply_edits(ws, [Edit(entries[0].direction, entries[0].recommended[1])]))

@@ -80,6 +80,12 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
+def _rate(change: Tensor, room: Tensor) -> float | None:
+    """Success among the samples with room to move; None when none has (nothing to measure)."""
+    eligible = int(room.sum())
+    return float(((change >= MARGIN) & room).sum()) / eligible if eligible else None
+
+
 def _scores(scorer: Scorer, images: Tensor) -> dict[str, Tensor]:
     with torch.inference_mode():
         return scorer.to_scores(scorer.logits(scorer.prepare(images), prepared=True))
@@ -99,6 +105,7 @@ def evaluate_text_edits(generator: Generator, clip: ImageTextModel, scorer: Scor
     high = dict(zip(names, cfg.attribute_highs))
     styles_known = list(cfg.style_names)
     z = torch.randn(n, generator.style_dim, generator=torch.Generator().manual_seed(seed))
+    z = z.to(next(generator.parameters()).device)
     with torch.no_grad():
         ws = generator.broadcast(generator.mapping(z))  # [N, L, D]
         styles = generator.styles(ws)
@@ -125,9 +132,8 @@ def evaluate_text_edits(generator: Generator, clip: ImageTextModel, scorer: Scor
             k = styles_known.index(style)
             change = prompt.sign * (edited["style_probs"][:, k] - base["style_probs"][:, k])  # [N]
             room = (base["style_probs"][:, k] <= 1 - MARGIN) if prompt.sign > 0 else base["style_probs"][:, k] >= MARGIN
-            rate = float(((change >= MARGIN) & room).sum()) / max(int(room.sum()), 1)
-            out.append(TextEditMeasurement(prompt.text, attribute, rate, float(change.mean()), channels, None, None,
-                                           "style probability; no boundary for styles"))
+            out.append(TextEditMeasurement(prompt.text, attribute, _rate(change, room), float(change.mean()),
+                                           channels, None, None, "style probability; no boundary for styles"))
             continue
         if attribute not in names:
             out.append(TextEditMeasurement(prompt.text, attribute, None, None, channels, None, None,
@@ -136,7 +142,7 @@ def evaluate_text_edits(generator: Generator, clip: ImageTextModel, scorer: Scor
         change = prompt.sign * (edited[attribute] - base[attribute]) / span[attribute]  # [N]
         start = base[attribute]
         room = ((high[attribute] - start) if prompt.sign > 0 else (start - low[attribute])) / span[attribute] >= MARGIN
-        rate = float(((change >= MARGIN) & room).sum()) / max(int(room.sum()), 1)
+        rate = _rate(change, room)
         b_rate = b_change = None
         if measurer is not None and attribute in boundaries:
             boundary = boundaries[attribute]

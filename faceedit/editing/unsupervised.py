@@ -52,6 +52,10 @@ def sefa_entries(generator: Generator, k: int, source: str = "sefa", samples: in
     if not 1 <= k <= min(MAX_COMPONENTS, generator.style_dim):
         raise InvalidInputError("sefa", f"must be in [1, {min(MAX_COMPONENTS, generator.style_dim)}], got {k}")
     directions, eigenvalues = sefa_directions(generator, k=k)  # [k, D], [k]
+    # An eigenvector's sign is arbitrary (it can differ between BLAS builds): fix it, largest entry positive,
+    # so sefa:K means the same direction on every host.
+    largest = directions.gather(1, directions.abs().argmax(1, keepdim=True))  # [k, 1]
+    directions = (directions * largest.sign()).cpu()
     rng = torch.Generator().manual_seed(0)
     with torch.no_grad():
         w = generator.mapping(torch.randn(samples, generator.style_dim, generator=rng)

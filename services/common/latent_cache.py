@@ -54,15 +54,19 @@ class LatentCache:
     def _key(self, latent_id: str) -> str:
         return f"{self.ns}:latent:{latent_id}"
 
-    def put(self, tenant: str, family: str, ws: np.ndarray, photo_id: str = "") -> StoredLatent:
+    def put(self, tenant: str, family: str, ws: np.ndarray, photo_id: str = "",
+            expires_by: float | None = None) -> StoredLatent:
+        """A new cached latent, living the TTL, or until `expires_by` (unix s) when that comes first (the photo
+        it shares: a latent never promises a paste-back its photo can no longer give)."""
         ws = np.ascontiguousarray(ws, dtype="<f4")  # [1, L, D]
+        ttl = self.ttl_s if expires_by is None else max(1, min(self.ttl_s, int(expires_by - time.time())))
         latent_id = f"lat-{uuid.uuid4().hex}"
         header = {"tenant": tenant, "family": family, "shape": list(ws.shape)}
         if photo_id:
             header["photo"] = photo_id
         with redis_errors():
-            self.client.set(self._key(latent_id), json.dumps(header).encode() + b"\n" + ws.tobytes(), ex=self.ttl_s)
-        return StoredLatent(latent_id, ws, time.time() + self.ttl_s)
+            self.client.set(self._key(latent_id), json.dumps(header).encode() + b"\n" + ws.tobytes(), ex=ttl)
+        return StoredLatent(latent_id, ws, time.time() + ttl)
 
     def entry(self, tenant: str, latent_id: str, field_name: str) -> CachedLatent:
         """NotFound when expired, unknown, or another tenant's."""

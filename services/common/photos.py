@@ -76,6 +76,11 @@ def _key(photo_id: str) -> str:
     return f"{PREFIX}/{photo_id}"
 
 
+def expires_at(photo_id: str) -> float | None:
+    """When an expiring photo goes (unix seconds, written into its id); None for a kept one."""
+    return _expiry(photo_id)
+
+
 def _expiry(photo_id: str) -> float | None:
     """The expiry written into an expiring id; None for a kept one (or a name that is not ours)."""
     kind, _, rest = photo_id.partition("-")

@@ -19,7 +19,7 @@ from services.common import protocol
 from services.common.errors import PreconditionError, TooLargeError, UnavailableError
 from services.common.latent_cache import LatentCache
 from services.common.latents import check_latents
-from services.common.photos import PhotoStore, StoredPhoto, owned_by_generator
+from services.common.photos import PhotoStore, StoredPhoto, expires_at, owned_by_generator
 from services.common.protocol import StyleOffset
 from services.common.uploads import decode_upload
 from services.editor.boundaries import BoundaryRegistry
@@ -68,6 +68,11 @@ def _choice(value: str, choices: Sequence[str], field_name: str) -> str:
 
 def _prefixed(exc: InvalidInputError, prefix: str) -> InvalidInputError:
     return type(exc)(f"{prefix}.{exc.field}" if not exc.field.startswith(prefix) else exc.field, exc.problem)
+
+
+# An animation pasted back decodes, blends and encodes the whole photo per frame: frames x photo pixels
+# are bounded (64 Mpx: 4 frames of a 16 Mpx photo, 64 of a 1 Mpx one).
+MAX_PASTED_PIXELS = 64 * 1024 * 1024
 
 
 # -- the editor ---------------------------------------------------------------------------------
@@ -286,8 +291,13 @@ class EditorCore:
                 raise UnavailableError("model server", "its encoder returned no placement for an aligned photo")
             with self.metrics.stage("photos.put"):
                 photo_id = self.photos.put(tenant, image, inverted.aligned, inverted.placement, self.cache.ttl_s)
-        with self.metrics.stage("cache.put"):
-            latent = self.cache.put(tenant, generator.family, ws, photo_id)
+        try:
+            with self.metrics.stage("cache.put"):
+                latent = self.cache.put(tenant, generator.family, ws, photo_id, expires_at(photo_id))
+        except Exception:
+            if photo_id:  # no latent points at it: the caller could never delete it
+                self.photos.delete([photo_id])
+            raise
         aligned = None
         if return_aligned and inverted.aligned is not None:
             aligned = RenderedImage(inverted.aligned, "png", inverted.size, inverted.size)
@@ -311,10 +321,10 @@ class EditorCore:
         if photo is None:
             image = self._render(generator, tenant, ws, fmt, offset)[0]
         else:  # rendered lossless, pasted, then encoded as asked
-            image = self._paste(photo, self._render(generator, tenant, ws, "png", offset)[0], fmt)
+            image = self._paste(self._paste_target(photo), self._render(generator, tenant, ws, "png", offset)[0], fmt)
         with self.metrics.stage("cache.put"):
             # The edited latent keeps the photo: a chain of edits can still be pasted back.
-            latent = self.cache.put(tenant, generator.family, ws, photo_id)
+            latent = self.cache.put(tenant, generator.family, ws, photo_id, expires_at(photo_id))
         return EditResult(image, latent)
 
     def _text_offset(self, generator: ResolvedGenerator, plan: EditPlan, strengths: np.ndarray
@@ -343,14 +353,18 @@ class EditorCore:
         with self.metrics.stage("photos.get"):
             return self.photos.get(tenant, photo_id)
 
-    def _paste(self, photo: StoredPhoto, crop: RenderedImage, fmt: str) -> RenderedImage:
+    def _paste_target(self, photo: StoredPhoto) -> tuple[Image.Image, Any]:
+        """The decoded photo and its aligned face, once per request (an animation pastes every frame)."""
+        picture, _ = decode_upload(photo.image, "photo", self.max_image_bytes, self.max_image_pixels)
+        return picture, photo.aligned_face()
+
+    def _paste(self, target: tuple[Image.Image, Any], crop: RenderedImage, fmt: str) -> RenderedImage:
         """The edited crop blended back into the whole photo (faceedit.blending: soft face mask)."""
         from faceedit.blending import paste_back
 
         with self.metrics.stage("paste_back"):
-            picture, _ = decode_upload(photo.image, "photo", self.max_image_bytes, self.max_image_pixels)
             edited = Image.open(io.BytesIO(crop.data)).convert("RGB")
-            pasted = paste_back(picture, edited, photo.aligned_face())
+            pasted = paste_back(target[0], edited, target[1])
             out = io.BytesIO()
             pasted.save(out, format=fmt.upper(), **({"quality": 92} if fmt != "png" else {}))
         if out.tell() > self.budget.max_message_bytes:
@@ -397,6 +411,12 @@ class EditorCore:
         ws, photo_id = self._resolve(tenant, generator, source)
         plan = self.build_edits(generator.family, steps, generator.base.n_latent)
         photo = self._photo(tenant, photo_id) if paste_back else None
+        if photo is not None:
+            width, height = photo.placement.photo_size
+            if n * width * height > MAX_PASTED_PIXELS:
+                raise TooLargeError("paste_back", f"{n} frames of the whole {width}x{height} photo exceed the limit of "
+                                                  f"{MAX_PASTED_PIXELS / 1e6:.0f} Mpx per animation; ask for at most "
+                                                  f"{max(1, MAX_PASTED_PIXELS // (width * height))} frames")
         ts = np.linspace(start, end, n)
         path = np.repeat(ws, n, axis=0)  # [F, L, D]
         if plan.z:
@@ -417,10 +437,11 @@ class EditorCore:
         render_fmt = "png" if (animation and skip_frames) or photo is not None else fmt
         frame_fmt = "png" if animation and skip_frames else fmt
         index = 0
+        target = self._paste_target(photo) if photo is not None else None
         for chunk in self._render_chunks(generator, tenant, path, render_fmt, style_offset):
             for image in chunk:
-                if photo is not None:
-                    image = self._paste(photo, image, frame_fmt)
+                if target is not None:
+                    image = self._paste(target, image, frame_fmt)
                 if animation:
                     encoded.append(image.data)
                 if not skip_frames:

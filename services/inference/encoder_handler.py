@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ class EncoderHandler:
         self.device = torch.device("cpu")
         self.aligned_size = 1024
         self.optimize_steps = 200
+        self.optimize_max_s = 60.0
         self.models: ModelConfig | None = None
         self._optimizer: tuple[Generator, Distance | None] | None = None  # loaded on the first OPTIMIZE
 
@@ -40,6 +42,7 @@ class EncoderHandler:
         self.device = support.worker_device(context, config.device)
         self.aligned_size = config.aligned_size
         self.optimize_steps = config.optimize_steps
+        self.optimize_max_s = config.optimize_max_s
         self.models = models = load_model_config(config.models or None)
         path = models.encoder()
         if path is None:
@@ -51,6 +54,7 @@ class EncoderHandler:
 
     def handle(self, data: list[dict], context: Any) -> list[bytes]:
         assert self.encoder is not None
+        started = time.perf_counter()
         size = self.encoder.config.input_size
         responses: list[bytes | None] = [None] * len(data)
         crops: list[tuple[int, Image.Image, bool, Placement | None]] = []
@@ -80,13 +84,19 @@ class EncoderHandler:
                     batch = from_pil(inputs).to(self.device)  # [N, 3, size, size]
                     ws = self.encoder.encode(batch).cpu()  # [N, n_styles, D]
                 ws = ws.clone()  # out of inference mode: OPTIMIZE writes its refined codes into it
-                for k, (i, crop, _, _) in enumerate(crops):
-                    if requests[i].mode == "optimize":
-                        ws[k:k + 1] = self._optimize(crop, ws[k:k + 1], requests[i].budget_s)
                 for k, (i, crop, return_aligned, placement) in enumerate(crops):
-                    aligned = support.encode_image(crop, "png") if return_aligned else None
-                    responses[i] = protocol.encode_invert_response(ws[k:k + 1].numpy(), aligned, crop.width,
-                                                                   placement)
+                    try:
+                        if requests[i].mode == "optimize":
+                            # Each caller's budget runs from this batch's start, not after the ones before it.
+                            budget = min(requests[i].budget_s or self.optimize_max_s, self.optimize_max_s)
+                            left = budget - (time.perf_counter() - started)
+                            if left > 0:
+                                ws[k:k + 1] = self._optimize(crop, ws[k:k + 1], left)
+                        aligned = support.encode_image(crop, "png") if return_aligned else None
+                        responses[i] = protocol.encode_invert_response(ws[k:k + 1].numpy(), aligned, crop.width,
+                                                                       placement)
+                    except Exception as exc:  # noqa: BLE001 - one request's failure is its own
+                        responses[i] = self._error(exc)
             except Exception as exc:  # noqa: BLE001
                 for i, _, _, _ in crops:
                     responses[i] = self._error(exc)

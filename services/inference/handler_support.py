@@ -49,6 +49,8 @@ class InferenceConfig:
     # forward and backward: ~30 ms at 64 px, seconds at 1024 on a CPU); fewer when the caller's deadline
     # comes first.
     optimize_steps: int = 200
+    # ... and at most this long (a caller without a deadline too): well under the archive's responseTimeout.
+    optimize_max_s: float = 60.0
 
     @classmethod
     def load(cls, model_yaml: Mapping[str, Any] | None, env: Mapping[str, str] | None = None) -> InferenceConfig:

@@ -277,8 +277,11 @@ def test_optimize_refines_the_encoders_code_within_the_callers_budget(encoder_ha
     photo = to_pil(base.synthesis(torch.from_numpy(latents(base, 1, 5))) * 0.8 + 0.1)[0]
     bodies = encoder_handler.handle([
         {"data": protocol.encode_invert_request(png(photo))},
-        {"data": protocol.encode_invert_request(png(photo), mode="optimize", budget_s=2.0)}], None)
-    encoded, optimized = (protocol.decode_invert_response(b).ws for b in bodies)
+        {"data": protocol.encode_invert_request(png(photo), mode="optimize", budget_s=2.0)},
+        {"data": protocol.encode_invert_request(png(photo), mode="optimize", budget_s=0.001)}], None)
+    encoded, optimized, out_of_time = (protocol.decode_invert_response(b).ws for b in bodies)
+    # A caller whose deadline left no time gets the encoder's code (its budget ran from the batch's start).
+    np.testing.assert_array_equal(out_of_time, encoded)
     target = from_pil([photo])
 
     def l2(ws):

@@ -166,3 +166,42 @@ def test_a_tuning_job_is_made_from_a_kept_photo_only(world):
     with pytest.raises(InvalidInputError) as info:  # DIFA takes an artwork, not a latent
         adaptation.create("acme", "", photo_png(), "difa-1", latent_id=aligned.latent.id)
     assert info.value.field == "latent_id"
+
+
+def test_an_edited_latent_never_outlives_its_photo(world):
+    editor, photos = world["editor"], world["photos"]
+    from services.common.photos import expires_at
+
+    photo_id = photos.put("acme", photo_png(), photo_png(), fake_placement(PHOTO_SIZE), ttl_s=10)
+    ws = editor.invert("acme", photo_png(), align=True).latent.ws
+    latent = editor.cache.put("acme", "tiny", ws, photo_id)  # a latent sharing a photo that goes in 10 s
+    edited = editor.edit("acme", "", LatentSource(latent_id=latent.id), [Step("age", 1.0)])
+    assert edited.latent.expires_at <= expires_at(photo_id) + 1  # 10 s, not the cache's 60
+
+
+def test_an_animation_pasted_back_is_bounded_by_frames_times_photo_pixels(world, monkeypatch):
+    import services.editor.editing as editing
+
+    editor = world["editor"]
+    inverted = editor.invert("acme", photo_png(), align=True)
+    monkeypatch.setattr(editing, "MAX_PASTED_PIXELS", 2 * PHOTO_SIZE[0] * PHOTO_SIZE[1])
+    assert len(list(editor.animate("acme", "", LatentSource(latent_id=inverted.latent.id), [Step("age", 1.0)],
+                                   frames=2, paste_back=True))) == 2
+    with pytest.raises(InvalidInputError) as info:
+        editor.animate("acme", "", LatentSource(latent_id=inverted.latent.id), [Step("age", 1.0)], frames=3,
+                       paste_back=True)
+    assert info.value.field == "paste_back" and "at most 2 frames" in info.value.problem
+
+
+def test_a_photo_whose_latent_could_not_be_cached_is_not_kept(world, monkeypatch):
+    from services.common.errors import UnavailableError
+
+    editor = world["editor"]
+
+    def redis_down(*args, **kwargs):
+        raise UnavailableError("redis", "ConnectionError")
+
+    monkeypatch.setattr(editor.cache, "put", redis_down)
+    with pytest.raises(UnavailableError):
+        editor.invert("acme", photo_png(), align=True)
+    assert not list(world["store"].keys("photos"))
