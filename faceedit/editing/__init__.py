@@ -28,6 +28,15 @@ from faceedit.editing.ops import (
                                          latent_path,
 )
 from faceedit.editing.sefa import sefa_directions
+from faceedit.editing.text import (
+    ChannelRelevance,
+    RelevanceConfig,
+    apply_text_direction,
+    cached_channel_relevance,
+    channel_relevance,
+    text_direction,
+    text_edit,
+)
 
 __all__ = [
     "Boundary",
@@ -58,5 +67,12 @@ __all__ = [
     "sample_scores",
     "save_boundary",
     "sefa_directions",
+    "text_direction",
+    "text_edit",
+    "apply_text_direction",
+    "cached_channel_relevance",
+    "channel_relevance",
+    "ChannelRelevance",
+    "RelevanceConfig",
     "train_boundary",
 ]
