@@ -43,6 +43,21 @@ def cmd_eval_text(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         relevance = cached_channel_relevance(generator, clip, DirectoryCache(args.cache), config, progress)
+    if args.export:
+        # For a model configuration's `relevance:` (the worker then uses it instead of computing it).
+        import shlex
+        import sys
+
+        from faceedit.artifacts import write_sidecar
+        from faceedit.editing.text import KEY_FIELD, relevance_key
+
+        key = relevance_key(generator, clip, config)
+        out = Path(args.export)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(relevance.to_bytes({KEY_FIELD: key}))
+        write_sidecar(out, {"kind": "channel_relevance", "relevance_key": key, "channels": sum(relevance.widths),
+                            "samples": config.samples, "training": {"command": "faceedit " + shlex.join(sys.argv[1:])}})
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): the relevance of {sum(relevance.widths)} channels")
     prompts = [TextPrompt(p, "custom", 1.0) for p in args.prompt] if args.prompt else list(PROMPTS)
     report = evaluate_text_edits(generator, clip, scorer, relevance, boundaries, prompts, n=args.n,
                                  strength=args.strength, threshold=args.threshold)
@@ -84,6 +99,8 @@ def register(commands: CommandGroups) -> None:
     p.add_argument("--cache", default="runs/relevance", help="where the channel relevance is cached")
     p.add_argument("--strip-samples", type=int, default=6)
     p.add_argument("--docs", default=None, help="also write text_edits.png here (e.g. docs/text)")
+    p.add_argument("--export", default=None, help="also write the relevance here, for a model configuration's "
+                                                  "relevance: (e.g. model_store/demo/relevance.safetensors)")
     p.add_argument("--json", default=None)
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(run=cmd_eval_text)

@@ -24,6 +24,7 @@ from faceedit.errors import CheckpointFormatError, InvalidInputError
 from faceedit.models.stylegan2 import Generator
 
 RELEVANCE_KIND = "faceedit.channel_relevance"
+KEY_FIELD = "faceedit.relevance_key"  # a finished one names its (generator, CLIP, settings) key
 MAX_PROMPT_CHARS = 300
 # Several phrasings of each prompt, averaged in CLIP's text space (StyleCLIP's prompt engineering).
 TEMPLATES = ("{}", "a photo of {}", "a picture of {}", "a close-up photo of {}", "a rendering of {}")
@@ -48,6 +49,10 @@ class RelevanceConfig:
     images_per_call: int = 256  # synthesised at once (memory: ~0.55 GB per image at 1024 px; 8 on a 16 GB GPU)
     include_rgb: bool = False  # StyleCLIP leaves the toRGB styles out (they shift colour everywhere)
     seed: int = 0
+
+    def measurement(self) -> dict:
+        """What decides the result (the key of a cached one; what a resume must match): not the batching."""
+        return {"samples": self.samples, "push": self.push, "include_rgb": self.include_rgb, "seed": self.seed}
 
     def __post_init__(self) -> None:
         if not (isinstance(self.samples, int) and 2 <= self.samples <= 1000):
@@ -118,7 +123,7 @@ def channel_relevance(generator: Generator, clip: ImageTextModel, config: Releva
     widths = [styles[j].shape[1] for j in layers]
     total = sum(widths)
     if resume is not None:
-        if resume.config != config or resume.layers != layers or resume.widths != widths:
+        if resume.config.measurement() != config.measurement() or resume.layers != layers or resume.widths != widths:
             raise InvalidInputError("resume", "a partial relevance of another configuration or generator")
         result = dataclasses.replace(resume)  # the caller's partial result stays as it was
     else:
@@ -164,7 +169,7 @@ def relevance_key(generator: Generator, clip: ImageTextModel, config: RelevanceC
     from faceedit.models.delta import state_fingerprint
 
     clip_module = getattr(clip, "model", clip)
-    settings = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
+    settings = hashlib.sha256(json.dumps(config.measurement(), sort_keys=True).encode()).hexdigest()[:12]
     return f"relevance/{state_fingerprint(generator)[:24]}-{state_fingerprint(clip_module)[:24]}-{settings}.safetensors"
 
 
@@ -182,8 +187,13 @@ def cached_channel_relevance(generator: Generator, clip: ImageTextModel, cache: 
     resume = ChannelRelevance.from_bytes(partial, key + ".partial") if partial is not None else None
     result = channel_relevance(generator, clip, config, resume=resume, progress=progress,
                                checkpoint=lambda r: cache.put(key + ".partial", r.to_bytes()))
-    cache.put(key, result.to_bytes())
+    cache.put(key, result.to_bytes({KEY_FIELD: key}))
     return result
+
+
+def recorded_key(data: bytes) -> str | None:
+    """The cache key a finished relevance records (what it was computed for), or None."""
+    return artifacts.header_metadata(data).get(KEY_FIELD)
 
 
 def check_prompt(text: str, field: str) -> str:

@@ -39,7 +39,7 @@ DEFAULT_FILE = "models.yaml"  # inside the demo zoo folder
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _TOP_KEYS = {"default_generator", "generators", "families", "clips"}
 _GENERATOR_KEYS = {"checkpoint", "family"}
-_FAMILY_KEYS = {"encoder", "boundaries", "perceptual", "sefa"}
+_FAMILY_KEYS = {"encoder", "boundaries", "perceptual", "sefa", "relevance"}
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,9 @@ class FamilySpec:
     # file (the demo zoo's). None: pixel L2 alone.
     perceptual: Path | None = None
     sefa: int = 0  # also list the generator's top-k SeFa directions as attributes sefa:0 .. sefa:{k-1}
+    # Text edits' channel relevance computed beforehand (`faceedit eval text` writes one): the worker uses it
+    # instead of computing it when it was made for the same generator, CLIP and settings.
+    relevance: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,7 @@ def parse_model_config(data: Mapping[str, Any], source: Path) -> ModelConfig:
         entry = _mapping(entry, f"families.{name}", source)
         _check_keys(entry, _FAMILY_KEYS, f"families.{name}.", source)
         encoder, perceptual, sefa = entry.get("encoder"), entry.get("perceptual"), entry.get("sefa", 0)
+        relevance = entry.get("relevance")
         if not isinstance(sefa, int) or isinstance(sefa, bool) or not 0 <= sefa <= 64:
             raise InvalidInputError(f"families.{name}.sefa", f"expected a count of SeFa directions in 0..64 ({source})")
         sets = entry.get("boundaries") or []
@@ -175,7 +179,8 @@ def parse_model_config(data: Mapping[str, Any], source: Path) -> ModelConfig:
         families[name] = FamilySpec(
             name, _resolve(base, encoder, f"families.{name}.encoder", source) if encoder else None,
             tuple({"path": s} if isinstance(s, str) else dict(s) for s in sets),
-            _resolve(base, perceptual, f"families.{name}.perceptual", source) if perceptual else None, sefa)
+            _resolve(base, perceptual, f"families.{name}.perceptual", source) if perceptual else None, sefa,
+            _resolve(base, relevance, f"families.{name}.relevance", source) if relevance else None)
     for spec in generators.values():
         families.setdefault(spec.family, FamilySpec(spec.family))  # a family with no encoder or boundaries
     unused = sorted(set(families) - {g.family for g in generators.values()})

@@ -95,13 +95,22 @@ def prepare_relevance(rt: Any, base_id: str, cache: Any, progress: Callable[[int
                       ) -> dict[str, bool]:
     """Text edits' channel relevance of the base with the first CLIP (StyleCLIP global directions), then the
     marker the editor reads (services/common/text_edits.py); resumes a partial one."""
-    from faceedit.editing.text import RelevanceConfig, cached_channel_relevance, relevance_key
+    from faceedit.editing.text import RelevanceConfig, cached_channel_relevance, recorded_key, relevance_key
     from services.common.text_edits import RelevanceMarker
 
     base, clip = rt.base(base_id), rt.clips()[0]
     config = RelevanceConfig(samples=rt.config.relevance_samples)
     key = relevance_key(base, clip, config)
     computed = cache.get(key) is None
+    shipped = rt.models.family_of(base_id).relevance
+    if computed and shipped is not None:
+        data = shipped.read_bytes()
+        if recorded_key(data) == key:  # made for these weights and settings: used as it is
+            cache.put(key, data)
+            computed = False
+        else:
+            log.warning("%s was computed for other weights or settings; computing the relevance of %s", shipped,
+                        base_id)
     relevance = cached_channel_relevance(base, clip, cache, config, progress)
     RelevanceMarker(base_id, f"{cache.prefix}/{key}", rt.models.clips[0], sum(relevance.widths)).write(rt.store)
     return {key: computed}
