@@ -414,3 +414,29 @@ def test_difa_batches_are_reduced_to_fit_the_memory_budget():
     assert (at_1024.batch_size, at_1024.clip_mean_batch) == (2, 10)
     assert within_memory(difa, 1024, replace(config, memory_budget_mb=4096)).batch_size == 1
     assert within_memory(difa, 64, config) == difa  # the demo zoo is far below the budget
+
+
+def test_a_shipped_relevance_made_for_these_weights_is_used_and_another_is_not(redis_client, redis_server, namespace,
+                                                                               tiny_models, tmp_path):
+    """A model configuration's `relevance:` file saves the worker the computation, but only when it was made
+    for the same generator, CLIP and settings (the key it records)."""
+    from faceedit.adaptation.clip import load_clip, parse_clip_spec
+    from faceedit.editing.text import KEY_FIELD, RelevanceConfig, channel_relevance, relevance_key
+    from services.common.text_edits import RelevanceMarker
+    from services.worker import app as worker_app
+
+    generator = load_generator(tiny_models["generator"]).eval()
+    clip = load_clip(parse_clip_spec(str(tiny_models["clip"]))[0])
+    config = RelevanceConfig(samples=4)
+    shipped = tmp_path / "relevance.safetensors"
+    made = channel_relevance(generator, clip, config)
+    for key, expect_computed in ((relevance_key(generator, clip, config), False), ("relevance/other", True)):
+        shipped.write_bytes(made.to_bytes({KEY_FIELD: key}))
+        models = tiny_model_config(tiny_models, family={"relevance": shipped})
+        rt = make_runtime(redis_client, redis_server, f"{namespace}-{expect_computed}", tiny_models,
+                          tmp_path / str(expect_computed), models=models, relevance_samples=4)
+        result = worker_app.prepare_base(rt, "tiny")
+        relevance_keys = [k for k in result.get("computed", []) if k.startswith("relevance/")]
+        assert bool(relevance_keys) == expect_computed, result
+        marker = RelevanceMarker.read(rt.store, "tiny")
+        assert marker is not None and rt.store.exists(marker.artifact_key)
