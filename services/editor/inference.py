@@ -30,6 +30,12 @@ CALLER_ACTIVE: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.C
                                                                                          default=None)
 
 
+# Seconds this RPC spent waiting on the model server (a list to add to: set by the servicer per call), so its
+# log line can tell the editor's own time from TorchServe's.
+MODEL_SERVER_SECONDS: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar("model_server_seconds",
+                                                                                          default=None)
+
+
 def caller_remaining_s() -> float | None:
     """Seconds left before the current caller's deadline; None when it set none."""
     deadline = CALLER_DEADLINE.get()
@@ -112,6 +118,8 @@ class TorchServeInference:
         timeout = self.timeout_s if remaining is None else remaining
         if timeout <= 0:
             raise DeadlineError(f"no time left for model server {what}")
+        started = time.perf_counter()
+        spent = MODEL_SERVER_SECONDS.get()
         try:
             response = self.stub.Predictions(request, timeout=timeout, metadata=self._metadata())
         except grpc.RpcError as exc:
@@ -120,6 +128,9 @@ class TorchServeInference:
                 # instead of sending the stale key forever.
                 self._file_token = ""
             raise _translate(exc, model, what, self.max_message_bytes) from None
+        finally:
+            if spent is not None:
+                spent.append(time.perf_counter() - started)
         return response.prediction
 
     def synthesize(self, generator_id: str, tenant: str, ws: np.ndarray, image_format: str = "png",

@@ -29,7 +29,7 @@ from services.editor.adaptation import AdaptationCore
 from services.editor.auth import ApiKeys
 from services.editor.editing import EditorCore
 from services.editor.errors import CODE_NUMBERS, status_for
-from services.editor.inference import CALLER_ACTIVE, CALLER_DEADLINE
+from services.editor.inference import CALLER_ACTIVE, CALLER_DEADLINE, MODEL_SERVER_SECONDS
 from services.editor.metrics import EditorMetrics
 from services.editor.values import (
     BASE,
@@ -94,6 +94,7 @@ def rpc(method: str, streaming: bool = False) -> Callable:
             request_id = _request_id(context)
             context.set_trailing_metadata((("x-request-id", request_id),))
             self.metrics.in_flight.inc()
+            MODEL_SERVER_SECONDS.set([])
             return CallContext("", request_id), time.perf_counter()
 
         def finish(self: Any, call: CallContext, started: float, exc: BaseException | None,
@@ -106,6 +107,9 @@ def rpc(method: str, streaming: bool = False) -> Callable:
             self.metrics.rpc_seconds.labels(method, code.name).observe(elapsed)
             record = {"event": "rpc", "method": method, "request_id": call.request_id, "tenant": call.tenant,
                       "code": code.name, "ms": round(elapsed * 1000, 2)}
+            model_server = MODEL_SERVER_SECONDS.get()
+            if model_server:
+                record["model_server_ms"] = round(sum(model_server) * 1000, 2)
             if exc is not None:
                 record["error"] = message
             level = logging.ERROR if code == grpc.StatusCode.INTERNAL else logging.INFO
