@@ -82,7 +82,7 @@ def prepare_base(rt: Any, base_id: str, progress: Callable[[int, int], None] | N
         config = difa_config(rt.config, rt.clip_configs(), {}, base.config.size)
         cache = StoreFolder(rt.store, CLIP_MEAN_PREFIX)
         keys = prepare_source_mean(base, rt.clips(), config, cache, progress)
-        if rt.config.relevance_samples:
+        if rt.config.compute_relevance or rt.models.family_of(base_id).relevance is not None:
             keys.update(prepare_relevance(rt, base_id, cache, progress))
     except FaceEditError as exc:  # a warm-up that cannot run is logged; the jobs report it themselves
         log.error("cannot prepare base %s: %s", base_id, exc)
@@ -109,8 +109,11 @@ def prepare_relevance(rt: Any, base_id: str, cache: Any, progress: Callable[[int
             cache.put(key, data)
             computed = False
         else:
-            log.warning("%s was computed for other weights or settings; computing the relevance of %s", shipped,
-                        base_id)
+            log.warning("%s was made for other weights or settings than base %s's", shipped, base_id)
+    if cache.get(key) is None and not rt.config.compute_relevance:
+        log.warning("no text edits for base %s: its relevance is not prepared (FACEEDIT_COMPUTE_RELEVANCE=1 "
+                    "computes it at start, or ship one: faceedit eval text --export)", base_id)
+        return {}
     relevance = cached_channel_relevance(base, clip, cache, config, progress)
     RelevanceMarker(base_id, f"{cache.prefix}/{key}", rt.models.clips[0], sum(relevance.widths)).write(rt.store)
     return {key: computed}
@@ -135,7 +138,8 @@ def bases_missing_a_mean(rt: Any) -> list[str]:
     missing = []
     for base_id in rt.models.generators:
         try:
-            text_missing = bool(rt.config.relevance_samples) and RelevanceMarker.read(rt.store, base_id) is None
+            wants_text = rt.config.compute_relevance or rt.models.family_of(base_id).relevance is not None
+            text_missing = wants_text and RelevanceMarker.read(rt.store, base_id) is None
             if text_missing or not has_source_mean(rt.base(base_id), clips, config, cache):
                 missing.append(base_id)
         except FaceEditError as exc:  # one unloadable base must not keep the others cold

@@ -34,9 +34,13 @@ class WorkerConfig:
     # every job (e.g. optimize_steps, tune_steps, locality); a job's steps/learning rate set the tuning
     # phase. The pivot it caches lives as long as any latent (the editor's FACEEDIT_LATENT_TTL_S).
     pti_settings: str = ""
-    # Text edits (StyleCLIP global directions): prepared with the mean at start-up, each base's channel
-    # relevance with the first CLIP, each channel pushed on this many samples (StyleCLIP: 100); 0: off.
+    # Text edits (StyleCLIP global directions) need each base's channel relevance with the first CLIP, each
+    # channel pushed on `relevance_samples` samples (StyleCLIP: 100). At start-up the worker takes the one
+    # the model configuration ships (`relevance:`, e.g. the demo zoo's) when it was made for the same weights
+    # and settings; with compute_relevance it computes a missing one (minutes at 64 px, hours at 1024 on a
+    # CPU: the queue waits behind it, so it is off by default; `faceedit eval text --export` makes one offline).
     relevance_samples: int = 16
+    compute_relevance: bool = False
     latent_ttl_s: int = 3600
     queue: str = "gpu"
     # Must exceed the longest job: a message unacknowledged for longer is delivered again while the

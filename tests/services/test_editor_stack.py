@@ -44,6 +44,26 @@ def _alive(pgid: int) -> bool:
     return False
 
 
+def ship_relevance(models: Path, tiny_models) -> None:
+    """The model configuration's `relevance:` for the tiny generator and CLIP, with the worker's settings."""
+    import yaml
+
+    from faceedit.adaptation.clip import load_clip, parse_clip_spec
+    from faceedit.editing.text import KEY_FIELD, RelevanceConfig, channel_relevance, relevance_key
+    from services.worker.config import WorkerConfig
+
+    generator = load_generator(tiny_models["generator"]).eval()
+    clip = load_clip(parse_clip_spec(str(tiny_models["clip"]))[0])
+    config = RelevanceConfig(samples=WorkerConfig().relevance_samples)
+    path = models.parent / "relevance.safetensors"
+    path.write_bytes(channel_relevance(generator, clip, config).to_bytes(
+        {KEY_FIELD: relevance_key(generator, clip, config)}))
+    data = yaml.safe_load(models.read_text())
+    for family in data["families"].values():
+        family["relevance"] = str(path)
+    models.write_text(yaml.safe_dump(data))
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_models):
     from services.inference.archive import build_archive
@@ -60,6 +80,7 @@ def stack(tmp_path_factory, tiny_models):
                       {"attribute": name, "accuracy": 0.9, "recommended_strength": [-3.0, 3.0]})
     # One model configuration for every process, as `make demo MODELS=...` hands it to the launcher.
     models = write_models_file(root / "models.yaml", tiny_models, "demo", boundaries)
+    ship_relevance(models, tiny_models)  # as the demo zoo ships its own: text edits are ready at start
     run_root = root / "run"
     try:
         started = launcher.up(run_root, store, worker=HAS_WORKER, timeout=400, extra_keys={OTHER_KEY: "other-tenant"},
@@ -260,8 +281,8 @@ def _code(call) -> tuple[grpc.StatusCode, str]:
 
 @pytest.mark.skipif(not HAS_WORKER, reason="services.worker.app (the Celery worker) is not there yet")
 def test_a_text_edit_once_the_worker_prepared_it(client):
-    """The worker computes each base's channel relevance at start (faceedit.prepare); ListAttributes says when
-    it is there, then a text step goes through TorchServe as a StyleSpace offset."""
+    """The worker takes each base's shipped channel relevance at start (faceedit.prepare); ListAttributes says
+    when it is there, then a text step goes through TorchServe as a StyleSpace offset."""
     _wait(lambda: client.text_edits(), "text edits to be prepared", within_s=240)
     plain = client.edit([], seed=11)
     older = client.edit([Step("", 3.0, text="an old face", threshold=0.05)], seed=11)

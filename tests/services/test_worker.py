@@ -227,13 +227,12 @@ def test_prepare_task_warms_the_cache_and_start_up_queues_only_missing_bases(run
 
     counts: list[int] = []
     first = worker_app.prepare_base(runtime, "tiny", lambda done, total: counts.append(done))
-    # The mean source CLIP embedding (4 samples) and text edits' channel relevance, then its marker.
-    assert first["status"] == "PREPARED" and len(first["computed"]) == 2 and 4 in counts
-    assert all(runtime.store.exists(f"{CLIP_MEAN_PREFIX}/{key}") for key in first["computed"])
+    # The mean source CLIP embedding (4 samples); text edits' relevance only when shipped or asked for.
+    assert first["status"] == "PREPARED" and len(first["computed"]) == 1 and counts[-1] == 4
+    assert runtime.store.exists(f"{CLIP_MEAN_PREFIX}/{first['computed'][0]}")
     from services.common.text_edits import RelevanceMarker
 
-    marker = RelevanceMarker.read(runtime.store, "tiny")
-    assert marker is not None and runtime.store.exists(marker.artifact_key) and marker.channels > 0
+    assert RelevanceMarker.read(runtime.store, "tiny") is None
     assert worker_app.prepare_base(runtime, "tiny") == {"status": "CACHED", "base_generator": "tiny", "computed": []}
     sent.clear()
     worker_app.queue_missing_means()
@@ -416,10 +415,10 @@ def test_difa_batches_are_reduced_to_fit_the_memory_budget():
     assert within_memory(difa, 64, config) == difa  # the demo zoo is far below the budget
 
 
-def test_a_shipped_relevance_made_for_these_weights_is_used_and_another_is_not(redis_client, redis_server, namespace,
-                                                                               tiny_models, tmp_path):
+def test_a_shipped_relevance_is_used_when_made_for_these_weights_and_computed_only_when_asked(
+        redis_client, redis_server, namespace, tiny_models, tmp_path):
     """A model configuration's `relevance:` file saves the worker the computation, but only when it was made
-    for the same generator, CLIP and settings (the key it records)."""
+    for the same generator, CLIP and settings (the key it records); FACEEDIT_COMPUTE_RELEVANCE computes one."""
     from faceedit.adaptation.clip import load_clip, parse_clip_spec
     from faceedit.editing.text import KEY_FIELD, RelevanceConfig, channel_relevance, relevance_key
     from services.common.text_edits import RelevanceMarker
@@ -430,13 +429,14 @@ def test_a_shipped_relevance_made_for_these_weights_is_used_and_another_is_not(r
     config = RelevanceConfig(samples=4)
     shipped = tmp_path / "relevance.safetensors"
     made = channel_relevance(generator, clip, config)
-    for key, expect_computed in ((relevance_key(generator, clip, config), False), ("relevance/other", True)):
+    right = relevance_key(generator, clip, config)
+    cases = ((right, False, False, True), ("relevance/x", False, False, False), ("relevance/x", True, True, True))
+    for i, (key, compute, computed, ready) in enumerate(cases):
         shipped.write_bytes(made.to_bytes({KEY_FIELD: key}))
         models = tiny_model_config(tiny_models, family={"relevance": shipped})
-        rt = make_runtime(redis_client, redis_server, f"{namespace}-{expect_computed}", tiny_models,
-                          tmp_path / str(expect_computed), models=models, relevance_samples=4)
+        rt = make_runtime(redis_client, redis_server, f"{namespace}-{i}", tiny_models, tmp_path / str(i),
+                          models=models, relevance_samples=4, compute_relevance=compute)
         result = worker_app.prepare_base(rt, "tiny")
-        relevance_keys = [k for k in result.get("computed", []) if k.startswith("relevance/")]
-        assert bool(relevance_keys) == expect_computed, result
+        assert any(k.startswith("relevance/") for k in result.get("computed", [])) == computed, (i, result)
         marker = RelevanceMarker.read(rt.store, "tiny")
-        assert marker is not None and rt.store.exists(marker.artifact_key)
+        assert (marker is not None and rt.store.exists(marker.artifact_key)) == ready, i
