@@ -209,6 +209,12 @@ class TestOperations:
         channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
         health = health_pb2_grpc.HealthStub(channel)
         target = f"127.0.0.1:{server.port}"
+        # The monitor's own first check (with its warm-up render) runs on its thread from start(): let it
+        # finish, or its late SERVING would overwrite the NOT_SERVING this test is about to cause.
+        deadline = time.monotonic() + 60
+        while not server.monitor.serving:
+            assert time.monotonic() < deadline, "the editor never turned SERVING"
+            time.sleep(0.05)
         server.inference.healthy = False
         server.monitor.check()
         for service in ("", "faceedit.v1.Editor", "faceedit.v1.Adaptation"):
