@@ -21,9 +21,17 @@ def test_official_layout_files_serve_every_call_through_the_stack(tmp_path):
     encoder, the official InterfaceGAN and e4e direction files, DIFA with the demo CLIP (the 1024 run is the
     same script; its figures are in the README)."""
     figures = tmp_path / "dropin.json"
-    run = subprocess.run([sys.executable, "bench/dropin.py", "--size", "64", "--encoder", "small", "--clip", "demo",
-                          "--work-dir", str(tmp_path / "work"), "--json", str(figures)],
-                         cwd=REPO, capture_output=True, text=True, timeout=900)
+    try:
+        run = subprocess.run([sys.executable, "bench/dropin.py", "--size", "64", "--encoder", "small", "--clip",
+                              "demo", "--work-dir", str(tmp_path / "work"), "--json", str(figures)],
+                             cwd=REPO, capture_output=True, text=True, timeout=900)
+    finally:
+        # A bench killed by the timeout cannot stop the stack it started (its processes have their own
+        # sessions): stop it here, or it would go on using the machine's cores after the test.
+        from services import launcher
+
+        if (tmp_path / "work" / "run").is_dir():
+            launcher.down(tmp_path / "work" / "run")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads(figures.read_text())
     calls = {c["name"].split(" (")[0]: c for c in result["calls"]}
