@@ -50,6 +50,7 @@ def centre_aligner(photo, size: int) -> AlignedFace:
     return AlignedFace(photo.resize((size, size)), face_landmarks(0, 0, side), quad, (side, side))
 
 
+@pytest.mark.slow
 def test_each_mode_reconstructs_better_and_pti_keeps_the_edits(zoo):
     generator, encoder = zoo["generator"], zoo["encoder"]
     boundary = Boundary.load(zoo["root"] / "boundaries" / "age.safetensors")
