@@ -77,12 +77,7 @@ def _key(photo_id: str) -> str:
 
 
 def expires_at(photo_id: str) -> float | None:
-    """When an expiring photo goes (unix seconds, written into its id); None for a kept one."""
-    return _expiry(photo_id)
-
-
-def _expiry(photo_id: str) -> float | None:
-    """The expiry written into an expiring id; None for a kept one (or a name that is not ours)."""
+    """When an expiring photo goes (unix seconds, written into its id); None for a kept one (or a name not ours)."""
     kind, _, rest = photo_id.partition("-")
     stamp = rest.partition("-")[0]
     return float(stamp) if kind == _EXPIRING and stamp.isdigit() else None
@@ -116,7 +111,7 @@ class PhotoStore:
 
     def get(self, tenant: str, photo_id: str) -> StoredPhoto:
         """NotFound when expired, deleted, or another tenant's."""
-        expiry = _expiry(photo_id)
+        expiry = expires_at(photo_id)
         missing = NotFoundError("photo", photo_id[:100], "expired or deleted; invert the photo again")
         if expiry is not None and expiry < time.time():
             self.store.delete(_key(photo_id))
@@ -145,7 +140,7 @@ class PhotoStore:
     def sweep(self, now: float | None = None) -> int:
         """Deletes every expired photo (read off the names); returns how many."""
         now = time.time() if now is None else now
-        expired = [k for k in self.store.keys(PREFIX) if (_expiry(k.rpartition("/")[2]) or now) < now]
+        expired = [k for k in self.store.keys(PREFIX) if (expires_at(k.rpartition("/")[2]) or now) < now]
         for key in expired:
             self.store.delete(key)
         return len(expired)
