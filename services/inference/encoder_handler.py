@@ -39,6 +39,7 @@ class EncoderHandler:
     def initialize(self, context: Any) -> None:
         config = support.InferenceConfig.load(getattr(context, "model_yaml_config", None))
         support.set_torch_threads(config.torch_threads)
+        support.quiet_per_request_logs()
         self.device = support.worker_device(context, config.device)
         self.aligned_size = config.aligned_size
         self.optimize_steps = config.optimize_steps

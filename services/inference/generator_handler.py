@@ -25,6 +25,7 @@ from services.inference.handler_support import (
     LRU,
     InferenceConfig,
     encode_image,
+    quiet_per_request_logs,
     request_body,
     set_torch_threads,
     worker_device,
@@ -67,6 +68,7 @@ class GeneratorHandler:
     def initialize(self, context: Any) -> None:
         self.config = InferenceConfig.load(getattr(context, "model_yaml_config", None))
         set_torch_threads(self.config.torch_threads)
+        quiet_per_request_logs()
         self.device = worker_device(context, self.config.device)
         autocast_dtype(self.config.precision, self.device)  # an impossible precision fails the start, named
         # Every base generator of the one model configuration, under the ids the editor uses.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -336,3 +337,18 @@ def test_a_stylespace_offset_moves_each_latents_styles_by_its_own_strength(handl
     with pytest.raises(InvalidInputError) as info:
         protocol.decode_generate_response(body)
     assert info.value.field == "style_offset.layers"
+
+
+@pytest.mark.parametrize("make", [GeneratorHandler, EncoderHandler])
+def test_handlers_silence_torchserve_per_request_info_lines(make, tiny_models, tmp_path):
+    """TorchServe's worker logs at INFO per request to the stdout its Java frontend parses; after a handler
+    starts only WARNING and above get through (the handlers' own messages are warnings)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)  # as TorchServe's model_service_worker.py configures it
+    try:
+        make().initialize(fake_context(tiny_models["models"], tmp_path / "h"))
+        assert not root.isEnabledFor(logging.INFO)
+        assert root.isEnabledFor(logging.WARNING)
+    finally:
+        root.setLevel(level)
