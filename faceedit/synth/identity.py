@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ FRAME_COLOURS = np.array([(18, 16, 16), (62, 36, 22), (52, 54, 60), (150, 120, 6
 FRAME_WEIGHTS = np.array([0.5, 0.25, 0.15, 0.1])
 STRANDS = 10  # hair texture strands per face
 BEARD_STROKES = 14  # texture strokes inside the beard
-IDENTITY_SCALARS = 64  # uniform numbers for the scalar fields; at least as many as uni() calls below
+IDENTITY_SCALARS = 64  # uniform numbers for the scalar fields; at least as many as _DRAWS takes
 IDENTITY_UNIFORMS = IDENTITY_SCALARS + 2 * STRANDS + 3 * BEARD_STROKES  # all numbers one identity needs
 
 
@@ -73,64 +74,82 @@ def sample_identity(rng: np.random.Generator) -> Identity:
     return identity_from_uniform(rng.random(IDENTITY_UNIFORMS))
 
 
+class _Pool:
+    """Draws from the identity's scalar numbers, one at a time, in the order they are asked for."""
+
+    def __init__(self, numbers: list[float]):
+        self._numbers = iter(numbers)
+
+    def uni(self, lo: float, hi: float) -> float:
+        return lo + (hi - lo) * next(self._numbers)
+
+    def chance(self, p: float) -> bool:
+        return next(self._numbers) < p
+
+    def maybe(self, p: float, lo: float, hi: float) -> float:
+        """uni(lo, hi) with probability p, else 0 (one number decides which, then one more for the value)."""
+        return self.uni(lo, hi) if self.chance(p) else 0.0
+
+    def pick(self, table: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        return table[min(int(np.searchsorted(np.cumsum(weights), next(self._numbers))), len(table) - 1)]
+
+    def vector(self, n: int, lo: float, hi: float) -> np.ndarray:
+        return np.array([self.uni(lo, hi) for _ in range(n)])
+
+
+# How each scalar field is drawn: (lo, hi) uniformly, or by the function given. The fields take
+# numbers from the pool in this order, and the order decides which number is which: a field
+# inserted or moved changes every seed's face (append new fields at the end).
+_DRAWS: dict[str, tuple[float, float] | Callable[[_Pool], object]] = {
+    "offset": lambda d: (d.uni(-0.012, 0.012), d.uni(-0.012, 0.012)),
+    "scale": (0.95, 1.05),
+    "face_width": (0.265, 0.305),
+    "face_height": (0.345, 0.38),
+    "depth": (0.85, 1.0),
+    "jaw_power": (2.0, 3.4),
+    "jaw_taper": (0.12, 0.32),
+    "eye_u": (0.40, 0.47),
+    "eye_v": (-0.03, 0.03),
+    "eye_size": (0.9, 1.12),
+    "eye_tilt": (-0.015, 0.03),
+    "iris": lambda d: d.pick(IRIS_COLOURS, IRIS_WEIGHTS),
+    "lash": (0.7, 1.4),
+    "brow_thick": (0.75, 1.35),
+    "brow_arch": (0.0, 1.0),
+    "brow_raise": (-0.02, 0.03),
+    "nose_length": (0.88, 1.12),
+    "nose_width": (0.85, 1.25),
+    "nose_lift": (0.32, 0.48),
+    "mouth_width": (0.88, 1.12),
+    "lip_fullness": (0.75, 1.3),
+    "ear_size": (0.88, 1.12),
+    "ear_out": (0.9, 1.5),
+    "hair_volume": (0.7, 1.4),
+    "hair_part": (-0.5, 0.5),
+    "fringe": lambda d: d.maybe(0.35, 0.4, 1.0),
+    "curl": lambda d: d.maybe(0.35, 0.3, 1.0),
+    "curl_freq": (9.0, 16.0),
+    "hairline": (-0.04, 0.05),
+    "clothes": lambda d: d.vector(3, 20, 220),
+    "neckline": lambda d: float(d.chance(0.4)),
+    "background_kind": lambda d: min(int(d.uni(0.0, 3.0)), 2),
+    "background_jitter": (-0.06, 0.06),
+    "frame_colour": lambda d: d.pick(FRAME_COLOURS, FRAME_WEIGHTS),
+    "frame_power": (2.0, 5.0),
+    "frame_width": (0.8, 1.4),
+    "lens_size": (0.9, 1.12),
+    "tinted": lambda d: d.chance(0.25),
+    "skin_jitter": lambda d: d.vector(3, -8.0, 8.0),
+    "blush": (0.0, 0.35),
+}
+
+
 def identity_from_uniform(u: np.ndarray) -> Identity:
-    """The identity decided by IDENTITY_UNIFORMS numbers in [0, 1] (the order of the calls fixes which is which)."""
+    """The identity decided by IDENTITY_UNIFORMS numbers in [0, 1] (_DRAWS's order fixes which is which)."""
     assert u.shape == (IDENTITY_UNIFORMS,), u.shape
-    pool = iter(u[:IDENTITY_SCALARS].tolist())
+    pool = _Pool(u[:IDENTITY_SCALARS].tolist())
     textures = u[IDENTITY_SCALARS:]
     strands = textures[:2 * STRANDS].reshape(STRANDS, 2) * (1.8, 0.5) - (0.9, 0.25)  # start u, sideways sweep
     beard = textures[2 * STRANDS:].reshape(BEARD_STROKES, 3) * (1.8, 0.8, 1.2) - (0.9, -0.15, 0.6)  # u, v, angle
-
-    def uni(lo: float, hi: float) -> float:
-        return lo + (hi - lo) * next(pool)
-
-    def chance(p: float) -> bool:
-        return next(pool) < p
-
-    def pick(table: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        return table[min(int(np.searchsorted(np.cumsum(weights), next(pool))), len(table) - 1)]
-
-    return Identity(
-        offset=(uni(-0.012, 0.012), uni(-0.012, 0.012)),
-        scale=uni(0.95, 1.05),
-        face_width=uni(0.265, 0.305),
-        face_height=uni(0.345, 0.38),
-        depth=uni(0.85, 1.0),
-        jaw_power=uni(2.0, 3.4),
-        jaw_taper=uni(0.12, 0.32),
-        eye_u=uni(0.40, 0.47),
-        eye_v=uni(-0.03, 0.03),
-        eye_size=uni(0.9, 1.12),
-        eye_tilt=uni(-0.015, 0.03),
-        iris=pick(IRIS_COLOURS, IRIS_WEIGHTS),
-        lash=uni(0.7, 1.4),
-        brow_thick=uni(0.75, 1.35),
-        brow_arch=uni(0.0, 1.0),
-        brow_raise=uni(-0.02, 0.03),
-        nose_length=uni(0.88, 1.12),
-        nose_width=uni(0.85, 1.25),
-        nose_lift=uni(0.32, 0.48),
-        mouth_width=uni(0.88, 1.12),
-        lip_fullness=uni(0.75, 1.3),
-        ear_size=uni(0.88, 1.12),
-        ear_out=uni(0.9, 1.5),
-        hair_volume=uni(0.7, 1.4),
-        hair_part=uni(-0.5, 0.5),
-        fringe=uni(0.4, 1.0) if chance(0.35) else 0.0,
-        curl=uni(0.3, 1.0) if chance(0.35) else 0.0,
-        curl_freq=uni(9.0, 16.0),
-        hairline=uni(-0.04, 0.05),
-        strands=strands,
-        beard_strokes=beard,
-        clothes=np.array([uni(20, 220), uni(20, 220), uni(20, 220)]),
-        neckline=float(chance(0.4)),
-        background_kind=min(int(uni(0.0, 3.0)), 2),
-        background_jitter=uni(-0.06, 0.06),
-        frame_colour=pick(FRAME_COLOURS, FRAME_WEIGHTS),
-        frame_power=uni(2.0, 5.0),
-        frame_width=uni(0.8, 1.4),
-        lens_size=uni(0.9, 1.12),
-        tinted=chance(0.25),
-        skin_jitter=np.array([uni(-8.0, 8.0), uni(-8.0, 8.0), uni(-8.0, 8.0)]),
-        blush=uni(0.0, 0.35),
-    )
+    scalars = {name: pool.uni(*draw) if isinstance(draw, tuple) else draw(pool) for name, draw in _DRAWS.items()}
+    return Identity(**scalars, strands=strands, beard_strokes=beard)

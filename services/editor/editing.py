@@ -37,12 +37,11 @@ from services.editor.values import (
     MAX_STEPS,
     AttributeSummary,
     EditPlan,
-    EditResult,
-    FaceResult,
     Frame,
     GeneratorSummary,
     InvertResult,
     LatentSource,
+    Rendered,
     RenderedImage,
     Step,
 )
@@ -250,7 +249,7 @@ class EditorCore:
 
     # -- RPCs -------------------------------------------------------------------------------
     def generate(self, tenant: str, generator_id: str, seeds: Sequence[int], truncation: float = 0.0,
-                 image_format: str = "png") -> list[FaceResult]:
+                 image_format: str = "png") -> list[Rendered]:
         generator = self.catalog.resolve(tenant, generator_id)
         fmt = _choice(image_format, IMAGE_FORMATS, "format")
         if not seeds:
@@ -267,7 +266,7 @@ class EditorCore:
         images = self._render(generator, tenant, ws, fmt)
         with self.metrics.stage("cache.put"):
             latents = [self.cache.put(tenant, generator.family, ws[i:i + 1]) for i in range(len(seeds))]
-        return [FaceResult(int(s), img, lat) for s, img, lat in zip(seeds, images, latents)]
+        return [Rendered(img, lat) for img, lat in zip(images, latents)]
 
     def invert(self, tenant: str, image: bytes, align: bool = False, generator_id: str = "",
                image_format: str = "png", return_aligned: bool = False, mode: str = "encoder") -> InvertResult:
@@ -304,7 +303,7 @@ class EditorCore:
         return InvertResult(latent, reconstruction, aligned)
 
     def edit(self, tenant: str, generator_id: str, source: LatentSource, steps: Sequence[Step],
-             image_format: str = "png", paste_back: bool = False) -> EditResult:
+             image_format: str = "png", paste_back: bool = False) -> Rendered:
         generator = self.catalog.resolve(tenant, generator_id)
         fmt = _choice(image_format, IMAGE_FORMATS, "format")
         ws, photo_id = self._resolve(tenant, generator, source)
@@ -325,7 +324,7 @@ class EditorCore:
         with self.metrics.stage("cache.put"):
             # The edited latent keeps the photo: a chain of edits can still be pasted back.
             latent = self.cache.put(tenant, generator.family, ws, photo_id, expires_at(photo_id))
-        return EditResult(image, latent)
+        return Rendered(image, latent)
 
     def _text_offset(self, generator: ResolvedGenerator, plan: EditPlan, strengths: np.ndarray
                      ) -> StyleOffset | None:

@@ -254,8 +254,8 @@ class EditorServicer(editor_pb2_grpc.EditorServicer):
         faces = self.core.generate(call.tenant, request.generator_id, request.seeds, request.truncation,
                                    _FORMATS.get(request.format, "?"))
         out = editor_pb2.GenerateResponse(generator_id=request.generator_id or self.core.catalog.default)
-        for face in faces:
-            msg = out.faces.add(seed=face.seed, image=image_msg(face.image), latent_id=face.latent.id)
+        for seed, face in zip(request.seeds, faces, strict=True):
+            msg = out.faces.add(seed=seed, image=image_msg(face.image), latent_id=face.latent.id)
             if request.return_latents:
                 msg.latent.CopyFrom(latent_msg(face.latent.ws))
         return out

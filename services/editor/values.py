@@ -64,15 +64,6 @@ class RenderedImage:
 
 
 @dataclass(frozen=True)
-class FaceResult:
-    """One face of Generate: its seed, its image, and its latent (cached, by id)."""
-
-    seed: int
-    image: RenderedImage
-    latent: StoredLatent
-
-
-@dataclass(frozen=True)
 class InvertResult:
     """Invert: the cached latent, its reconstruction, and the crop the encoder saw when asked for."""
 
@@ -82,8 +73,9 @@ class InvertResult:
 
 
 @dataclass(frozen=True)
-class EditResult:
-    """Edit: the image (the crop, or the whole photo with paste-back) and the edited latent, cached."""
+class Rendered:
+    """An image and the cached latent it shows: a face of Generate (in the order of its seeds), or what
+    Edit returns (the crop, or the whole photo with paste-back, and the edited latent)."""
 
     image: RenderedImage
     latent: StoredLatent

