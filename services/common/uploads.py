@@ -1,10 +1,11 @@
-"""Uploaded images: one decoder and one set of limits for the editor, the encoder handler and the worker."""
+"""Uploaded images: one decoder and one set of limits for the editor, the encoder handler and the worker,
+and the metadata-free copy of a photo that is kept."""
 
 from __future__ import annotations
 
 import io
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from faceedit.errors import InvalidInputError
 from services.common.errors import TooLargeError
@@ -14,6 +15,9 @@ from services.common.errors import TooLargeError
 # numbers, since bytes reach them from a queue or another process.
 MAX_UPLOAD_BYTES = 16 << 20
 MAX_UPLOAD_PIXELS = 4096 * 4096
+# A kept photo (without_metadata) decoded again: a PNG or WebP written losslessly may be larger than its
+# upload; an RGB image of MAX_UPLOAD_PIXELS is 48 MiB uncompressed, and the pixel limit still applies.
+MAX_KEPT_PHOTO_BYTES = 64 << 20
 
 _MAGIC = {"png": (b"\x89PNG\r\n\x1a\n",), "jpeg": (b"\xff\xd8\xff",)}
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
@@ -44,7 +48,9 @@ def check_upload_bytes(data: bytes, field: str, max_bytes: int = MAX_UPLOAD_BYTE
 def decode_upload(data: bytes, field: str, max_bytes: int = MAX_UPLOAD_BYTES,
                   max_pixels: int = MAX_UPLOAD_PIXELS) -> tuple[Image.Image, str]:
     """Reject oversize, unknown, corrupt and decompression-bomb images before anything else sees them;
-    the decoded RGB image and its format. The pixel count is read from the header, before the pixels."""
+    the decoded RGB image, upright, and its format. The pixel count is read from the header, before the
+    pixels. Upright: a phone stores its pixels as the sensor saw them plus an EXIF orientation, and
+    every viewer shows them turned; alignment and paste-back must see the photo as its owner does."""
     fmt = check_upload_bytes(data, field, max_bytes)
     try:
         image = Image.open(io.BytesIO(data))
@@ -57,7 +63,7 @@ def decode_upload(data: bytes, field: str, max_bytes: int = MAX_UPLOAD_BYTES,
         raise TooLargeError(field, f"{width}x{height} pixels exceeds the limit of {max_pixels}")
     try:
         image.load()  # a truncated or corrupt file fails here
-        return image.convert("RGB"), fmt
+        return ImageOps.exif_transpose(image).convert("RGB"), fmt
     except (*_DECODE_ERRORS, Image.DecompressionBombError):
         raise InvalidInputError(field, f"cannot be decoded as {fmt.upper()} (corrupt or truncated)") from None
 
@@ -68,3 +74,77 @@ def center_square(image: Image.Image, size: int) -> Image.Image:
     side = min(image.size)
     left, top = (image.width - side) // 2, (image.height - side) // 2
     return image.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
+
+
+# JPEG segments a kept photo keeps: JFIF (APP0), Adobe's colour transform (APP14), and from APP2 only the
+# ICC profile. Dropped: EXIF and XMP (APP1: GPS position, camera serials, capture time), IPTC (APP13),
+# comments, the other application segments and MPF's index of the pictures a camera appends after the end
+# of the image (depth maps, gain maps, thumbnails, each with EXIF of its own), which are dropped too.
+_JPEG_APP0, _JPEG_APP2, _JPEG_APP14, _JPEG_SOS, _JPEG_EOI = 0xE0, 0xE2, 0xEE, 0xDA, 0xD9
+_ORIENTATION_TAG = 0x0112
+
+
+def without_metadata(data: bytes, fmt: str, upright: Image.Image) -> bytes:
+    """The photo as it is kept (`data` as checked by decode_upload, `upright` what it returned): the same
+    pixels without the metadata that says where and with what it was taken. A JPEG keeps its compressed
+    data byte for byte (and only the orientation of its EXIF, so it still decodes upright); PNG and
+    WebP are written again losslessly from the upright pixels."""
+    if fmt == "jpeg":
+        with Image.open(io.BytesIO(data)) as original:
+            orientation = original.getexif().get(_ORIENTATION_TAG, 1)
+        # Values outside 2-8 turn nothing (ImageOps.exif_transpose ignores them), so they are not kept.
+        return _jpeg_without_metadata(data, orientation if orientation in range(2, 9) else 1)
+    out = io.BytesIO()
+    options = {"lossless": True} if fmt == "webp" else {}
+    icc = upright.info.get("icc_profile")
+    upright.save(out, format=fmt.upper(), **options, **({"icc_profile": icc} if icc else {}))
+    return out.getvalue()
+
+
+def _jpeg_without_metadata(data: bytes, orientation: int) -> bytes:
+    kept = bytearray(data[:2])  # SOI
+    if orientation != 1:
+        exif = Image.Exif()
+        exif[_ORIENTATION_TAG] = orientation
+        payload = exif.tobytes()  # b"Exif\0\0" + a TIFF block holding the one tag
+        kept += b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    i = 2
+    while i + 2 <= len(data):
+        if data[i] != 0xFF:
+            raise InvalidInputError("image", "is not a well-formed JPEG (a segment does not start with a marker)")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker == _JPEG_EOI:
+            return bytes(kept + data[i:i + 2])  # anything after the image's end is another picture: dropped
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            kept += data[i:i + 2]
+            i += 2
+            continue
+        end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        segment = data[i:end]
+        app = 0xE0 <= marker <= 0xEF
+        if marker == 0xFE or (app and marker not in (_JPEG_APP0, _JPEG_APP2, _JPEG_APP14)):
+            pass  # metadata
+        elif marker == _JPEG_APP2 and not segment[4:16] == b"ICC_PROFILE\0":
+            pass  # MPF (the index of appended pictures) or FlashPix
+        else:
+            kept += segment
+        i = end
+        if marker == _JPEG_SOS:
+            i = _end_of_scan(data, end)
+            kept += data[end:i]
+    raise InvalidInputError("image", "is not a well-formed JPEG (it has no end-of-image marker)")
+
+
+def _end_of_scan(data: bytes, start: int) -> int:
+    """Where a scan's entropy-coded data ends: at the first 0xFF that is neither a stuffed 0xFF00 nor a
+    restart marker (RST0-7 belong to the scan)."""
+    at = start
+    while (at := data.find(b"\xff", at)) >= 0 and at + 1 < len(data):
+        follower = data[at + 1]
+        if follower != 0x00 and not 0xD0 <= follower <= 0xD7:
+            return at
+        at += 2
+    raise InvalidInputError("image", "is not a well-formed JPEG (a scan runs to the end of the file)")

@@ -21,7 +21,7 @@ from services.common.latent_cache import LatentCache
 from services.common.latents import check_latents
 from services.common.photos import PhotoStore, StoredPhoto, expires_at, owned_by_generator
 from services.common.protocol import StyleOffset
-from services.common.uploads import decode_upload
+from services.common.uploads import MAX_KEPT_PHOTO_BYTES, decode_upload, without_metadata
 from services.editor.boundaries import BoundaryRegistry
 from services.editor.budget import RenderBudget
 from services.editor.catalog import BaseGenerator, GeneratorCatalog, ResolvedGenerator
@@ -277,8 +277,12 @@ class EditorCore:
             raise InvalidInputError("generator_id", f"the encoder inverts into family {self.encoder_family!r}; "
                                                     f"{generator.id!r} is of family {generator.family!r}")
         with self.metrics.stage("validate.image"):
-            decode_upload(image, "image.data", self.max_image_bytes, self.max_image_pixels)
+            upright, upload_format = decode_upload(image, "image.data", self.max_image_bytes, self.max_image_pixels)
         keep_photo = align and self.photos is not None
+        if keep_photo:  # what is kept never holds where, when or with what the photo was taken
+            with self.metrics.stage("photos.strip"):
+                kept = without_metadata(image, upload_format, upright)
+        del upright
         with self.metrics.stage("inference.invert"):
             # An aligned photo is kept for paste-back: that needs the crop and where it lies in the photo.
             inverted = self.inference.invert(image, align=align, return_aligned=return_aligned or keep_photo, mode=mode)
@@ -289,7 +293,7 @@ class EditorCore:
             if inverted.aligned is None or inverted.placement is None:
                 raise UnavailableError("model server", "its encoder returned no placement for an aligned photo")
             with self.metrics.stage("photos.put"):
-                photo_id = self.photos.put(tenant, image, inverted.aligned, inverted.placement, self.cache.ttl_s)
+                photo_id = self.photos.put(tenant, kept, inverted.aligned, inverted.placement, self.cache.ttl_s)
         try:
             with self.metrics.stage("cache.put"):
                 latent = self.cache.put(tenant, generator.family, ws, photo_id, expires_at(photo_id))
@@ -354,7 +358,7 @@ class EditorCore:
 
     def _paste_target(self, photo: StoredPhoto) -> tuple[Image.Image, Any]:
         """The decoded photo and its aligned face, once per request (an animation pastes every frame)."""
-        picture, _ = decode_upload(photo.image, "photo", self.max_image_bytes, self.max_image_pixels)
+        picture, _ = decode_upload(photo.image, "photo", MAX_KEPT_PHOTO_BYTES, self.max_image_pixels)
         return picture, photo.aligned_face()
 
     def _paste(self, target: tuple[Image.Image, Any], crop: RenderedImage, fmt: str) -> RenderedImage:

@@ -16,7 +16,7 @@ from faceedit.images import from_pil, to_pil
 from faceedit.models import load_encoder, load_generator
 from services.common import protocol
 from services.common.photos import Placement
-from services.common.uploads import center_square
+from services.common.uploads import center_square, decode_upload
 
 from factories import face_landmarks
 
@@ -74,7 +74,7 @@ class FakeInference:
     def invert(self, image: bytes, align: bool = False, return_aligned: bool = False, mode: str = "encoder"):
         request = protocol.decode_invert_request(protocol.encode_invert_request(image, align, return_aligned, mode))
         self.inverted.append(request)
-        pil = Image.open(io.BytesIO(image)).convert("RGB")
+        pil, _ = decode_upload(image, "image")  # upright, as the encoder handler decodes it
         crop, placement = center_square(pil, min(pil.size)), None
         if align:  # "aligned": the centre square, with a face-shaped ring of landmarks inside it
             placement = fake_placement(pil.size)

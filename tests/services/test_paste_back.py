@@ -205,3 +205,26 @@ def test_a_photo_whose_latent_could_not_be_cached_is_not_kept(world, monkeypatch
     with pytest.raises(UnavailableError):
         editor.invert("acme", photo_png(), align=True)
     assert not list(world["store"].keys("photos"))
+
+
+def test_a_phone_photo_is_kept_without_its_metadata_and_pasted_back_upright(world):
+    from services.common.uploads import decode_upload
+
+    rng = np.random.default_rng(3)
+    sensor = rng.integers(0, 256, (PHOTO_SIZE[1], PHOTO_SIZE[0], 3), dtype=np.uint8)  # 96 x 64 as the sensor saw it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the viewer turns it 90° clockwise: 64 wide, 96 high
+    exif[0x010F] = "PhoneCo"
+    exif.get_ifd(0x8825).update({1: "N", 2: (48.0, 51.0, 24.0)})  # where it was taken
+    out = io.BytesIO()
+    Image.fromarray(sensor).save(out, format="JPEG", quality=95, exif=exif.tobytes())
+    photo = out.getvalue()
+    editor = world["editor"]
+    inverted = editor.invert("acme", photo, align=True)
+    kept = world["photos"].get("acme", editor.cache.entry("acme", inverted.latent.id, "x").photo_id).image
+    assert b"PhoneCo" not in kept and not Image.open(io.BytesIO(kept)).getexif().get_ifd(0x8825)
+    edited = editor.edit("acme", "", LatentSource(latent_id=inverted.latent.id), [Step("age", 3.0)], paste_back=True)
+    assert (edited.image.width, edited.image.height) == PHOTO_SIZE[::-1]  # upright, as its owner sees it
+    upright = np.asarray(decode_upload(photo, "image")[0], dtype=np.int16)
+    unchanged = np.all(pixels(edited.image.data) == upright, axis=-1)
+    assert unchanged[:10].all() and unchanged[-10:].all()  # above and below the face: the photo's own pixels

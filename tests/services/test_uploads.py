@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from faceedit.errors import InvalidInputError
 from services.common.errors import TooLargeError
-from services.common.uploads import MAX_UPLOAD_PIXELS, center_square, decode_upload
+from services.common.uploads import MAX_UPLOAD_PIXELS, center_square, decode_upload, without_metadata
 
 
 def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -47,3 +48,62 @@ def test_center_square_keeps_proportions():
     wide.paste((255, 255, 255), (100, 0, 200, 100))  # the middle third is white
     square = center_square(wide, 50)
     assert square.size == (50, 50) and square.getextrema() == ((255, 255),) * 3
+
+
+GPS_IFD, ORIENTATION, MAKE = 0x8825, 0x0112, 0x010F
+
+
+def phone_photo(fmt: str = "JPEG", orientation: int = 6) -> tuple[bytes, np.ndarray]:
+    """A photo as a phone writes it: the sensor's pixels (wider than high) with EXIF saying "turn 90°
+    clockwise", the camera and where it was taken; and the pixels a viewer shows (upright)."""
+    rng = np.random.default_rng(0)
+    sensor = np.kron(rng.integers(0, 256, (6, 10, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # 80 x 48, blocky
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    exif[MAKE] = "PhoneCo"
+    exif.get_ifd(GPS_IFD).update({1: "N", 2: (48.0, 51.0, 24.0)})
+    out = io.BytesIO()
+    options = {"quality": 95, "comment": b"holiday"} if fmt == "JPEG" else {}
+    Image.fromarray(sensor).save(out, format=fmt, exif=exif.tobytes(), **options)
+    shown = np.rot90(sensor, k=-1) if orientation == 6 else sensor  # EXIF 6: rotate 90° clockwise to view
+    return out.getvalue(), shown
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_an_upload_is_decoded_upright_as_a_viewer_shows_it(fmt):
+    data, shown = phone_photo(fmt)
+    image, _ = decode_upload(data, "image.data")
+    assert image.size == (48, 80)  # turned: higher than wide
+    error = np.abs(np.asarray(image, np.int16) - shown)
+    assert error.max() == 0 if fmt == "PNG" else error.mean() < 15  # lossy: compression error (~7.5); turned wrong: ~77
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_a_kept_photo_has_the_same_upright_pixels_and_no_metadata(fmt):
+    data, _ = phone_photo(fmt)
+    upright, found = decode_upload(data, "image.data")
+    kept = without_metadata(data, found, upright)
+    again, kept_format = decode_upload(kept, "photo")
+    assert kept_format == found
+    assert np.array_equal(np.asarray(again), np.asarray(upright))  # lossless: the same picture, upright
+    with Image.open(io.BytesIO(kept)) as image:
+        exif = image.getexif()
+        assert MAKE not in exif and not exif.get_ifd(GPS_IFD)  # no camera, no position
+        assert "comment" not in image.info
+        assert set(exif) <= {ORIENTATION}
+    assert b"PhoneCo" not in kept and b"holiday" not in kept
+
+
+def test_a_kept_jpeg_keeps_its_compressed_data_and_drops_pictures_appended_after_its_end():
+    data, _ = phone_photo("JPEG", orientation=1)
+    appended = data + encoded(Image.new("RGB", (16, 16), (200, 0, 0)), "JPEG")  # e.g. a gain map or depth map
+    kept = without_metadata(appended, "jpeg", decode_upload(appended, "image.data")[0])
+    start = data.index(b"\xff\xda")  # the scan (start of scan to end of image) is copied byte for byte
+    assert kept.endswith(data[start:]) and len(kept) < len(data)
+    assert Image.open(io.BytesIO(kept)).getexif() == {}
+
+
+def test_a_jpeg_that_ends_inside_a_scan_is_refused_when_kept():
+    data, _ = phone_photo("JPEG", orientation=1)
+    with pytest.raises(InvalidInputError, match="well-formed JPEG"):
+        without_metadata(data[:-2], "jpeg", Image.new("RGB", (1, 1)))
