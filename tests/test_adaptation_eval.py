@@ -24,7 +24,7 @@ from faceedit.models import (
 )
 from faceedit.synth import load_scorer
 
-from factories import write_tiny_models
+from factories import tiny_clip, write_tiny_models
 
 # Small enough for a test: a few source samples for the CLIP mean, a one-iteration code window.
 TINY_SETTINGS = {"clip_mean_samples": 4, "clip_mean_batch": 4, "sliding_window": 1}
@@ -50,6 +50,34 @@ def run_command(zoo: dict[str, Path], out: Path, *extra: str) -> int:
 
 
 # -- metric definitions ----------------------------------------------------------------------------------
+def test_a_style_axis_measures_separation_and_progress_along_it():
+    from faceedit.adaptation.style_judge import _axis
+
+    rng = torch.Generator().manual_seed(0)
+    photos = torch.randn(200, 16, generator=rng) + torch.tensor([8.0] + [0.0] * 15)
+    shifted = photos + torch.tensor([0.0, 4.0] + [0.0] * 14)  # the same faces, moved along axis 1
+    axis = _axis(photos, shifted)
+    assert axis.separation > 2 and abs(float(axis.direction[1])) > 0.9
+    assert axis.progress(photos, shifted) == pytest.approx(1.0, abs=1e-5)  # the styled faces themselves
+    assert axis.progress(photos, photos) == 0.0
+    same = _axis(photos, torch.randn(200, 16, generator=rng) + torch.tensor([8.0] + [0.0] * 15))
+    assert abs(same.separation) < 0.5  # two draws of one distribution: the CLIP sees no style
+
+
+def test_the_judge_puts_rendered_photos_at_0_and_the_rendered_style_at_1():
+    from faceedit.adaptation.style_judge import clip_views, judge_style
+    from faceedit.synth import render_faces
+
+    clip = tiny_clip()
+    judgement = judge_style(clip, "sketch", block=1, n=8, seed=4, size=32)
+    photos, _ = render_faces(8, seed=4, size=32, style="photo")
+    sketches, _ = render_faces(8, seed=4, size=32, style="sketch")
+    (pg, pt), (sg, st) = clip_views(clip, photos, 1), clip_views(clip, sketches, 1)
+    assert judgement.global_axis.progress(pg, sg) == pytest.approx(1.0, abs=1e-4)
+    assert judgement.token_axis.progress(pt, st) == pytest.approx(1.0, abs=1e-4)
+    assert judgement.global_axis.progress(pg, pg) == 0.0
+
+
 def test_diversity_is_the_mean_squared_distance_between_distinct_samples():
     same = torch.nn.functional.normalize(torch.ones(3, 4), dim=1)
     assert diversity(same) == pytest.approx(0.0, abs=1e-6)
@@ -115,6 +143,9 @@ def test_eval_adaptation_end_to_end_writes_the_table_json_and_grid(zoo, tmp_path
         assert 0.0 <= row["style_rate"] <= 1.0 and 0.0 < row["faithfulness"] <= 1.0
         assert set(row["edit_success_by_attribute"]) == {"age"} and row["edit_success"] is not None
         assert f"| {row['style']} | {row['style_rate']:.2f} ({row['base_style_rate']:.2f}) |" in printed
+        (judge,) = row["judge"]  # one CLIP: what it sees of the style, printed as a row of the second table
+        assert -1.0 <= judge["alignment"] <= 1.0
+        assert f"| {row['style']} | {judge['clip']} | {judge['separation_global']:.2f} |" in printed
     assert record["base_edit_success"] is not None and record["notes"] == []
     assert record["difa_config"]["iterations"] == 2 and record["difa_config"]["clip_mean_samples"] == 4
     assert record["command"].startswith("faceedit eval adaptation") and "--iterations 2" in record["command"]

@@ -18,6 +18,8 @@ from faceedit.adaptation.clip import ClipModel
 from faceedit.adaptation.clip_mean import cached_source_clip_mean
 from faceedit.adaptation.difa import AdaptationResult, adapt
 from faceedit.adaptation.difa_config import DifaConfig
+from faceedit.adaptation.difa_losses import reference_direction
+from faceedit.adaptation.style_judge import alignment, clip_views, judge_style
 from faceedit.editing.boundary import Boundary
 from faceedit.editing.quality import evaluate_edits
 from faceedit.errors import InvalidInputError
@@ -88,6 +90,21 @@ class StyleResult:
     diversity: float  # mean pairwise scorer-feature distance among adapted samples
     edit_success: float | None  # mean success of the boundary edits on the adapted generator
     edit_success_by_attribute: dict[str, float] = field(default_factory=dict)
+    judge: list[JudgeView] = field(default_factory=list)  # one per CLIP DIFA used
+
+
+@dataclass
+class JudgeView:
+    """What one of DIFA's CLIPs sees of the style (faceedit.adaptation.style_judge): is the style visible to
+    it at all (separation d′ of photo vs style renders, globally and in the local loss's block tokens), does
+    the one artwork point along it (alignment), and how far the adapted samples went (progress, 0..1)."""
+
+    clip: str
+    separation_global: float
+    separation_tokens: float
+    alignment: float
+    progress_global: float
+    progress_tokens: float
 
 
 @dataclass
@@ -120,6 +137,17 @@ class AdaptationEvalReport:
             success = "-" if r.edit_success is None else f"{r.edit_success:.2f}"
             lines.append(f"| {r.style} | {r.style_rate:.2f} ({r.base_style_rate:.2f}) | {r.faithfulness:.3f} "
                          f"| {r.diversity:.3f} | {success} | {r.seconds:.1f} |")
+        lines += ["", "What DIFA's judge sees, per CLIP: d′ = how far it separates the same faces rendered as photos "
+                  "and in the style (global embedding / mean block-"
+                  f"{self.config.difa_config().clip_layer} tokens); alignment = cosine of the artwork's DIFA "
+                  "direction with the style's axis; progress = fraction of the photo → style gap the adapted "
+                  "samples crossed in that CLIP's eyes.", "",
+                  "| style | CLIP | d′ global | d′ tokens | alignment | progress global | progress tokens |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in self.results:
+            for j in r.judge:
+                lines.append(f"| {r.style} | {j.clip} | {j.separation_global:.2f} | {j.separation_tokens:.2f} "
+                             f"| {j.alignment:.2f} | {j.progress_global:.2f} | {j.progress_tokens:.2f} |")
         lines += [f"\n{note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -215,6 +243,23 @@ def before_after_grid(base_images: Tensor, references: Sequence[Tensor], adapted
     return grid(tiles, columns=columns + 1)
 
 
+@torch.no_grad()
+def judge_view(clip: ClipModel, style: str, difa_config: DifaConfig, base: Generator, reference: Tensor,
+               base_images: Tensor, adapted_images: Tensor, cache: MemoryCache, config: AdaptationEvalConfig
+               ) -> JudgeView:
+    """One CLIP's view of one adaptation; base and adapted images [N, 3, H, W] are of the same w's."""
+    judgement = judge_style(clip, style, difa_config.clip_layer, n=config.samples, seed=config.reference_seed + 1,
+                            size=base.config.size)
+    source_mean = cached_source_clip_mean(base, clip, difa_config, cache)
+    reference_embedding = clip.features(reference, difa_config.clip_layer)[0]  # [1, E]
+    before_global, before_tokens = clip_views(clip, base_images, difa_config.clip_layer)
+    after_global, after_tokens = clip_views(clip, adapted_images, difa_config.clip_layer)
+    return JudgeView(clip.name, round(judgement.global_axis.separation, 3), round(judgement.token_axis.separation, 3),
+                     round(alignment(judgement, reference_direction(reference_embedding, source_mean)), 3),
+                     round(judgement.global_axis.progress(before_global, after_global), 3),
+                     round(judgement.token_axis.progress(before_tokens, after_tokens), 3))
+
+
 def evaluate_adaptation(base: Generator, encoder: Encoder, clips: Sequence[ClipModel], scorer: Scorer,
                         config: AdaptationEvalConfig = AdaptationEvalConfig(),
                         boundaries: Mapping[str, Boundary] | None = None, boundary_note: str = "",
@@ -255,12 +300,14 @@ def evaluate_adaptation(base: Generator, encoder: Encoder, clips: Sequence[ClipM
         success, success_by = (None, {})
         if boundaries:
             success, success_by = edit_success(adapted, scorer, boundaries, config.edit_samples, config.seed)
+        judge = [judge_view(clip, style, difa_config, base, reference, base_images, images, cache, config)
+                 for clip in clips]
         results.append(StyleResult(
             style=style, iterations=result.iterations, seconds=round(result.seconds, 2),
             style_rate=float((scores["style"] == index).float().mean()),
             base_style_rate=float((base_scores["style"] == index).float().mean()),
             faithfulness=sum(agreement.values()) / len(agreement), faithfulness_by_attribute=agreement,
-            diversity=diversity(features), edit_success=success, edit_success_by_attribute=success_by))
+            diversity=diversity(features), edit_success=success, edit_success_by_attribute=success_by, judge=judge))
         log(f"{style}: {result.seconds:.1f} s, style rate {results[-1].style_rate:.2f}, "
             f"faithfulness {results[-1].faithfulness:.3f}")
         references.append(reference)
