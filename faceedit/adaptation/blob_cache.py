@@ -6,8 +6,6 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-# cached_source_clip_mean and source_clip_mean are re-exported: callers import them from here.
-
 
 class BlobCache(Protocol):
     """Bytes by key, where mean source embeddings and checkpoints are kept between runs (the artifact

@@ -21,8 +21,6 @@ from torch import Tensor
 
 from faceedit.adaptation.blob_cache import BlobCache, DirectoryCache
 from faceedit.adaptation.clip import ClipModel
-
-# cached_source_clip_mean and source_clip_mean are re-exported: callers import them from here.
 from faceedit.adaptation.clip_mean import (
     MeanProgress,
     SourceMeanCancelled,

@@ -6,11 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from faceedit.adaptation.clip import ClipConfig
-
-# cached_source_clip_mean and source_clip_mean are re-exported: callers import them from here.
-from faceedit.errors import (
-    InvalidInputError,
-)
+from faceedit.errors import InvalidInputError
 
 
 @dataclass(frozen=True)

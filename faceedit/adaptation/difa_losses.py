@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# cached_source_clip_mean and source_clip_mean are re-exported: callers import them from here.
 from faceedit.models.encoders import Encoder
 
 _MIN_STEP = 1e-6  # CLIP-space moves shorter than this have no usable direction
