@@ -24,7 +24,7 @@ from faceedit.models import (
 )
 from faceedit.synth import load_scorer
 
-from factories import tiny_clip, write_tiny_models
+from factories import TINY_CLIP, tiny_clip, write_tiny_models
 
 # Small enough for a test: a few source samples for the CLIP mean, a one-iteration code window.
 TINY_SETTINGS = {"clip_mean_samples": 4, "clip_mean_batch": 4, "sliding_window": 1}
@@ -145,6 +145,8 @@ def test_eval_adaptation_end_to_end_writes_the_table_json_and_grid(zoo, tmp_path
         assert f"| {row['style']} | {row['style_rate']:.2f} ({row['base_style_rate']:.2f}) |" in printed
         (judge,) = row["judge"]  # one CLIP: what it sees of the style, printed as a row of the second table
         assert -1.0 <= judge["alignment"] <= 1.0
+        assert len(judge["separation_by_block"]) == TINY_CLIP["vision_cfg"]["layers"]  # one per block
+        assert sum(row["read_as"].values()) == pytest.approx(1.0)
         assert f"| {row['style']} | {judge['clip']} | {judge['separation_global']:.2f} |" in printed
     assert record["base_edit_success"] is not None and record["notes"] == []
     assert record["difa_config"]["iterations"] == 2 and record["difa_config"]["clip_mean_samples"] == 4

@@ -132,6 +132,11 @@ class ClipModel(nn.Module):
         positions = self.model.visual.positional_embedding.shape[0]
         return TokenGrid(prefix=positions - count, count=count)
 
+    @property
+    def n_blocks(self) -> int:
+        """Transformer blocks of the image tower (what `block` of `features` counts)."""
+        return len(self._blocks())
+
     def features(self, images: Tensor, block: int) -> tuple[Tensor, Tensor]:
         """One forward pass: (normalised embeddings [B, E], L2-normalised patch tokens [B, N, W] of `block`)."""
         blocks = self._blocks()

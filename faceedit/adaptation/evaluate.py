@@ -19,7 +19,7 @@ from faceedit.adaptation.clip_mean import cached_source_clip_mean
 from faceedit.adaptation.difa import AdaptationResult, adapt
 from faceedit.adaptation.difa_config import DifaConfig
 from faceedit.adaptation.difa_losses import reference_direction
-from faceedit.adaptation.style_judge import alignment, clip_views, judge_style
+from faceedit.adaptation.style_judge import alignment, clip_views, judge_style, separation_by_block
 from faceedit.editing.boundary import Boundary
 from faceedit.editing.quality import evaluate_edits
 from faceedit.errors import InvalidInputError
@@ -91,6 +91,7 @@ class StyleResult:
     edit_success: float | None  # mean success of the boundary edits on the adapted generator
     edit_success_by_attribute: dict[str, float] = field(default_factory=dict)
     judge: list[JudgeView] = field(default_factory=list)  # one per CLIP DIFA used
+    read_as: dict[str, float] = field(default_factory=dict)  # the scorer's style decisions on the adapted samples
 
 
 @dataclass
@@ -105,6 +106,7 @@ class JudgeView:
     alignment: float
     progress_global: float
     progress_tokens: float
+    separation_by_block: list[float]  # d′ in each transformer block's tokens: where the style becomes visible
 
 
 @dataclass
@@ -142,12 +144,17 @@ class AdaptationEvalReport:
                   f"{self.config.difa_config().clip_layer} tokens); alignment = cosine of the artwork's DIFA "
                   "direction with the style's axis; progress = fraction of the photo → style gap the adapted "
                   "samples crossed in that CLIP's eyes.", "",
-                  "| style | CLIP | d′ global | d′ tokens | alignment | progress global | progress tokens |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| style | CLIP | d′ global | d′ tokens | alignment | progress global | progress tokens "
+                  "| d′ tokens by block | scorer reads the adapted samples as |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in self.results:
+            read_as = ", ".join(f"{name} {rate:.2f}" for name, rate in sorted(r.read_as.items(), key=lambda x: -x[1])
+                                if rate > 0)
             for j in r.judge:
+                blocks = " / ".join(f"{d:.1f}" for d in j.separation_by_block)
                 lines.append(f"| {r.style} | {j.clip} | {j.separation_global:.2f} | {j.separation_tokens:.2f} "
-                             f"| {j.alignment:.2f} | {j.progress_global:.2f} | {j.progress_tokens:.2f} |")
+                             f"| {j.alignment:.2f} | {j.progress_global:.2f} | {j.progress_tokens:.2f} | {blocks} "
+                             f"| {read_as} |")
         lines += [f"\n{note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -257,7 +264,9 @@ def judge_view(clip: ClipModel, style: str, difa_config: DifaConfig, base: Gener
     return JudgeView(clip.name, round(judgement.global_axis.separation, 3), round(judgement.token_axis.separation, 3),
                      round(alignment(judgement, reference_direction(reference_embedding, source_mean)), 3),
                      round(judgement.global_axis.progress(before_global, after_global), 3),
-                     round(judgement.token_axis.progress(before_tokens, after_tokens), 3))
+                     round(judgement.token_axis.progress(before_tokens, after_tokens), 3),
+                     [round(d, 2) for d in separation_by_block(clip, style, config.samples, config.reference_seed + 1,
+                                                               base.config.size)])
 
 
 def evaluate_adaptation(base: Generator, encoder: Encoder, clips: Sequence[ClipModel], scorer: Scorer,
@@ -307,7 +316,8 @@ def evaluate_adaptation(base: Generator, encoder: Encoder, clips: Sequence[ClipM
             style_rate=float((scores["style"] == index).float().mean()),
             base_style_rate=float((base_scores["style"] == index).float().mean()),
             faithfulness=sum(agreement.values()) / len(agreement), faithfulness_by_attribute=agreement,
-            diversity=diversity(features), edit_success=success, edit_success_by_attribute=success_by, judge=judge))
+            diversity=diversity(features), edit_success=success, edit_success_by_attribute=success_by, judge=judge,
+            read_as={name: float((scores["style"] == i).float().mean()) for i, name in enumerate(STYLES)}))
         log(f"{style}: {result.seconds:.1f} s, style rate {results[-1].style_rate:.2f}, "
             f"faithfulness {results[-1].faithfulness:.3f}")
         references.append(reference)

@@ -69,6 +69,16 @@ def clip_views(clip: ClipModel, images: Tensor, block: int, batch: int = 32) -> 
 
 
 @torch.no_grad()
+def separation_by_block(clip: ClipModel, style: str, n: int = 64, seed: int = 1, size: int = 64) -> list[float]:
+    """d′ of photo vs `style` renders in the mean tokens of every transformer block: where in the CLIP the
+    style becomes visible, for choosing the block DIFA's local loss reads (`clip_layer`)."""
+    photos, _ = render_faces(n, seed=seed, size=size, style="photo")
+    styled, _ = render_faces(n, seed=seed, size=size, style=style)
+    return [_axis(clip_views(clip, photos, b)[1], clip_views(clip, styled, b)[1]).separation
+            for b in range(clip.n_blocks)]
+
+
+@torch.no_grad()
 def judge_style(clip: ClipModel, style: str, block: int, n: int = 64, seed: int = 1, size: int = 64
                 ) -> StyleJudgement:
     """`n` rendered faces as photos and the same faces in `style`, seen by `clip` (faces other than the
