@@ -147,6 +147,7 @@ def test_eval_adaptation_end_to_end_writes_the_table_json_and_grid(zoo, tmp_path
         assert -1.0 <= judge["alignment"] <= 1.0
         assert len(judge["separation_by_block"]) == TINY_CLIP["vision_cfg"]["layers"]  # one per block
         assert sum(row["read_as"].values()) == pytest.approx(1.0)
+        assert judge["closest_style"] in {"sketch", "comic", "watercolor"} - {row["style"]}
         assert f"| {row['style']} | {judge['clip']} | {judge['separation_global']:.2f} |" in printed
     assert record["base_edit_success"] is not None and record["notes"] == []
     assert record["difa_config"]["iterations"] == 2 and record["difa_config"]["clip_mean_samples"] == 4

@@ -19,7 +19,13 @@ from faceedit.adaptation.clip_mean import cached_source_clip_mean
 from faceedit.adaptation.difa import AdaptationResult, adapt
 from faceedit.adaptation.difa_config import DifaConfig
 from faceedit.adaptation.difa_losses import reference_direction
-from faceedit.adaptation.style_judge import alignment, clip_views, judge_style, separation_by_block
+from faceedit.adaptation.style_judge import (
+    StyleJudgement,
+    alignment,
+    clip_views,
+    judge_style,
+    separation_by_block,
+)
 from faceedit.editing.boundary import Boundary
 from faceedit.editing.quality import evaluate_edits
 from faceedit.errors import InvalidInputError
@@ -107,6 +113,9 @@ class JudgeView:
     progress_global: float
     progress_tokens: float
     separation_by_block: list[float]  # d′ in each transformer block's tokens: where the style becomes visible
+    closest_style: str  # the other artistic style whose axis is most like this one's in the block tokens
+    closest_cosine_global: float
+    closest_cosine_tokens: float
 
 
 @dataclass
@@ -143,10 +152,12 @@ class AdaptationEvalReport:
                   "and in the style (global embedding / mean block-"
                   f"{self.config.difa_config().clip_layer} tokens); alignment = cosine of the artwork's DIFA "
                   "direction with the style's axis; progress = fraction of the photo → style gap the adapted "
-                  "samples crossed in that CLIP's eyes.", "",
+                  "samples crossed in that CLIP's eyes; closest other style = the artistic style whose axis is most "
+                  "like this one's in those tokens (the local loss cannot tell the two apart when it is near 1).", "",
                   "| style | CLIP | d′ global | d′ tokens | alignment | progress global | progress tokens "
-                  "| d′ tokens by block | scorer reads the adapted samples as |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| d′ tokens by block | closest other style (cos global / tokens) "
+                  "| scorer reads the adapted samples as |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.results:
             read_as = ", ".join(f"{name} {rate:.2f}" for name, rate in sorted(r.read_as.items(), key=lambda x: -x[1])
                                 if rate > 0)
@@ -154,6 +165,7 @@ class AdaptationEvalReport:
                 blocks = " / ".join(f"{d:.1f}" for d in j.separation_by_block)
                 lines.append(f"| {r.style} | {j.clip} | {j.separation_global:.2f} | {j.separation_tokens:.2f} "
                              f"| {j.alignment:.2f} | {j.progress_global:.2f} | {j.progress_tokens:.2f} | {blocks} "
+                             f"| {j.closest_style} ({j.closest_cosine_global:.2f} / {j.closest_cosine_tokens:.2f}) "
                              f"| {read_as} |")
         lines += [f"\n{note}" for note in self.notes]
         return "\n".join(lines)
@@ -251,22 +263,29 @@ def before_after_grid(base_images: Tensor, references: Sequence[Tensor], adapted
 
 
 @torch.no_grad()
-def judge_view(clip: ClipModel, style: str, difa_config: DifaConfig, base: Generator, reference: Tensor,
-               base_images: Tensor, adapted_images: Tensor, cache: MemoryCache, config: AdaptationEvalConfig
-               ) -> JudgeView:
-    """One CLIP's view of one adaptation; base and adapted images [N, 3, H, W] are of the same w's."""
-    judgement = judge_style(clip, style, difa_config.clip_layer, n=config.samples, seed=config.reference_seed + 1,
-                            size=base.config.size)
+def judge_view(clip: ClipModel, style: str, judgements: Mapping[str, StyleJudgement], difa_config: DifaConfig,
+               base: Generator, reference: Tensor, base_images: Tensor, adapted_images: Tensor, cache: MemoryCache,
+               config: AdaptationEvalConfig) -> JudgeView:
+    """One CLIP's view of one adaptation (`judgements`: that CLIP's of every artistic style); base and adapted
+    images [N, 3, H, W] are of the same w's."""
+    judgement = judgements[style]
     source_mean = cached_source_clip_mean(base, clip, difa_config, cache)
     reference_embedding = clip.features(reference, difa_config.clip_layer)[0]  # [1, E]
     before_global, before_tokens = clip_views(clip, base_images, difa_config.clip_layer)
     after_global, after_tokens = clip_views(clip, adapted_images, difa_config.clip_layer)
+    # The other style whose axis this one's is closest to, in the block tokens the local loss reads: a
+    # CLIP that moves both alike cannot tell DIFA which of the two it is asked for.
+    cosines = {other: (float(judgement.global_axis.direction @ j.global_axis.direction),
+                       float(judgement.token_axis.direction @ j.token_axis.direction))
+               for other, j in judgements.items() if other != style}
+    closest = max(cosines, key=lambda other: cosines[other][1])
     return JudgeView(clip.name, round(judgement.global_axis.separation, 3), round(judgement.token_axis.separation, 3),
                      round(alignment(judgement, reference_direction(reference_embedding, source_mean)), 3),
                      round(judgement.global_axis.progress(before_global, after_global), 3),
                      round(judgement.token_axis.progress(before_tokens, after_tokens), 3),
                      [round(d, 2) for d in separation_by_block(clip, style, config.samples, config.reference_seed + 1,
-                                                               base.config.size)])
+                                                               base.config.size)],
+                     closest, round(cosines[closest][0], 3), round(cosines[closest][1], 3))
 
 
 def evaluate_adaptation(base: Generator, encoder: Encoder, clips: Sequence[ClipModel], scorer: Scorer,
@@ -296,6 +315,10 @@ def evaluate_adaptation(base: Generator, encoder: Encoder, clips: Sequence[ClipM
     else:
         notes.append(f"Edit success not measured: {boundary_note or 'no boundaries given'}.")
 
+    # Each CLIP's photo → style axes, of every artistic style (adapted to or not), to compare them.
+    judgements = [{style: judge_style(clip, style, difa_config.clip_layer, n=config.samples,
+                                      seed=config.reference_seed + 1, size=base.config.size)
+                   for style in ARTISTIC_STYLES} for clip in clips]
     results, references, adapted_images = [], [], []
     for style in config.styles:
         reference = reference_artwork(style, config.reference_seed, base.config.size)
@@ -309,8 +332,8 @@ def evaluate_adaptation(base: Generator, encoder: Encoder, clips: Sequence[ClipM
         success, success_by = (None, {})
         if boundaries:
             success, success_by = edit_success(adapted, scorer, boundaries, config.edit_samples, config.seed)
-        judge = [judge_view(clip, style, difa_config, base, reference, base_images, images, cache, config)
-                 for clip in clips]
+        judge = [judge_view(clip, style, views, difa_config, base, reference, base_images, images, cache, config)
+                 for clip, views in zip(clips, judgements)]
         results.append(StyleResult(
             style=style, iterations=result.iterations, seconds=round(result.seconds, 2),
             style_rate=float((scores["style"] == index).float().mean()),
