@@ -6,7 +6,7 @@ import dataclasses
 import io
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from PIL import Image
 from faceedit.errors import InvalidInputError
 from services.common import protocol
 from services.common.errors import PreconditionError, TooLargeError, UnavailableError
-from services.common.latent_cache import LatentCache
+from services.common.latent_cache import LatentCache, StoredLatent
 from services.common.latents import check_latents
 from services.common.photos import PhotoStore, StoredPhoto, expires_at, owned_by_generator
 from services.common.protocol import StyleOffset
@@ -110,14 +110,18 @@ class EditorCore:
         return float(truncation)
 
     def _render(self, generator: ResolvedGenerator, tenant: str, ws: np.ndarray, fmt: str,
-                style_offset: StyleOffset | None = None) -> list[RenderedImage]:
+                style_offset: StyleOffset | None = None,
+                while_waiting: Callable[[], None] | None = None) -> list[RenderedImage]:
         """All of ws [B, L, D] rendered, in chunks sized by the budget."""
-        return [image for chunk in self._render_chunks(generator, tenant, ws, fmt, style_offset) for image in chunk]
+        return [image for chunk in self._render_chunks(generator, tenant, ws, fmt, style_offset, while_waiting)
+                for image in chunk]
 
     def _render_chunks(self, generator: ResolvedGenerator, tenant: str, ws: np.ndarray, fmt: str,
-                       style_offset: StyleOffset | None = None) -> Iterator[list[RenderedImage]]:
+                       style_offset: StyleOffset | None = None,
+                       while_waiting: Callable[[], None] | None = None) -> Iterator[list[RenderedImage]]:
         """ws [B, L, D] → images, one TorchServe call per chunk; the chunk size is re-read before each
-        call (it follows the measured cost), and no chunk is sent to a caller that is gone."""
+        call (it follows the measured cost), and no chunk is sent to a caller that is gone.
+        `while_waiting` runs during the first call (Inference.synthesize)."""
         key, done = generator.base.id, 0
         while done < len(ws):
             if done:
@@ -127,7 +131,8 @@ class EditorCore:
                 style_offset, strengths=style_offset.strengths[done:done + len(chunk)])
             started = time.perf_counter()
             with self.metrics.stage("inference.synthesize"):
-                response = self.inference.synthesize(generator.id, tenant, chunk, fmt, offset)
+                response = self.inference.synthesize(generator.id, tenant, chunk, fmt, offset,
+                                                     while_waiting if not done else None)
             if response.handler_ms is not None:
                 self.metrics.observe_stage("inference.handler", response.handler_ms / 1e3)
             self.budget.observe(key, len(chunk), time.perf_counter() - started,
@@ -321,14 +326,22 @@ class EditorCore:
             with self.metrics.stage("edit"):
                 ws = apply_edits(torch.from_numpy(ws), plan.w).numpy()  # [1, L, D]
         offset = self._text_offset(generator, plan, np.ones(1))
+        stored: list[StoredLatent] = []
+
+        def store() -> None:
+            # While TorchServe synthesises: the edited latent does not depend on the image. It keeps the
+            # photo, so a chain of edits can still be pasted back.
+            with self.metrics.stage("cache.put"):
+                stored.append(self.cache.put(tenant, generator.family, ws, photo_id, expires_at(photo_id)))
+
         if photo is None:
-            image = self._render(generator, tenant, ws, fmt, offset)[0]
+            image = self._render(generator, tenant, ws, fmt, offset, while_waiting=store)[0]
         else:  # rendered lossless, pasted, then encoded as asked
-            image = self._paste(self._paste_target(photo), self._render(generator, tenant, ws, "png", offset)[0], fmt)
-        with self.metrics.stage("cache.put"):
-            # The edited latent keeps the photo: a chain of edits can still be pasted back.
-            latent = self.cache.put(tenant, generator.family, ws, photo_id, expires_at(photo_id))
-        return Rendered(image, latent)
+            crop = self._render(generator, tenant, ws, "png", offset, while_waiting=store)[0]
+            image = self._paste(self._paste_target(photo), crop, fmt)
+        if not stored:  # an Inference that had nothing to wait for
+            store()
+        return Rendered(image, stored[0])
 
     def _text_offset(self, generator: ResolvedGenerator, plan: EditPlan, strengths: np.ndarray
                      ) -> StyleOffset | None:

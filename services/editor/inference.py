@@ -51,8 +51,13 @@ class Inference(Protocol):
     """What the core needs from the model server (the unit tests' fake implements the same)."""
 
     def synthesize(self, generator_id: str, tenant: str, ws: np.ndarray, image_format: str,
-                   style_offset: StyleOffset | None = None) -> GenerateResponse:
-        """ws [B, n_latent, style_dim] float32 (and a StyleSpace offset: text edits) → B encoded images."""
+                   style_offset: StyleOffset | None = None,
+                   while_waiting: Callable[[], None] | None = None) -> GenerateResponse:
+        """ws [B, n_latent, style_dim] float32 (and a StyleSpace offset: text edits) → B encoded images.
+
+        `while_waiting` runs once the request is on its way, before the reply is awaited: work that does not
+        need the images (storing the edited latent) overlaps the synthesis. If it raises, the call is
+        cancelled and its error is the one raised."""
         ...
 
     def invert(self, image: bytes, align: bool, return_aligned: bool, mode: str = "encoder") -> InvertResponse: ...
@@ -110,7 +115,7 @@ class TorchServeInference:
             token = self._file_token
         return [("authorization", f"Bearer {token}")] if token else []
 
-    def _call(self, model: str, body: bytes, what: str) -> bytes:
+    def _call(self, model: str, body: bytes, what: str, while_waiting: Callable[[], None] | None = None) -> bytes:
         request = self._pb.PredictionsRequest(model_name=model, input={"data": body})
         # The caller's remaining time, not a fixed per-call limit: a caller that allows 10 minutes
         # for a 1024 px animation gets them; the editor's chunking keeps each call short anyway.
@@ -120,8 +125,15 @@ class TorchServeInference:
             raise DeadlineError(f"no time left for model server {what}")
         started = time.perf_counter()
         spent = MODEL_SERVER_SECONDS.get()
+        call = self.stub.Predictions.future(request, timeout=timeout, metadata=self._metadata())
+        if while_waiting is not None:
+            try:
+                while_waiting()
+            except BaseException:
+                call.cancel()
+                raise
         try:
-            response = self.stub.Predictions(request, timeout=timeout, metadata=self._metadata())
+            response = call.result()
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
                 # A restarted TorchServe wrote new keys: read the file again on the next call
@@ -134,10 +146,12 @@ class TorchServeInference:
         return response.prediction
 
     def synthesize(self, generator_id: str, tenant: str, ws: np.ndarray, image_format: str = "png",
-                   style_offset: StyleOffset | None = None) -> GenerateResponse:
+                   style_offset: StyleOffset | None = None,
+                   while_waiting: Callable[[], None] | None = None) -> GenerateResponse:
         body = protocol.encode_generate_request(generator_id, ws, image_format=image_format, tenant=tenant,
                                                 style_offset=style_offset)
-        response = protocol.decode_generate_response(self._call(self.generator_model, body, "synthesis"))
+        response = protocol.decode_generate_response(self._call(self.generator_model, body, "synthesis",
+                                                                while_waiting))
         if len(response.images) != ws.shape[0]:
             raise UnavailableError("model server", f"returned {len(response.images)} images for {ws.shape[0]} latents")
         return response

@@ -44,11 +44,13 @@ class FakeInference:
         self.inverted: list[protocol.InvertRequest] = []
 
     def synthesize(self, generator_id: str, tenant: str, ws: np.ndarray, image_format: str = "png",
-                   style_offset: protocol.StyleOffset | None = None):
+                   style_offset: protocol.StyleOffset | None = None, while_waiting=None):
         body = protocol.encode_generate_request(generator_id, ws, image_format=image_format, tenant=tenant,
                                                 style_offset=style_offset)
         request = protocol.decode_generate_request(body)
         self.calls.append((generator_id, tenant, tuple(request.ws.shape)))
+        if while_waiting is not None:  # the request is "sent": the caller's overlapping work runs now
+            while_waiting()
         shift = 0.0
         if generator_id != self.generator_id:
             if (generator_id, tenant) not in self.adapted:

@@ -31,8 +31,10 @@ class FakeTorchServe(inference_pb2_grpc.InferenceAPIsServiceServicer):
         self.delay_s = 0.0  # each call takes this long, like a 1024 px synthesis on a CPU
         self.image_bytes = 0  # when set, every image is this many bytes
         self.abort_detail = "x"
+        self.contexts: list[grpc.ServicerContext] = []
 
     def Predictions(self, request, context):
+        self.contexts.append(context)
         metadata = dict(context.invocation_metadata())
         self.requests.append((request.model_name, metadata, context.time_remaining()))
         if self.key is not None and metadata.get("authorization") != f"Bearer {self.key}":
@@ -80,6 +82,42 @@ def test_synthesize_sends_the_protocol_body_and_the_token(fake, tmp_path):
     assert model == "gen" and metadata["authorization"] == "Bearer abc123"
     assert client.ping()
     client.close()
+
+
+def test_work_handed_in_runs_while_the_synthesis_is_in_flight(fake):
+    servicer, target = fake
+    servicer.hold = True  # the stand-in answers only once it is released
+    client = TorchServeInference(target)
+    seen = []
+
+    def while_waiting() -> None:
+        deadline = time.monotonic() + 10
+        while not servicer.requests and time.monotonic() < deadline:  # the request reached the server ...
+            time.sleep(0.01)
+        seen.append(len(servicer.requests))
+        servicer.block.set()  # ... before the reply, which only comes after this work
+
+    response = client.synthesize("demo", "acme", ws(1), "png", while_waiting=while_waiting)
+    assert seen == [1] and len(response.images) == 1
+
+
+def test_work_that_fails_while_waiting_cancels_the_call_and_is_the_error(fake):
+    servicer, target = fake
+    servicer.hold = True
+    client = TorchServeInference(target)
+
+    def while_waiting() -> None:
+        deadline = time.monotonic() + 10
+        while not servicer.contexts and time.monotonic() < deadline:  # the call is in TorchServe's hands
+            time.sleep(0.01)
+        raise UnavailableError("redis", "down")
+
+    with pytest.raises(UnavailableError, match="redis"):
+        client.synthesize("demo", "acme", ws(1), "png", while_waiting=while_waiting)
+    deadline = time.monotonic() + 10
+    while (not servicer.contexts or servicer.contexts[0].is_active()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert servicer.contexts and not servicer.contexts[0].is_active()  # TorchServe sees the call cancelled
 
 
 def test_a_restarted_torchserves_new_key_is_read_again(fake, tmp_path):
