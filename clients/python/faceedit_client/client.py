@@ -48,12 +48,12 @@ class AdaptationFailed(FaceEditClientError):
 
 @dataclass(frozen=True)
 class Image:
-    """An image from the service: encoded bytes (PNG, JPEG, WebP or GIF) and its size."""
+    """An image from the service: encoded bytes (PNG, JPEG, WebP or GIF) and its size, as every reply states it."""
 
     data: bytes
     format: str
-    width: int = 0
-    height: int = 0
+    width: int
+    height: int
 
     def save(self, path: str) -> None:
         with open(path, "wb") as f:
