@@ -148,3 +148,14 @@ def test_sample_command_device_and_precision_flags(no_cuda, tmp_path, capsys):
     assert "use bf16 on CPU" in capsys.readouterr().err
     assert cli_main(common + ["--device", "auto", "--precision", "bf16"]) == 0
     assert (tmp_path / "g.png").is_file()
+
+
+def test_synthesis_from_styles_takes_the_same_precision_as_synthesis():
+    generator = tiny_generator()
+    ws = latents(generator, 2)
+    with torch.inference_mode():
+        styles = generator.styles(ws)
+        low = generator.synthesis_from_styles(styles, precision="bf16")
+        assert low.dtype == torch.float32
+        assert torch.allclose(low, generator.synthesis(ws, precision="bf16"), atol=1e-5)  # the same bf16 path
+        assert MIN_BF16_EFFECT < float((low - generator.synthesis_from_styles(styles)).abs().max()) < TINY_BF16_BOUND

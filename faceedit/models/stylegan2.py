@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -399,12 +399,13 @@ class Generator(nn.Module):
         _check_latent(ws, "ws", (self.n_latent, self.style_dim))
         return [conv.modulation(ws[:, i]) for conv, i in self.style_layers()]
 
-    def synthesis_from_styles(self, styles: Sequence[Tensor], noise_mode: NoiseMode = "const") -> Tensor:
+    def synthesis_from_styles(self, styles: Sequence[Tensor], noise_mode: NoiseMode = "const",
+                              precision: Precision | None = None) -> Tensor:
         """`styles(ws)` (edited channel by channel, StyleCLIP's global directions) → images, as `synthesis`."""
         shapes = [(conv.in_ch,) for conv, _ in self.style_layers()]
         if len(styles) != len(shapes) or any(s.ndim != 2 or tuple(s.shape[1:]) != e for s, e in zip(styles, shapes)):
             raise InvalidInputError("styles", f"expected {len(shapes)} tensors [B, in_channels] as styles() gives")
-        return self._synthesis(None, noise_mode, None, list(styles))
+        return self._with_precision(styles[0], precision, lambda: self._synthesis(None, noise_mode, None, list(styles)))
 
     # -- image synthesis -------------------------------------------------------------------
     def synthesis(self, ws: Tensor, noise_mode: NoiseMode = "const",
@@ -423,12 +424,16 @@ class Generator(nn.Module):
         _check_latent(ws, "ws", (self.n_latent, self.style_dim))
         if noise is not None and len(noise) != self.config.num_noise:
             raise InvalidInputError("noise", f"expected {self.config.num_noise} tensors, got {len(noise)}")
-        dtype = autocast_dtype(default_precision() if precision is None else precision, ws.device)
+        return self._with_precision(ws, precision, lambda: self._synthesis(ws, noise_mode, noise))
+
+    @staticmethod
+    def _with_precision(ref: Tensor, precision: Precision | None, render: Callable[[], Tensor]) -> Tensor:
+        """render() under the autocast `precision` asks for on ref's device; a float32 image either way."""
+        dtype = autocast_dtype(default_precision() if precision is None else precision, ref.device)
         if dtype is None:
-            return self._synthesis(ws, noise_mode, noise)
-        with torch.autocast(ws.device.type, dtype=dtype):
-            image = self._synthesis(ws, noise_mode, noise)
-        return image.float()
+            return render()
+        with torch.autocast(ref.device.type, dtype=dtype):
+            return render().float()
 
     def _synthesis(self, ws: Tensor | None, noise_mode: NoiseMode, noise: Sequence[Tensor] | None,
                    styles: list[Tensor] | None = None) -> Tensor:

@@ -42,7 +42,7 @@ def check_style_layers(generator: Generator, offset: protocol.StyleOffset) -> No
 
 
 def styled_synthesis(generator: Generator, ws: torch.Tensor, offset: protocol.StyleOffset, strengths: torch.Tensor,
-                     noise_mode: str) -> torch.Tensor:
+                     noise_mode: str, precision: str = "fp32") -> torch.Tensor:
     """ws [b, L, D] rendered from their styles moved by strengths[b] x the offset's direction."""
     styles = generator.styles(ws)
     direction = torch.from_numpy(offset.direction.copy()).to(ws.device)
@@ -50,7 +50,7 @@ def styled_synthesis(generator: Generator, ws: torch.Tensor, offset: protocol.St
     for j, width in zip(offset.layers, offset.widths):
         styles[j] = styles[j] + strengths[:, None] * direction[start:start + width]  # [b, width]
         start += width
-    return generator.synthesis_from_styles(styles, noise_mode=noise_mode)
+    return generator.synthesis_from_styles(styles, noise_mode=noise_mode, precision=precision)
 
 
 class GeneratorHandler:
@@ -162,7 +162,8 @@ class GeneratorHandler:
             else:
                 strengths = torch.from_numpy(offset.strengths.copy()).to(self.device)
                 images = torch.cat([styled_synthesis(generator, ws[k:k + per_call], offset, strengths[k:k + per_call],
-                                                     noise_mode).cpu() for k in range(0, len(ws), per_call)])
+                                                     noise_mode, self.config.precision).cpu()
+                                    for k in range(0, len(ws), per_call)])
         pil = to_pil(images)
         out, start = [], 0
         for i, request in members:
