@@ -76,16 +76,17 @@ def api_worker_pids(server: TorchServe) -> list[int]:
         return [w["pid"] for w in json.loads(response.read())[0]["workers"] if w["status"] == "READY"]
 
 
-def write_calls(pid: int) -> int:
-    """Write syscalls a process made so far (/proc/<pid>/io). A TorchServe model worker writes one
-    `[METRICS]PredictionTime` log line to its stdout (a pipe to the frontend) per batch it handles and
-    nothing while idle; its replies go over a unix socket (send(), not counted here). The frontend's
-    metrics endpoint is empty in TorchServe's default log mode and the shipped log4j config drops
-    access/model logs below WARN, so this is the per-instance evidence that needs no test-only config."""
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("syscw:"):
+def wakeups(pid: int) -> int:
+    """Times the process's main thread blocked and was woken so far (voluntary context switches,
+    /proc/<pid>/status). A TorchServe model worker's main thread waits in recv() on its socket to the
+    frontend between batches and is woken once per batch it handles, and never while idle (the editor's
+    health pings end at the frontend). The frontend's metrics endpoint is empty in TorchServe's default
+    log mode and the shipped log4j config drops access logs below WARN, so this is the per-instance
+    evidence that needs no test-only config."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
             return int(line.split()[1])
-    raise AssertionError(f"no syscw in /proc/{pid}/io")
+    raise AssertionError(f"no voluntary_ctxt_switches in /proc/{pid}/status")
 
 
 # -- the servers -----------------------------------------------------------------------------------
@@ -249,22 +250,22 @@ def test_two_replicas_share_the_load_and_a_killed_one_is_skipped(replica_a, repl
             assert len(found) == 1, f"replica {name}: generator workers {found}"
             workers[name] = found[0]
 
-        def writes() -> dict[str, int]:
-            return {name: write_calls(pid) for name, pid in workers.items()}
+        def woken() -> dict[str, int]:
+            return {name: wakeups(pid) for name, pid in workers.items()}
 
-        # The evidence is only evidence if a quiet worker writes nothing: checked over longer than the
+        # The evidence is only evidence if a quiet worker is never woken: checked over longer than the
         # editor's health interval (its pings must not count as served requests).
-        quiet = writes()
+        quiet = woken()
         time.sleep(EditorConfig().health_interval_s + 0.5)
-        assert writes() == quiet, "an idle model worker wrote: the write count cannot tell served requests"
+        assert woken() == quiet, "an idle model worker was woken: its wake-ups cannot tell served requests"
 
-        before = writes()
+        before = woken()
         with ThreadPoolExecutor(THREADS) as pool:
             codes = list(pool.map(lambda i: call(client, i), range(THREADS * 4)))
         assert codes == [(OK, "")] * len(codes)
-        after = writes()
-        assert all(after[n] > before[n] for n in workers), f"write calls before {before}, after {after}"
-        print(f"worker write calls during the load: { {n: after[n] - before[n] for n in workers} }")
+        after = woken()
+        assert all(after[n] > before[n] for n in workers), f"wake-ups before {before}, after {after}"
+        print(f"worker wake-ups during the load: { {n: after[n] - before[n] for n in workers} }")
 
         # SIGKILL the whole of replica a (java, its workers) while 8 threads keep calling.
         results: dict[int, list[tuple[grpc.StatusCode, str]]] = {t: [] for t in range(THREADS)}
@@ -295,7 +296,7 @@ def test_two_replicas_share_the_load_and_a_killed_one_is_skipped(replica_a, repl
         # Afterwards, bounded by tries: the first OK within 3 calls, then every call OK.
         first = [call(client, 5000 + i)[0] for i in range(3)]
         assert OK in first, first
-        survivor = write_calls(workers["b"])
+        survivor = wakeups(workers["b"])
         assert [call(client, 6000 + i)[0] for i in range(16)] == [OK] * 16
-        assert write_calls(workers["b"]) > survivor  # answered by the survivor, not by anything else
+        assert wakeups(workers["b"]) > survivor  # answered by the survivor, not by anything else
         assert not _group(replica_a.pgid)
