@@ -79,3 +79,22 @@ def test_worker_config_and_celery_settings():
     assert app.conf.broker_transport_options == {"visibility_timeout": 99, "unacked_restore_interval": 1,
                                                  "unacked_restore_throttle": 1}
     app.close()
+
+
+def test_the_documented_tuning_and_text_edit_settings_are_read_from_the_environment():
+    """README: FACEEDIT_PTI_SETTINGS (JSON of InversionConfig fields, under a job's own steps),
+    FACEEDIT_COMPUTE_RELEVANCE and FACEEDIT_RELEVANCE_SAMPLES (the worker), optimize_max_s (the encoder handler)."""
+    from services.worker.tuning import tuning_config
+
+    config = WorkerConfig.from_env({"FACEEDIT_PTI_SETTINGS": '{"optimize_steps": 7, "tune_steps": 9}',
+                                    "FACEEDIT_COMPUTE_RELEVANCE": "1", "FACEEDIT_RELEVANCE_SAMPLES": "4"})
+    assert config.compute_relevance is True and config.relevance_samples == 4
+    assert WorkerConfig.from_env({}).compute_relevance is False  # off unless asked: hours at 1024 px
+    pti = tuning_config(config.pti_settings, {})
+    assert (pti.optimize_steps, pti.tune_steps) == (7, 9)
+    assert tuning_config(config.pti_settings, {"iterations": 3}).tune_steps == 3  # the job's options.steps wins
+    with pytest.raises(InvalidInputError) as info:
+        tuning_config(WorkerConfig.from_env({"FACEEDIT_PTI_SETTINGS": '{"tune_stepz": 1}'}).pti_settings, {})
+    assert info.value.field == "pti_settings.tune_stepz"
+    encoder = InferenceConfig.load(model_config("encoder"), {"FACEEDIT_OPTIMIZE_MAX_S": "2.5"})
+    assert encoder.optimize_max_s == 2.5 and InferenceConfig.load(model_config("encoder"), {}).optimize_max_s == 60.0
