@@ -354,10 +354,6 @@ class EditorCore:
         with self.metrics.stage("text.direction"):
             return self.text_edits.offset(generator.base.id, plan.text, strengths)
 
-    def text_edits_available(self, tenant: str, generator_id: str = "") -> bool:
-        generator = self.catalog.resolve(tenant, generator_id)
-        return self.text_edits is not None and self.text_edits.available(generator.base.id)
-
     def _photo(self, tenant: str, photo_id: str) -> StoredPhoto:
         """The photo kept with the source latent, for paste-back: a latent from Invert(align=true), an edit of one,
         or a tuning job's pivot."""
@@ -476,7 +472,8 @@ class EditorCore:
     def list_generators(self, tenant: str) -> list[GeneratorSummary]:
         return self.catalog.summaries(tenant)
 
-    def list_attributes(self, tenant: str, generator_id: str = "") -> tuple[str, list[AttributeSummary]]:
+    def list_attributes(self, tenant: str, generator_id: str = "") -> tuple[str, list[AttributeSummary], bool]:
+        """(the generator's family, its attributes, whether it takes text edits now)."""
         from faceedit.editing import layer_groups
 
         generator = self.catalog.resolve(tenant, generator_id)
@@ -491,7 +488,8 @@ class EditorCore:
             out.append(AttributeSummary(entry.name, entry.accuracy, entry.recommended[0], entry.recommended[1], layers,
                                         entry.description, Path(entry.source).name, entry.format, entry.space,
                                         variants))
-        return generator.family, out
+        text_edits = self.text_edits is not None and self.text_edits.available(generator.base.id)
+        return generator.family, out, text_edits
 
 
 # -- adaptation ------------------------------------------------------------------------------------

@@ -305,8 +305,7 @@ class EditorServicer(editor_pb2_grpc.EditorServicer):
     @rpc("ListAttributes")
     def ListAttributes(self, request: editor_pb2.ListAttributesRequest, call: CallContext
                        ) -> editor_pb2.ListAttributesResponse:
-        family, attributes = self.core.list_attributes(call.tenant, request.generator_id)
-        text_edits = self.core.text_edits_available(call.tenant, request.generator_id)
+        family, attributes, text_edits = self.core.list_attributes(call.tenant, request.generator_id)
         return editor_pb2.ListAttributesResponse(family=family, text_edits=text_edits, attributes=[
             editor_pb2.AttributeInfo(name=a.name, accuracy=a.accuracy or 0.0, accuracy_known=a.accuracy is not None,
                                      recommended_min=a.recommended_min, recommended_max=a.recommended_max,

@@ -307,7 +307,7 @@ def test_list_attributes_reports_ranges_layer_groups_and_provenance(world, base)
     world["editor"].boundaries.families["demo"] = boundary_set(
         {"age": torch.ones(64), "smile": torch.ones(64)}, accuracy=None, recommended=(-2.0, 3.0),
         layers={"age": (0, 1)})
-    family, attributes = world["editor"].list_attributes("t1")
+    family, attributes, _ = world["editor"].list_attributes("t1")
     age = next(a for a in attributes if a.name == "age")
     assert family == "demo" and (age.recommended_min, age.recommended_max, age.default_layers) == (-2.0, 3.0, "coarse")
     assert age.accuracy is None and (age.source, age.format, age.space) == ("age.safetensors", "faceedit", "w")

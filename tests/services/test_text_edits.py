@@ -64,11 +64,11 @@ def pixels(data: bytes) -> np.ndarray:
 def test_a_text_step_renders_as_the_librarys_text_edit_once_prepared(editor, prepared):
     store, generator, clip, relevance = prepared
     store.delete(RelevanceMarker.key("tiny"))
-    assert not editor.text_edits_available("acme")
+    assert not editor.list_attributes("acme")[2]
     with pytest.raises(PreconditionError, match="not prepared"):
         editor.edit("acme", "", LatentSource(seed=4), [Step("", 3.0, text="an old face")])
     RelevanceMarker("tiny", "cache/relevance/r.safetensors", "clip", sum(relevance.widths)).write(store)
-    assert editor.text_edits_available("acme")
+    assert editor.list_attributes("acme")[2]
 
     plain = editor.edit("acme", "", LatentSource(seed=4), [])
     edited = editor.edit("acme", "", LatentSource(seed=4), [Step("", 3.0, text="an old face", threshold=0.05)])
@@ -109,6 +109,6 @@ def test_without_a_clip_text_steps_are_a_precondition(prepared, tiny_models, red
                         LatentCache(redis_client, 60, namespace), FakeInference(tiny_models["generator"],
                                                                                 generator_id="tiny"),
                         EditorConfig(), text_edits=TextEdits(store, None))
-    assert not editor.text_edits_available("acme")
+    assert not editor.list_attributes("acme")[2]
     with pytest.raises(PreconditionError, match="CLIP"):
         editor.edit("acme", "", LatentSource(seed=1), [Step("", 1.0, text="an old face")])

@@ -40,7 +40,7 @@ def test_sefa_and_ganspace_directions_are_listed_and_edit_by_name(tmp_path, tiny
                         LatentCache(redis_client, 60, namespace), FakeInference(tiny_models["generator"],
                                                                                 generator_id="tiny"),
                         EditorConfig())
-    family, listed = editor.list_attributes("acme")
+    family, listed, _ = editor.list_attributes("acme")
     by_name = {a.name: a for a in listed}
     assert set(by_name) == {"sefa:0", "sefa:1", "sefa:2", "ganspace:0", "ganspace:1", "ganspace:2", "ganspace:3"}
     assert by_name["sefa:1"].format == "sefa" and by_name["sefa:1"].accuracy is None
