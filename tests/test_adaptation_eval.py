@@ -59,22 +59,23 @@ def test_a_style_axis_measures_separation_and_progress_along_it():
     axis = _axis(photos, shifted)
     assert axis.separation > 2 and abs(float(axis.direction[1])) > 0.9
     assert axis.progress(photos, shifted) == pytest.approx(1.0, abs=1e-5)  # the styled faces themselves
+    assert 0.4 < axis.progress(photos, photos + 0.5 * (shifted - photos)) < 0.6  # half way there
     assert axis.progress(photos, photos) == 0.0
     same = _axis(photos, torch.randn(200, 16, generator=rng) + torch.tensor([8.0] + [0.0] * 15))
     assert abs(same.separation) < 0.5  # two draws of one distribution: the CLIP sees no style
 
 
-def test_the_judge_puts_rendered_photos_at_0_and_the_rendered_style_at_1():
+def test_the_judges_style_axis_carries_over_to_faces_it_was_not_built_from():
     from faceedit.adaptation.style_judge import clip_views, judge_style
     from faceedit.synth import render_faces
 
     clip = tiny_clip()
     judgement = judge_style(clip, "sketch", block=1, n=8, seed=4, size=32)
-    photos, _ = render_faces(8, seed=4, size=32, style="photo")
-    sketches, _ = render_faces(8, seed=4, size=32, style="sketch")
+    assert judgement.global_axis.separation > 1 and judgement.token_axis.separation > 1
+    photos, _ = render_faces(8, seed=11, size=32, style="photo")  # other faces than the axis's
+    sketches, _ = render_faces(8, seed=11, size=32, style="sketch")
     (pg, pt), (sg, st) = clip_views(clip, photos, 1), clip_views(clip, sketches, 1)
-    assert judgement.global_axis.progress(pg, sg) == pytest.approx(1.0, abs=1e-4)
-    assert judgement.token_axis.progress(pt, st) == pytest.approx(1.0, abs=1e-4)
+    assert judgement.global_axis.progress(pg, sg) > 0.5 and judgement.token_axis.progress(pt, st) > 0.5
     assert judgement.global_axis.progress(pg, pg) == 0.0
 
 

@@ -36,7 +36,7 @@ class StyleAxis:
         """Fraction of the gap the features [N, E] of the same faces crossed from `before` to `after`
         (0: no move towards the style, 1: as far as the rendered style is)."""
         moved = (F.normalize(after, dim=1) - F.normalize(before, dim=1)) @ self.direction  # [N]
-        return float(moved.mean() / self.gap)
+        return float(moved.mean() / self.gap) if abs(self.gap) > 1e-9 else float("nan")  # no gap: nothing to cross
 
 
 @dataclass(frozen=True)

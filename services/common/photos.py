@@ -62,9 +62,12 @@ class Placement:
 class StoredPhoto:
     id: str
     tenant: str
-    image: bytes  # the upload as it came
+    image: bytes  # the upload without its metadata (uploads.without_metadata)
     aligned: bytes  # PNG of the aligned crop
     placement: Placement
+    # The placement is on the upright pixels (EXIF orientation applied). False: a photo kept before
+    # uploads were turned upright, whose placement is on the pixels as stored.
+    upright: bool = True
 
     def aligned_face(self) -> AlignedFace:
         crop = Image.open(io.BytesIO(self.aligned)).convert("RGB")
@@ -98,14 +101,14 @@ class PhotoStore:
         self.store = store
 
     def put(self, tenant: str, image: bytes, aligned: bytes, placement: Placement, ttl_s: float | None,
-            photo_id: str = "") -> str:
+            photo_id: str = "", upright: bool = True) -> str:
         """Keeps a photo; `ttl_s` None keeps it until deleted (under `photo_id`)."""
         if ttl_s is not None:
             photo_id = f"{_EXPIRING}-{int(time.time() + ttl_s) + 1}-{uuid.uuid4().hex}"
         elif not photo_id:
             raise InvalidInputError("photo_id", "a photo kept without expiry needs an id (kept_photo_id)")
         header = json.dumps({"tenant": tenant, "placement": placement.to_dict(),
-                             "parts": [len(image), len(aligned)]}).encode()
+                             "parts": [len(image), len(aligned)], "upright": upright}).encode()
         self.store.put(_key(photo_id), header + b"\n" + bytes(image) + bytes(aligned))
         return photo_id
 
@@ -126,11 +129,11 @@ class PhotoStore:
             raise missing
         n_image, n_aligned = header["parts"]
         return StoredPhoto(photo_id, tenant, body[:n_image], body[n_image:n_image + n_aligned],
-                           Placement.from_dict(header["placement"]))
+                           Placement.from_dict(header["placement"]), header.get("upright", False))
 
     def copy(self, photo: StoredPhoto, photo_id: str) -> str:
         """A copy kept without expiry (a tuned generator's own)."""
-        return self.put(photo.tenant, photo.image, photo.aligned, photo.placement, None, photo_id)
+        return self.put(photo.tenant, photo.image, photo.aligned, photo.placement, None, photo_id, photo.upright)
 
     def delete(self, photo_ids: Sequence[str]) -> None:
         for photo_id in photo_ids:

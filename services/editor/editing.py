@@ -367,7 +367,7 @@ class EditorCore:
 
     def _paste_target(self, photo: StoredPhoto) -> tuple[Image.Image, Any]:
         """The decoded photo and its aligned face, once per request (an animation pastes every frame)."""
-        picture, _ = decode_upload(photo.image, "photo", MAX_KEPT_PHOTO_BYTES, self.max_image_pixels)
+        picture, _ = decode_upload(photo.image, "photo", MAX_KEPT_PHOTO_BYTES, self.max_image_pixels, photo.upright)
         return picture, photo.aligned_face()
 
     def _paste(self, target: tuple[Image.Image, Any], crop: RenderedImage, fmt: str) -> RenderedImage:

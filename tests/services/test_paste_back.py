@@ -228,3 +228,23 @@ def test_a_phone_photo_is_kept_without_its_metadata_and_pasted_back_upright(worl
     upright = np.asarray(decode_upload(photo, "image")[0], dtype=np.int16)
     unchanged = np.all(pixels(edited.image.data) == upright, axis=-1)
     assert unchanged[:10].all() and unchanged[-10:].all()  # above and below the face: the photo's own pixels
+
+
+def test_a_photo_kept_before_uploads_were_turned_upright_is_pasted_into_its_stored_pixels(world):
+    """Photos kept by an earlier version (a tuned generator's, kept for good) have no `upright` in their record:
+    their placement is on the pixels as stored, so paste-back must not turn them."""
+    import json
+
+    from services.common.photos import _key
+
+    photos, store = world["photos"], world["store"]
+    placement = fake_placement(PHOTO_SIZE)
+    new = photos.put("acme", photo_png(), b"crop", placement, ttl_s=600)
+    assert photos.get("acme", new).upright
+    old = photos.put("acme", photo_png(), b"crop", placement, ttl_s=600)
+    head, _, body = store.get(_key(old)).partition(b"\n")
+    record = json.loads(head)
+    del record["upright"]  # as the earlier version wrote it
+    store.put(_key(old), json.dumps(record).encode() + b"\n" + body)
+    assert not photos.get("acme", old).upright
+    assert not photos.get("acme", photos.copy(photos.get("acme", old), kept_photo_id("gen-2"))).upright

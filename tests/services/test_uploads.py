@@ -107,3 +107,48 @@ def test_a_jpeg_that_ends_inside_a_scan_is_refused_when_kept():
     data, _ = phone_photo("JPEG", orientation=1)
     with pytest.raises(InvalidInputError, match="well-formed JPEG"):
         without_metadata(data[:-2], "jpeg", Image.new("RGB", (1, 1)))
+
+
+def _exif_with_one_tag(tag: int, typ: int, value: bytes) -> bytes:
+    """A big-endian EXIF block with one IFD0 entry of TIFF type `typ`, value stored after the IFD."""
+    import struct
+
+    ifd = struct.pack(">HHHII", 1, tag, typ, 1, 26) + struct.pack(">I", 0)  # one entry, its value at offset 26
+    return b"Exif\x00\x00MM\x00*" + struct.pack(">I", 8) + ifd + value
+
+
+def test_an_orientation_written_as_a_rational_is_honoured_and_kept():
+    import struct
+
+    sensor = np.zeros((48, 80, 3), np.uint8)
+    sensor[:, :40] = 255
+    out = io.BytesIO()
+    Image.fromarray(sensor).save(out, format="JPEG", exif=_exif_with_one_tag(ORIENTATION, 5, struct.pack(">II", 6, 1)))
+    upright, fmt = decode_upload(out.getvalue(), "image.data")
+    assert upright.size == (48, 80)
+    again, _ = decode_upload(without_metadata(out.getvalue(), fmt, upright), "photo")
+    assert np.array_equal(np.asarray(again), np.asarray(upright))
+
+
+def test_an_exif_block_pil_cannot_read_leaves_the_photo_as_stored(monkeypatch):
+    import struct
+
+    data, _ = phone_photo("JPEG")
+
+    def broken(self):
+        raise struct.error("unpack requires a buffer of 4 bytes")  # what PIL raises on some corrupt EXIF
+
+    monkeypatch.setattr(Image.Image, "getexif", broken)
+    image, fmt = decode_upload(data, "image.data")
+    assert image.size == (80, 48)  # not turned: the orientation cannot be read
+    kept = without_metadata(data, fmt, image)
+    assert b"PhoneCo" not in kept
+
+
+def test_stray_bytes_between_jpeg_segments_are_skipped_as_libjpeg_does():
+    data, _ = phone_photo("JPEG", orientation=1)
+    app0_end = 4 + int.from_bytes(data[4:6], "big")  # SOI, then the JFIF segment
+    damaged = data[:app0_end] + b"\x00junk" + data[app0_end:]
+    image, fmt = decode_upload(damaged, "image.data")
+    kept = without_metadata(damaged, fmt, image)
+    assert np.array_equal(np.asarray(decode_upload(kept, "photo")[0]), np.asarray(image))
