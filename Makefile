@@ -29,7 +29,7 @@ test: install lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The inner loop: everything but the tests marked slow or integration, on two processes (pytest-xdist):
-# ~45 s on this project's 2-core machine, ~65 s on one. `make test` runs all of them, serially: its
+# 30-47 s on this project's 2-core machine, ~65 s on one. `make test` runs all of them, serially: its
 # integration tests start real servers whose start-up times are sized for a machine not shared with more tests.
 test-fast: install protos
 	$(BIN)/python -m pytest -q -n 2 -m "not slow and not integration" $(PYTEST_ARGS)
