@@ -19,13 +19,7 @@ from faceedit.adaptation.clip_mean import cached_source_clip_mean
 from faceedit.adaptation.difa import AdaptationResult, adapt
 from faceedit.adaptation.difa_config import DifaConfig
 from faceedit.adaptation.difa_losses import reference_direction
-from faceedit.adaptation.style_judge import (
-    StyleJudgement,
-    alignment,
-    clip_views,
-    judge_style,
-    separation_by_block,
-)
+from faceedit.adaptation.style_judge import StyleJudgement, alignment, clip_views, judge_style
 from faceedit.editing.boundary import Boundary
 from faceedit.editing.quality import evaluate_edits
 from faceedit.errors import InvalidInputError
@@ -264,14 +258,14 @@ def before_after_grid(base_images: Tensor, references: Sequence[Tensor], adapted
 
 @torch.no_grad()
 def judge_view(clip: ClipModel, style: str, judgements: Mapping[str, StyleJudgement], difa_config: DifaConfig,
-               base: Generator, reference: Tensor, base_images: Tensor, adapted_images: Tensor, cache: MemoryCache,
-               config: AdaptationEvalConfig) -> JudgeView:
-    """One CLIP's view of one adaptation (`judgements`: that CLIP's of every artistic style); base and adapted
-    images [N, 3, H, W] are of the same w's."""
+               base: Generator, reference: Tensor, before: tuple[Tensor, Tensor], adapted_images: Tensor,
+               cache: MemoryCache) -> JudgeView:
+    """One CLIP's view of one adaptation (`judgements`: that CLIP's of every artistic style); `before` is its
+    clip_views of the base images, which the adapted images [N, 3, H, W] render again from the same w's."""
     judgement = judgements[style]
     source_mean = cached_source_clip_mean(base, clip, difa_config, cache)
     reference_embedding = clip.features(reference, difa_config.clip_layer)[0]  # [1, E]
-    before_global, before_tokens = clip_views(clip, base_images, difa_config.clip_layer)
+    before_global, before_tokens = before
     after_global, after_tokens = clip_views(clip, adapted_images, difa_config.clip_layer)
     # The other style whose axis this one's is closest to, in the block tokens the local loss reads: a
     # CLIP that moves both alike cannot tell DIFA which of the two it is asked for.
@@ -283,8 +277,7 @@ def judge_view(clip: ClipModel, style: str, judgements: Mapping[str, StyleJudgem
                      round(alignment(judgement, reference_direction(reference_embedding, source_mean)), 3),
                      round(judgement.global_axis.progress(before_global, after_global), 3),
                      round(judgement.token_axis.progress(before_tokens, after_tokens), 3),
-                     [round(d, 2) for d in separation_by_block(clip, style, config.samples, config.reference_seed + 1,
-                                                               base.config.size)],
+                     [round(d, 2) for d in judgement.separation_by_block],
                      closest, round(cosines[closest][0], 3), round(cosines[closest][1], 3))
 
 
@@ -319,6 +312,7 @@ def evaluate_adaptation(base: Generator, encoder: Encoder, clips: Sequence[ClipM
     judgements = [{style: judge_style(clip, style, difa_config.clip_layer, n=config.samples,
                                       seed=config.reference_seed + 1, size=base.config.size)
                    for style in ARTISTIC_STYLES} for clip in clips]
+    base_views = [clip_views(clip, base_images, difa_config.clip_layer) for clip in clips]
     results, references, adapted_images = [], [], []
     for style in config.styles:
         reference = reference_artwork(style, config.reference_seed, base.config.size)
@@ -332,8 +326,8 @@ def evaluate_adaptation(base: Generator, encoder: Encoder, clips: Sequence[ClipM
         success, success_by = (None, {})
         if boundaries:
             success, success_by = edit_success(adapted, scorer, boundaries, config.edit_samples, config.seed)
-        judge = [judge_view(clip, style, views, difa_config, base, reference, base_images, images, cache, config)
-                 for clip, views in zip(clips, judgements)]
+        judge = [judge_view(clip, style, views, difa_config, base, reference, before, images, cache)
+                 for clip, views, before in zip(clips, judgements, base_views)]
         results.append(StyleResult(
             style=style, iterations=result.iterations, seconds=round(result.seconds, 2),
             style_rate=float((scores["style"] == index).float().mean()),

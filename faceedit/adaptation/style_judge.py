@@ -41,12 +41,14 @@ class StyleAxis:
 
 @dataclass(frozen=True)
 class StyleJudgement:
-    """One CLIP's view of one style: both feature spaces, and where DIFA's global direction points."""
+    """One CLIP's view of one style: its axis globally and in `block`'s tokens, and its separation in the
+    tokens of every block (where in the CLIP the style becomes visible, for choosing DIFA's `clip_layer`)."""
 
     style: str
     global_axis: StyleAxis
     token_axis: StyleAxis
     block: int
+    separation_by_block: tuple[float, ...]
 
 
 def _axis(photo: Tensor, styled: Tensor) -> StyleAxis:
@@ -69,26 +71,18 @@ def clip_views(clip: ClipModel, images: Tensor, block: int, batch: int = 32) -> 
 
 
 @torch.no_grad()
-def separation_by_block(clip: ClipModel, style: str, n: int = 64, seed: int = 1, size: int = 64) -> list[float]:
-    """d′ of photo vs `style` renders in the mean tokens of every transformer block: where in the CLIP the
-    style becomes visible, for choosing the block DIFA's local loss reads (`clip_layer`)."""
-    photos, _ = render_faces(n, seed=seed, size=size, style="photo")
-    styled, _ = render_faces(n, seed=seed, size=size, style=style)
-    return [_axis(clip_views(clip, photos, b)[1], clip_views(clip, styled, b)[1]).separation
-            for b in range(clip.n_blocks)]
-
-
-@torch.no_grad()
 def judge_style(clip: ClipModel, style: str, block: int, n: int = 64, seed: int = 1, size: int = 64
                 ) -> StyleJudgement:
     """`n` rendered faces as photos and the same faces in `style`, seen by `clip` (faces other than the
-    evaluation's reference artwork, so the axis is the style's, not that one face's)."""
+    evaluation's reference artwork, so the axis is the style's, not that one face's), in every block."""
     photos, _ = render_faces(n, seed=seed, size=size, style="photo")
     styled, _ = render_faces(n, seed=seed, size=size, style=style)
     assert photos.shape == styled.shape == (n, 3, size, size), (photos.shape, styled.shape)
-    photo_global, photo_tokens = clip_views(clip, photos, block)
-    style_global, style_tokens = clip_views(clip, styled, block)
-    return StyleJudgement(style, _axis(photo_global, style_global), _axis(photo_tokens, style_tokens), block)
+    views = [(clip_views(clip, photos, b), clip_views(clip, styled, b)) for b in range(clip.n_blocks)]
+    (photo_global, photo_tokens), (style_global, style_tokens) = views[block]
+    by_block = tuple(_axis(photo[1], styled_[1]).separation for photo, styled_ in views)
+    return StyleJudgement(style, _axis(photo_global, style_global), _axis(photo_tokens, style_tokens), block,
+                          by_block)
 
 
 def alignment(judgement: StyleJudgement, difa_direction: Tensor) -> float:
