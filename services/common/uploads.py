@@ -112,7 +112,8 @@ def without_metadata(data: bytes, fmt: str, upright: Image.Image) -> bytes:
         with Image.open(io.BytesIO(data)) as original:
             return _jpeg_without_metadata(data, orientation(original))
     out = io.BytesIO()
-    # Fast settings: this runs on Invert's path (~0.1 s per megapixel), and the copy lives an hour.
+    # Fast settings: this runs on Invert's path (measured: 0.09-0.12 s per megapixel, against 0.2-0.33 with
+    # the defaults, for ~15 % larger files).
     options = {"lossless": True, "method": 0} if fmt == "webp" else {"compress_level": 1}
     icc = upright.info.get("icc_profile")
     upright.save(out, format=fmt.upper(), **options, **({"icc_profile": icc} if icc else {}))

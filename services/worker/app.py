@@ -70,6 +70,12 @@ def prepare(self: Any, base_id: str) -> dict[str, Any]:
         state="PROGRESS", meta={"base_generator": base_id, "done": done, "total": total}))
 
 
+def prepares_text_edits(rt: Any, base_id: str) -> bool:
+    """Whether start-up prepares this base's text edits: its family ships a relevance, or the operator asked
+    for one to be computed (FACEEDIT_COMPUTE_RELEVANCE)."""
+    return rt.config.compute_relevance or rt.models.family_of(base_id).relevance is not None
+
+
 def prepare_base(rt: Any, base_id: str, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """What `faceedit.prepare` does, on a Runtime: a result saying which cache keys it computed."""
     from faceedit.adaptation.clip_mean import prepare_source_mean
@@ -82,7 +88,7 @@ def prepare_base(rt: Any, base_id: str, progress: Callable[[int, int], None] | N
         config = difa_config(rt.config, rt.clip_configs(), {}, base.config.size)
         cache = StoreFolder(rt.store, CLIP_MEAN_PREFIX)
         keys = prepare_source_mean(base, rt.clips(), config, cache, progress)
-        if rt.config.compute_relevance or rt.models.family_of(base_id).relevance is not None:
+        if prepares_text_edits(rt, base_id):
             keys.update(prepare_relevance(rt, base_id, cache, progress))
     except FaceEditError as exc:  # a warm-up that cannot run is logged; the jobs report it themselves
         log.error("cannot prepare base %s: %s", base_id, exc)
@@ -138,8 +144,7 @@ def bases_missing_a_mean(rt: Any) -> list[str]:
     missing = []
     for base_id in rt.models.generators:
         try:
-            wants_text = rt.config.compute_relevance or rt.models.family_of(base_id).relevance is not None
-            text_missing = wants_text and RelevanceMarker.read(rt.store, base_id) is None
+            text_missing = prepares_text_edits(rt, base_id) and RelevanceMarker.read(rt.store, base_id) is None
             if text_missing or not has_source_mean(rt.base(base_id), clips, config, cache):
                 missing.append(base_id)
         except FaceEditError as exc:  # one unloadable base must not keep the others cold
