@@ -5,6 +5,8 @@ ZOO_BIN := $(BIN)/faceedit
 .PHONY: zoo zoo-eval
 
 zoo: install
+	# The scorer first: the generator trains with it as a critic, and every later step is measured by it.
+	$(ZOO_BIN) train scorer --n-train 28000 --steps 4400 --seed 0 --n-eval 2000 --workers 2 --threads 1
 	# The shipped generator's run as it happened: planned for 4,500 steps, extended to 6,000 at step 3,250.
 	$(ZOO_BIN) train generator --steps 4500 --stop-at-step 3250 --threads 2 --work-dir runs/generator
 	$(ZOO_BIN) train generator --steps 6000 --threads 2 --work-dir runs/generator
@@ -12,6 +14,7 @@ zoo: install
 	$(ZOO_BIN) train encoder --steps 4000 --stop-at-step 1986 --work-dir runs/encoder
 	$(ZOO_BIN) train clip --threads 1 --time-budget-min 16
 	$(ZOO_BIN) train boundary --n 20000
+	$(ZOO_BIN) train ganspace --n 20000 --components 10
 	$(MAKE) zoo-eval
 
 # The metrics in the model cards and the figures in docs/ (what the README shows).
@@ -19,3 +22,6 @@ zoo-eval: install
 	$(ZOO_BIN) eval zoo --docs docs/zoo --json docs/zoo/metrics.json --write-cards
 	$(ZOO_BIN) eval edits --n 192 --record --json model_store/demo/boundaries/edit_quality.json --docs docs/edits
 	$(ZOO_BIN) eval adaptation --docs docs/adaptation
+	# Text edits: the channel relevance (~15 min) is exported for the worker as well as measured.
+	$(ZOO_BIN) eval text --n 64 --threads 2 --strength 3 --threshold 0.3 --docs docs/text \
+		--json docs/text/text_edits.json --export model_store/demo/relevance.safetensors

@@ -25,15 +25,17 @@ from faceedit.errors import (
     InvalidInputError,
     NotFoundError,
 )
+from faceedit.training.captions import FACTS, N_FACTS, caption, caption_matches, fact_table, sample_captions, sentence
 from faceedit.training.clip import (
     ClipTrainConfig,
     FaceSet,
-    caption,
     contrastive_loss,
+    style_pairs,
     export_clip,
     fit_steps,
     lr_at,
     train_clip,
+    prompt_directions,
     zero_shot_accuracy,
     zero_shot_tasks,
 )
@@ -172,29 +174,64 @@ def test_load_clip_checks_a_recorded_sha256(tiny, tmp_path):
 
 # -- demo CLIP training -------------------------------------------------------------------------------
 BASE = {"age": 0.5, "smile": 0.4, "mouth_open": 0.1, "eyes_open": 0.9, "yaw": 0.0, "pitch": 0.0, "glasses": 0.0,
-        "beard": 0.0, "hair_length": 0.5, "hair_color": 0.5, "skin_tone": 0.5, "background": 0.5, "lighting": 0.0}
+        "beard": 0.0, "hair_length": 0.5, "hair_color": 0.5, "skin_tone": 0.5, "background": 0.5, "lighting": 0.0,
+        "gender": 0.5, "anger": 0.0, "crying": 0.0}
 
 
 def test_captions_follow_the_ground_truth():
-    old_smiling = dict(BASE, age=0.9, smile=0.9, glasses=1.0, beard=0.8, yaw=-0.8)
+    old_smiling = dict(BASE, age=0.9, smile=0.9, glasses=1.0, beard=0.8, yaw=-0.8, gender=0.9)
     assert caption(old_smiling, "sketch") == ("an ink sketch of a smiling old man with glasses and a beard, "
                                               "head turned left")
     assert caption(BASE, "photo") == "a photo of a middle-aged person"
-    young = dict(BASE, age=0.1, smile=0.1, hair_length=0.9, eyes_open=0.1, yaw=0.7)
-    assert caption(young, "watercolor") == ("a watercolor painting of a serious young person with long hair "
+    young = dict(BASE, age=0.1, smile=0.1, hair_length=0.9, eyes_open=0.1, yaw=0.7, gender=0.1)
+    assert caption(young, "watercolor") == ("a watercolor painting of a serious young woman with long hair "
                                             "and closed eyes, head turned right")
-    with pytest.raises(InvalidInputError):
+    upset = dict(BASE, anger=0.8, crying=0.9, age=0.2)
+    assert caption(upset, "comic") == "a comic drawing of an angry crying young person"
+    with pytest.raises(InvalidInputError, match="oil"):
         caption(BASE, "oil")
 
 
-def test_contrastive_loss_rewards_matching_pairs_and_ignores_repeated_captions():
+def _facts(**changes) -> np.ndarray:
+    return fact_table({k: np.array([v]) for k, v in dict(BASE, **changes).items()}, ["photo"])[0]
+
+
+def test_training_captions_state_random_true_subsets_and_know_which_faces_they_fit():
+    faces = np.stack([_facts(glasses=1.0, smile=0.9, gender=0.9), _facts(glasses=1.0, smile=0.1), _facts(yaw=-0.9)])
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(200):
+        captions, stated = sample_captions(faces, rng, keep=0.5)
+        assert not (stated & ~faces).any()  # only true facts are ever stated
+        seen.update(captions)
+        matches = caption_matches(stated, faces)  # [captions, faces]
+        assert matches.diagonal().all()  # a caption fits its own face
+        for i, j in zip(*np.nonzero(matches)):
+            assert not (stated[i] & ~faces[j]).any()
+    assert {"a photo of a face with glasses", "a photo of a smiling man", "a picture of a face, turned to the left",
+            "a photo of a person"} <= seen
+    glasses_only = np.zeros(N_FACTS, dtype=bool)
+    glasses_only[[f.name for f in FACTS].index("glasses")] = True
+    assert sentence(glasses_only) == "a picture of a person with glasses"
+    assert caption_matches(glasses_only[None], faces).tolist() == [[True, True, False]]
+
+
+def test_batches_pair_each_face_with_itself_in_another_style():
+    rows = style_pairs(faces_per_style=50, batch_size=9, rng=torch.Generator().manual_seed(0))
+    face, style = rows % 50, rows // 50
+    assert rows.shape == (9,) and bool((style < 4).all())
+    first, second = slice(0, 4), slice(5, 9)  # the odd row out is a face without its pair
+    assert torch.equal(face[first], face[second]) and bool((style[first] != style[second]).all())
+
+
+def test_contrastive_loss_rewards_matching_pairs_and_ignores_captions_true_of_other_faces():
     emb = torch.eye(4)
     no_repeat = torch.eye(4, dtype=torch.bool)
     scale = torch.tensor(np.log(10.0))
     matched = contrastive_loss(emb, emb, scale, no_repeat)
     shuffled = contrastive_loss(emb, emb[[1, 0, 2, 3]], scale, no_repeat)
     assert matched < shuffled
-    # Rows 0 and 1 share a caption: row 0's text matching image 1 must not count against it.
+    # Caption 1 is also true of image 0 (and 0 of 1): image 0 matching caption 1 must not count against it.
     swapped = emb[[1, 0, 2, 3]]
     repeat = no_repeat.clone()
     repeat[0, 1] = repeat[1, 0] = True
@@ -206,15 +243,17 @@ def test_zero_shot_labels_and_accuracy_on_a_perfect_toy_model(tiny):
     styles = ["photo", "sketch", "comic", "watercolor"]
     attrs = {k: np.full(4, v) for k, v in BASE.items()}
     attrs["smile"] = np.array([0.9, 0.1, 0.5, 0.9])
-    faces = FaceSet(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), attrs, styles, [""] * 4)
+    faces = FaceSet(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), attrs, styles, fact_table(attrs, styles))
     tasks = zero_shot_tasks(faces)
     assert tasks["style"][1].tolist() == [0, 1, 2, 3]
     assert tasks["smile"][1].tolist() == [0, 1, -1, 0]  # the middle one is ambiguous and skipped
     assert tasks["photo_vs_sketch"][1].tolist() == [0, 1, -1, -1]  # only photos and sketches count
     assert tasks["photo_vs_watercolor"][0] == ["a photo of a face", "a watercolor painting of a face"]
     results = zero_shot_accuracy(tiny, faces)
-    assert set(results) == {"style", "smile", "age", "glasses", "head_pose", "photo_vs_sketch", "photo_vs_comic",
-                            "photo_vs_watercolor"}
+    assert set(results) == {"style", "smile", "age", "glasses", "gender", "anger", "crying", "head_pose",
+                            "photo_vs_sketch", "photo_vs_comic", "photo_vs_watercolor", "sketch_vs_comic",
+                            "sketch_vs_watercolor", "comic_vs_watercolor"}
+    assert tasks["sketch_vs_watercolor"][1].tolist() == [-1, 0, -1, 1]
     assert results["smile"]["faces"] == 3 and results["style"]["chance"] == 0.25
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in results.values() if r["faces"])
 
@@ -326,3 +365,31 @@ def test_upstream_backbones_give_upstreams_token_grids(architecture, tokens):
     clip = wrap_clip(module).eval().requires_grad_(False)
     emb, block_tokens = clip.features(torch.zeros(1, 3, 64, 64), block=3)  # generator size, upsampled to 224
     assert clip.image_size == 224 and emb.shape == (1, 512) and block_tokens.shape == (1, tokens, 768)
+
+
+class _AgeOnlyClip(torch.nn.Module):
+    """Sees only age: images embed as (age, 1 - age), texts naming "old" point along the first axis."""
+
+    def encode_image(self, images):
+        age = images[:, 0, 0, 0] * 0.5 + 0.5  # the toy faces carry their age in one pixel
+        return torch.nn.functional.normalize(torch.stack([age, 1 - age], 1) + 1e-3, dim=1)
+
+    def encode_text(self, texts):
+        return torch.tensor([[1.0, 0.0] if "old" in t else [0.5, 0.5] for t in texts])
+
+
+def test_prompt_directions_rank_faces_only_where_the_clip_sees_the_attribute():
+    rng = np.random.default_rng(0)
+    n = 200
+    attrs = {k: np.full(n, v) for k, v in BASE.items()}
+    attrs["age"] = rng.uniform(size=n)
+    attrs["smile"] = rng.uniform(size=n)
+    images = torch.zeros(n, 3, 4, 4, dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.from_numpy(np.round(attrs["age"] * 255).astype(np.uint8))
+    styles = ["photo"] * (n // 2) + ["watercolor"] * (n // 2)
+    faces = FaceSet(images, attrs, styles, fact_table(attrs, styles))
+    directions = prompt_directions(_AgeOnlyClip(), faces)
+    assert directions["an old face"]["auc"] > 0.99
+    assert directions["a smiling face"]["auc"] == 0.5  # "smiling" reads as the neutral text: blind to it
+    assert directions["a watercolor painting of a face"]["faces"] == n
+    assert directions["an old face"]["faces"] == int(((attrs["age"] > 0.6) | (attrs["age"] < 0.25)).sum())

@@ -22,9 +22,10 @@ LEFT_CHEEK = (slice(33, 42), slice(17, 25))
 RIGHT_CHEEK = (slice(33, 42), slice(39, 47))
 CORNER = (slice(0, 4), slice(0, 4))
 BESIDE_NECK = (slice(46, 55), slice(8, 15))
+JAW = (slice(46, 54), slice(16, 48))
 
 NEUTRAL = dict(yaw=0.0, pitch=0.0, glasses=0.0, beard=0.0, mouth_open=0.0, eyes_open=1.0, smile=0.3,
-               lighting=0.0, age=0.2, hair_length=0.5)
+               lighting=0.0, age=0.2, hair_length=0.5, gender=0.5, anger=0.0, crying=0.0)
 
 
 def luma(images: torch.Tensor) -> np.ndarray:
@@ -109,6 +110,39 @@ class TestOutput:
 
 
 class TestAttributesAreVisible:
+    def test_gender_reshapes_the_jaw_and_features_not_the_crown(self):
+        lum = sweep("gender", [0.0, 1.0])
+        jaw, crown = region_change(lum[0], lum[1], JAW), region_change(lum[0], lum[1], CROWN)
+        assert np.all(jaw > 0.05)
+        assert np.all(jaw > 3 * crown)
+
+    def test_anger_moves_brows_and_eyes_and_leaves_the_cheeks(self):
+        lum = sweep("anger", [0.0, 1.0])
+        eyes = region_change(lum[0], lum[1], INNER_EYES)
+        assert np.all(eyes > 0.03)
+        for region in (CROWN, LEFT_CHEEK, RIGHT_CHEEK):
+            assert np.all(region_change(lum[0], lum[1], region) < 0.005)
+
+    def test_crying_draws_tears_down_the_cheeks(self):
+        lum = sweep("crying", [0.0, 1.0])
+        cheeks = np.maximum(region_change(lum[0], lum[1], LEFT_CHEEK), region_change(lum[0], lum[1], RIGHT_CHEEK))
+        assert np.all(region_change(lum[0], lum[1], INNER_EYES) > 0.03)
+        assert cheeks.mean() > 0.03 and (cheeks > 0.03).sum() >= PEOPLE - 1  # hair may cover one cheek
+        assert np.all(region_change(lum[0], lum[1], CROWN) == 0)
+
+    def test_the_new_attributes_are_neutral_at_their_defaults(self):
+        """gender 0.5, anger 0, crying 0 draw the face exactly as before these attributes existed."""
+        from faceedit.synth.expression import brow_offsets, eye_openness, gendered, mouth_offsets
+        from faceedit.synth.identity import sample_identity
+
+        ident = sample_identity(np.random.default_rng(0))
+        calm = {"eyes_open": 0.7, "anger": 0.0, "crying": 0.0}
+        assert gendered(ident, 0.5) is ident and gendered(ident, 0.9).jaw_power > ident.jaw_power
+        assert eye_openness(calm) == 0.7 and eye_openness(dict(calm, anger=1.0)) < 0.7
+        drop, inward = brow_offsets(calm, np.linspace(0, 1, 9))
+        assert not drop.any() and inward == 0.0
+        assert mouth_offsets(calm) == (0.0, 1.0, 1.0)
+
     def test_smile_changes_the_mouth_not_the_eyes(self):
         lum = sweep("smile", [0.0, 1.0])
         mouth, eyes = region_change(lum[0], lum[1], MOUTH), region_change(lum[0], lum[1], EYES)
@@ -246,6 +280,7 @@ class TestAttributeDistributions:
         assert 0.15 < attrs["glasses"].mean() < 0.45
         assert 0.4 < (attrs["beard"] == 0).mean() < 0.8
         assert (attrs["eyes_open"] < 0.5).mean() > 0.05
+        assert 0.4 < (attrs["anger"] < 0.1).mean() < 0.7 and 0.5 < (attrs["crying"] < 0.1).mean() < 0.8
 
     def test_attributes_are_not_correlated(self, attrs):
         table = np.stack([attrs[name] for name in ATTRIBUTE_NAMES])

@@ -54,16 +54,18 @@ def cmd_eval_clip(args: argparse.Namespace) -> int:
     from faceedit.adaptation.clip import ClipConfig, load_clip
     from faceedit.artifacts import sidecar_path
     from faceedit.training.cards import update_card
-    from faceedit.training.clip import EVAL_SEED_OFFSET, render_set, zero_shot_accuracy
+    from faceedit.training.clip import EVAL_SEED_OFFSET, prompt_directions, render_set, zero_shot_accuracy
 
     weights = Path(args.weights) if args.weights else _zoo_file("clip")
     card = Path(args.config) if args.config else sidecar_path(weights)
     clip = load_clip(ClipConfig(config_path=str(card), weights=str(weights)))
     faces = render_set(args.faces_per_style, args.seed + EVAL_SEED_OFFSET, clip.image_size)
     metrics = zero_shot_accuracy(clip, faces)
-    print(json.dumps({"weights": str(weights), "held_out_faces": len(faces.styles), "zero_shot": metrics}, indent=2))
+    directions = prompt_directions(clip, faces)
+    print(json.dumps({"weights": str(weights), "held_out_faces": len(faces.styles), "zero_shot": metrics,
+                      "prompt_directions": directions}, indent=2))
     if args.update_card:
-        update_card(weights, metrics={"zero_shot_held_out": metrics})
+        update_card(weights, metrics={"zero_shot_held_out": metrics, "prompt_directions_held_out": directions})
     return 0
 
 

@@ -48,6 +48,14 @@ ATTRIBUTES: Mapping[str, AttributeSpec] = MappingProxyType(dict([
     _spec("skin_tone", "continuous", 0.0, 1.0, "light .. dark skin"),
     _spec("background", "continuous", 0.0, 1.0, "backdrop colour, dark blue .. teal .. olive .. light warm beige"),
     _spec("lighting", "continuous", -1.0, 1.0, "key light from the viewer's left (-1) .. front (0) .. right (1)"),
+    # Appended last: their uniforms come after the others', so every earlier attribute of a seed is unchanged.
+    _spec("gender", "continuous", 0.0, 1.0,
+          "feminine .. masculine: jaw and chin width, brow thickness and height, lip fullness, lashes "
+          "(independent of hair length and beard)"),
+    _spec("anger", "continuous", 0.0, 1.0,
+          "brows lowered and drawn together, narrowed eyes, lips pressed thin, corners down, a crease between the brows"),
+    _spec("crying", "continuous", 0.0, 1.0,
+          "inner brows raised, mouth corners down, reddened eyelids, wet eyes and tears on the cheeks"),
 ]))
 ATTRIBUTE_NAMES: tuple[str, ...] = tuple(ATTRIBUTES)
 
@@ -79,7 +87,8 @@ def attributes_from_uniform(u) -> dict[str, float]:
     Every attribute is a monotone function of its own number, which is what lets a generator
     trained on z → render(Φ(z)) carry each attribute along a near-linear direction.
     """
-    age, smile, mouth, eyes, yaw, pitch, glasses, beard, hair_len, hair_col, skin, bg, light = (float(x) for x in u)
+    (age, smile, mouth, eyes, yaw, pitch, glasses, beard, hair_len, hair_col, skin, bg, light,
+     gender, anger, crying) = (float(x) for x in u)
     return {
         "age": age,
         "smile": smile,
@@ -94,6 +103,9 @@ def attributes_from_uniform(u) -> dict[str, float]:
         "skin_tone": skin,
         "background": bg,
         "lighting": 2.0 * light - 1.0,
+        "gender": gender,
+        "anger": _mostly_low(anger, 0.5, 0.1),  # half the faces calm
+        "crying": _mostly_low(crying, 0.6, 0.1),
     }
 
 

@@ -6,6 +6,14 @@ import math
 
 import numpy as np
 
+from faceedit.synth.expression import (
+    brow_offsets,
+    eye_openness,
+    gendered,
+    mouth_offsets,
+    paint_crease,
+    paint_tears,
+)
 from faceedit.synth.geometry import Head, Surf, clamp, ring, smoothstep
 from faceedit.synth.hair import paint_back_hair, paint_hair_cap, paint_side_locks
 from faceedit.synth.identity import Identity
@@ -61,6 +69,7 @@ def make_head(ident: Identity, attrs: dict[str, float], canvas_px: int) -> Head:
 
 def paint_face(cv, ident: Identity, attrs: dict[str, float]) -> Head:
     """Paint everything back to front; returns the head so the canvas can shade it."""
+    ident = gendered(ident, attrs["gender"])
     head = make_head(ident, attrs, cv.S)
     pal = palette(attrs, ident)
     paint_background(cv, ident, attrs)
@@ -76,8 +85,10 @@ def paint_face(cv, ident: Identity, attrs: dict[str, float]) -> Head:
     paint_beard(cv, ident, attrs, pal)
     paint_mouth(cv, ident, attrs, pal)
     paint_wrinkles(cv, ident, attrs, pal)
+    paint_tears(cv, ident, attrs, pal, eye_openness(attrs))
     for side in (-1.0, 1.0):
         paint_brow(cv, ident, attrs, pal, side)
+    paint_crease(cv, ident, attrs, pal)
     paint_hair_cap(cv, head, ident, attrs, pal)
     paint_near_ear(cv, head, ident, attrs, pal)
     paint_side_locks(cv, head, ident, attrs, pal)
@@ -180,7 +191,7 @@ def eye_curves(ident: Identity, eyes_open: float, side: float):
 
 def paint_eye(cv, ident: Identity, attrs: dict[str, float], pal: Palette, side: float) -> None:
     """White, iris and pupil, then lids over them; the upper lid slides down as the eye closes."""
-    openness = attrs["eyes_open"]
+    openness = eye_openness(attrs)
     u, lower, upper, open_up = eye_curves(ident, openness, side)
     lift = 0.02
     both = np.concatenate([u, u[::-1]])
@@ -207,11 +218,12 @@ def paint_iris(cv, ident: Identity, attrs: dict[str, float], side: float) -> Non
 
 
 def paint_brow(cv, ident: Identity, attrs: dict[str, float], pal: Palette, side: float) -> None:
-    """A tapering arched brow; it lifts a little as the eye opens wider."""
+    """A tapering arched brow; it lifts a little as the eye opens wider, anger and crying move its inner end."""
     t = np.linspace(0.0, 1.0, 9)
-    u = side * (ident.eye_u - 0.2 + 0.48 * t)
+    drop, inward = brow_offsets(attrs, t)
+    u = side * (ident.eye_u - 0.2 - inward * (1.0 - t) + 0.48 * t)
     arch = (0.04 + 0.05 * ident.brow_arch) * np.sin(math.pi * clamp(t * 1.25, 0, 1))
-    centre = BROW_V + ident.eye_v - ident.brow_raise - arch + 0.04 * t - 0.02 * (attrs["eyes_open"] - 0.8)
+    centre = BROW_V + ident.eye_v - ident.brow_raise - arch + 0.04 * t - 0.02 * (attrs["eyes_open"] - 0.8) + drop
     thick = 0.035 * ident.brow_thick * (1.0 - 0.6 * t) + 0.008
     pts = Surf(np.concatenate([u, u[::-1]]), np.concatenate([centre - thick * 0.5, (centre + thick * 0.5)[::-1]]), 0.03)
     cv.fill(pts, pal.brow, alpha=0.92, outline=0.5)
@@ -251,12 +263,13 @@ def paint_nose(cv, ident: Identity, attrs: dict[str, float], pal: Palette) -> No
 def lip_curves(ident: Identity, attrs: dict[str, float]):
     """u along the mouth and v of: upper lip top, lip parting, lower lip top, lower lip bottom."""
     smile, opening, age = attrs["smile"], attrs["mouth_open"], attrs["age"]
-    width = MOUTH_HALF_WIDTH * ident.mouth_width * (1.0 + SMILE_WIDEN * smile)
+    corner_drop, thinning, narrowing = mouth_offsets(attrs)
+    width = MOUTH_HALF_WIDTH * ident.mouth_width * (1.0 + SMILE_WIDEN * smile) * narrowing
     t = SPAN13
     u = t * width
-    corner_lift = -SMILE_CURVE * smile + 0.025 * (1.0 - smile)
+    corner_lift = -SMILE_CURVE * smile + 0.025 * (1.0 - smile) + corner_drop
     parting = MOUTH_V + corner_lift * t * t + 0.02 * smile
-    thin = ident.lip_fullness * (1.0 - 0.45 * age)
+    thin = ident.lip_fullness * (1.0 - 0.45 * age) * thinning
     bow = 1.0 - 0.35 * np.exp(-(t / 0.12) ** 2)
     upper_top = parting - 0.06 * thin * np.sqrt(1.0 - t * t) * bow - 0.008
     gap = 0.17 * opening * (1.0 - t * t) ** 0.8

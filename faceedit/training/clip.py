@@ -18,7 +18,10 @@ from torch import Tensor
 from faceedit import artifacts
 from faceedit.adaptation.clip import ClipModel, build_clip_module, wrap_clip
 from faceedit.errors import InvalidInputError
-from faceedit.synth import STYLES, render_faces
+from faceedit.editing.text import text_embedding
+from faceedit.editing.text_quality import PROMPTS, TextPrompt
+from faceedit.synth import ATTRIBUTES, STYLES, render_faces
+from faceedit.training.captions import STYLE_PHRASES, caption_matches, fact_table, sample_captions
 from faceedit.training.cards import provenance, write_card
 
 # Small enough for CPU (≈3.9 M parameters, ≈16 MB fp32) yet a real ViT: 8x8 patch tokens (B/32 has
@@ -29,51 +32,8 @@ DEMO_CLIP_CONFIG: dict[str, Any] = {
     "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 96, "layers": 5, "head_width": 32, "mlp_ratio": 4.0},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
 }
-STYLE_PHRASES = {
-    "photo": "a photo of",
-    "sketch": "an ink sketch of",
-    "comic": "a comic drawing of",
-    "watercolor": "a watercolor painting of",
-}
 # Held-out faces come from seeds far from any training seed.
 EVAL_SEED_OFFSET = 1_000_003
-
-
-def caption(attrs: Mapping[str, float], style: str) -> str:
-    """One face's caption from its ground-truth attributes, e.g.
-    'an ink sketch of a smiling old man with glasses and a beard, head turned left'."""
-    if style not in STYLE_PHRASES:
-        raise InvalidInputError("style", f"unknown style {style!r}; valid: {', '.join(STYLE_PHRASES)}")
-    adjectives = []
-    if attrs["smile"] > 0.6:
-        adjectives.append("smiling")
-    elif attrs["smile"] < 0.25:
-        adjectives.append("serious")
-    age = attrs["age"]
-    adjectives.append("young" if age < 0.33 else "old" if age > 0.66 else "middle-aged")
-    subject = "man" if attrs["beard"] > 0.3 else "person"
-    features = []
-    if attrs["glasses"] >= 0.5:
-        features.append("glasses")
-    if attrs["beard"] > 0.3:
-        features.append("a beard")
-    if attrs["hair_length"] > 0.7:
-        features.append("long hair")
-    elif attrs["hair_length"] < 0.25:
-        features.append("short hair")
-    if attrs["mouth_open"] > 0.6:
-        features.append("an open mouth")
-    if attrs["eyes_open"] < 0.3:
-        features.append("closed eyes")
-    text = f"{STYLE_PHRASES[style]} a {' '.join(adjectives)} {subject}"
-    if features:
-        text += " with " + (", ".join(features[:-1]) + " and " + features[-1] if len(features) > 1 else features[0])
-    yaw = attrs["yaw"]
-    if yaw < -0.4:
-        text += ", head turned left"
-    elif yaw > 0.4:
-        text += ", head turned right"
-    return text
 
 
 @dataclass(frozen=True)
@@ -94,6 +54,7 @@ class ClipTrainConfig:
     eval_faces_per_style: int = 200
     size: int = 64
     seed: int = 0
+    caption_keep: float = 0.5  # chance that a training caption states each true fact (see captions.py)
     # Wall-clock limit for the whole run (rendering, training, evaluation). A run measured to be too
     # slow for it shortens its schedule (see fit_steps) so it still ends annealed; None: no limit.
     time_budget_s: float | None = 15 * 60
@@ -112,6 +73,8 @@ class ClipTrainConfig:
                                                    and math.isfinite(self.time_budget_s) and self.time_budget_s > 0):
             raise InvalidInputError("time_budget_s", f"must be a positive number of seconds or None, "
                                                      f"got {self.time_budget_s!r}")
+        if not (isinstance(self.caption_keep, (int, float)) and 0.0 < self.caption_keep <= 1.0):
+            raise InvalidInputError("caption_keep", f"must be a probability in (0, 1], got {self.caption_keep!r}")
         if self.size != self.model_cfg["vision_cfg"]["image_size"]:
             raise InvalidInputError("size", f"renders at {self.size} px but the model takes "
                                             f"{self.model_cfg['vision_cfg']['image_size']} px")
@@ -119,37 +82,56 @@ class ClipTrainConfig:
 
 @dataclass
 class FaceSet:
-    """Rendered faces (uint8, to keep thousands in memory), their attributes, styles and captions."""
+    """Rendered faces (uint8, to keep thousands in memory), their attributes, styles and caption facts."""
 
     images: Tensor  # [N, 3, S, S] uint8
     attrs: dict[str, np.ndarray]  # name → [N]
     styles: list[str]
-    captions: list[str]
+    facts: np.ndarray  # [N, N_FACTS] bool: what a caption may truly say of each face
 
     def floats(self, index: Tensor) -> Tensor:
         return self.images[index].float() / 127.5 - 1.0  # [b, 3, S, S] in [-1, 1]
 
 
 def render_set(faces_per_style: int, seed: int, size: int) -> FaceSet:
-    """`faces_per_style` faces in every style; each style gets its own seed so identities differ."""
-    images, styles, captions = [], [], []
+    """The same `faces_per_style` faces in every style, style by style: row k * faces_per_style + i is face i
+    in STYLES[k], so a batch can hold one face in two styles (see style_pairs)."""
+    images, styles = [], []
     attrs: dict[str, list[np.ndarray]] = {}
     for k, style in enumerate(STYLES):
-        batch, batch_attrs = render_faces(faces_per_style, seed=seed + 7919 * k, size=size, style=style)
+        batch, batch_attrs = render_faces(faces_per_style, seed=seed, size=size, style=style)
         images.append(((batch.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))  # [n, 3, S, S]
         columns = {name: value.numpy() for name, value in batch_attrs.items()}
         for name, value in columns.items():
             attrs.setdefault(name, []).append(value)
         styles += [style] * faces_per_style
-        captions += [caption({n: float(v[i]) for n, v in columns.items()}, style) for i in range(faces_per_style)]
-    return FaceSet(torch.cat(images), {n: np.concatenate(v) for n, v in attrs.items()}, styles, captions)
+    columns = {n: np.concatenate(v) for n, v in attrs.items()}
+    return FaceSet(torch.cat(images), columns, styles, fact_table(columns, styles))
 
 
-def contrastive_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, same_caption: Tensor) -> Tensor:
-    """Symmetric InfoNCE over a batch of unit embeddings [B, E]; pairs with identical captions are not negatives."""
+def style_pairs(faces_per_style: int, batch_size: int, rng: torch.Generator) -> Tensor:
+    """Rows of a batch [batch_size]: random faces, each beside the same face in another style.
+
+    Within a pair only the style differs, so the captions' style phrases are all that tells them
+    apart: the embedding has to separate sketch from watercolor, not just either from photo
+    (DIFA reads a style as a direction in it).
+    """
+    half = batch_size // 2
+    n_styles = len(STYLES)
+    face = torch.randint(faces_per_style, (batch_size - half,), generator=rng)
+    style = torch.randint(n_styles, (batch_size - half,), generator=rng)
+    other = (style + torch.randint(1, n_styles, (batch_size - half,), generator=rng)) % n_styles
+    rows = torch.cat([style * faces_per_style + face, (other * faces_per_style + face)[:half]])
+    assert rows.shape == (batch_size,), rows.shape
+    return rows
+
+
+def contrastive_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, true_of: Tensor) -> Tensor:
+    """Symmetric InfoNCE over a batch of unit embeddings [B, E]; true_of[i, j] (image i, caption j) marks
+    captions that are also true of another face, which are no negatives for it."""
     logits = logit_scale.exp().clamp(max=100) * image_emb @ text_emb.t()  # [B, B]
-    # Rendered captions repeat; treating a repeat as a negative would punish a correct match.
-    logits = logits.masked_fill(same_caption & ~torch.eye(len(logits), dtype=torch.bool), float("-inf"))
+    # A short caption fits many faces; treating such a pair as a negative would punish a correct match.
+    logits = logits.masked_fill(true_of & ~torch.eye(len(logits), dtype=torch.bool), float("-inf"))
     target = torch.arange(len(logits))
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
@@ -180,12 +162,20 @@ def zero_shot_tasks(faces: FaceSet) -> dict[str, tuple[list[str], np.ndarray]]:
         "age": (["{style} a young person", "{style} an old person"], classes([a["age"] < 0.33, a["age"] > 0.66])),
         "glasses": (["{style} a person with glasses", "{style} a person"],
                     classes([a["glasses"] >= 0.5, a["glasses"] < 0.5])),
+        "gender": (["{style} a woman", "{style} a man"], classes([a["gender"] < 0.35, a["gender"] > 0.65])),
+        "anger": (["{style} an angry person", "{style} a person"], classes([a["anger"] > 0.5, a["anger"] < 0.1])),
+        "crying": (["{style} a crying person", "{style} a person"],
+                   classes([a["crying"] > 0.5, a["crying"] < 0.1])),
         "head_pose": (["{style} a person, head turned left", "{style} a person", "{style} a person, head turned right"],
                       classes([a["yaw"] < -0.4, np.abs(a["yaw"]) < 0.2, a["yaw"] > 0.4])),
         # DIFA's global loss is a CLIP direction from photos to one artistic style: each pair must separate.
         **{f"photo_vs_{style}": ([STYLE_PHRASES["photo"] + " a face", STYLE_PHRASES[style] + " a face"],
                                  classes([style_of == "photo", style_of == style]))
            for style in STYLES if style != "photo"},
+        # ... and from each other: a sketch direction that is also a watercolor one adapts to the wrong style.
+        **{f"{a}_vs_{b}": ([STYLE_PHRASES[a] + " a face", STYLE_PHRASES[b] + " a face"],
+                           classes([style_of == a, style_of == b]))
+           for i, a in enumerate(STYLES[1:]) for b in STYLES[i + 2:]},
     }
 
 
@@ -207,6 +197,50 @@ def zero_shot_accuracy(clip: ClipModel, faces: FaceSet, batch: int = 256) -> dic
         accuracy = float((predicted[known] == labels[known]).mean()) if known.any() else float("nan")
         results[task] = {"accuracy": round(accuracy, 4), "chance": round(1 / len(prompts), 4),
                          "faces": int(known.sum())}
+    clip.train(was_training)
+    return results
+
+
+def _prompt_classes(faces: FaceSet, prompt: TextPrompt) -> np.ndarray:
+    """1 for faces that show what the prompt asks for, 0 for faces that clearly do not, −1 in between."""
+    label = np.full(len(faces.styles), -1)
+    if prompt.target.startswith("style:"):
+        style_of = np.array(faces.styles)
+        label[style_of == "photo"] = 0
+        label[style_of == prompt.target.split(":", 1)[1]] = 1
+        return label
+    spec = ATTRIBUTES[prompt.target]
+    t = (faces.attrs[prompt.target] - spec.low) / (spec.high - spec.low)  # [N] in [0, 1]
+    t = t if prompt.sign > 0 else 1.0 - t
+    label[t < 0.25] = 0
+    label[t > 0.6] = 1
+    return label
+
+
+@torch.no_grad()
+def prompt_directions(clip: ClipModel, faces: FaceSet, prompts: tuple[TextPrompt, ...] = PROMPTS,
+                      neutral: str = "a face", batch: int = 256) -> dict[str, dict[str, float]]:
+    """Per text-edit prompt, how well the CLIP's "neutral → prompt" text direction ranks faces: the AUC of
+    image · Δt between faces that show it and faces that do not (0.5: the direction is blind to it).
+
+    A text edit moves an image along Δt in the CLIP's eyes, so this is what it can hope for at best.
+    """
+    was_training = clip.training
+    clip.eval()
+    embeddings = torch.cat([clip.encode_image(faces.floats(torch.arange(i, min(i + batch, len(faces.styles)))))
+                            for i in range(0, len(faces.styles), batch)])  # [N, E]
+    base = text_embedding(clip, neutral)
+    results = {}
+    for prompt in prompts:
+        label = _prompt_classes(faces, prompt)
+        along = (embeddings @ (text_embedding(clip, prompt.text) - base)).numpy()  # [N]
+        shown, not_shown = along[label == 1], along[label == 0]
+        if len(shown) and len(not_shown):
+            pairs = shown[:, None] - not_shown[None, :]
+            auc = float((pairs > 0).mean() + 0.5 * (pairs == 0).mean())  # ties count half
+        else:
+            auc = float("nan")
+        results[prompt.text] = {"auc": round(auc, 4), "faces": int(len(shown) + len(not_shown))}
     clip.train(was_training)
     return results
 
@@ -260,9 +294,7 @@ def train_clip(config: ClipTrainConfig, log: Callable[[str], None] = print,
         deadline = started + config.time_budget_s - reserve
     module = build_clip_module(config.model_cfg)
     clip = wrap_clip(module, config.model_cfg)
-    tokens = clip.tokenizer(faces.captions)  # [N, context] int
-    _, caption_ids = np.unique(np.array(faces.captions), return_inverse=True)
-    caption_ids = torch.from_numpy(caption_ids.reshape(-1))
+    caption_rng = np.random.default_rng(config.seed)
 
     decay = [p for n, p in module.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in module.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
@@ -287,14 +319,16 @@ def train_clip(config: ClipTrainConfig, log: Callable[[str], None] = print,
                     log(f"step {step}: {(now - train_started) / step:.3f} s/step does not fit the time budget; "
                         f"planning {fitted} steps instead of {planned}")
                     planned = fitted
-        index = torch.randint(len(faces.styles), (config.batch_size,), generator=rng)
+        index = style_pairs(config.faces_per_style, config.batch_size, rng)
         lr = lr_at(step, planned, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        facts = faces.facts[index.numpy()]  # [B, N_FACTS]
+        captions, stated = sample_captions(facts, caption_rng, keep=config.caption_keep)
         image_emb = clip.encode_image(faces.floats(index))  # [B, E]
-        text_emb = F.normalize(module.encode_text(tokens[index]), dim=-1)  # [B, E]
-        same = caption_ids[index][:, None] == caption_ids[index][None, :]  # [B, B]
-        loss = contrastive_loss(image_emb, text_emb, module.logit_scale, same)
+        text_emb = F.normalize(module.encode_text(clip.tokenizer(captions)), dim=-1)  # [B, E]
+        true_of = torch.from_numpy(caption_matches(stated, facts).T.copy())  # [B images, B captions]
+        loss = contrastive_loss(image_emb, text_emb, module.logit_scale, true_of)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -338,8 +372,8 @@ def export_clip(clip: ClipModel, out: Path, config: ClipTrainConfig, record: Map
         "preprocess": {"input": "[-1, 1] RGB", "mean": list(clip.mean.flatten().tolist()),
                        "std": list(clip.std.flatten().tolist())},
         "parameters": sum(p.numel() for p in clip.model.parameters()),
-        "data": "faceedit.synth renders, all styles, captions from ground-truth attributes "
-                "(faceedit.training.clip.caption)",
+        "data": "faceedit.synth renders, all styles, captions stating random subsets of each face's "
+                "ground-truth facts (faceedit.training.captions)",
         "training": {**settings, **{k: v for k, v in record.items() if k != "zero_shot"}, **provenance(command)},
         "metrics": {"zero_shot_held_out": record["zero_shot"]},
     }
