@@ -53,7 +53,7 @@ ATTRIBUTES: Mapping[str, AttributeSpec] = MappingProxyType(dict([
           "feminine .. masculine: jaw and chin width, brow thickness and height, lip fullness, lashes "
           "(independent of hair length and beard)"),
     _spec("anger", "continuous", 0.0, 1.0,
-          "brows lowered and drawn together, narrowed eyes, lips pressed thin, corners down, a crease between the brows"),
+          "brows lowered and drawn together, narrowed eyes, lips pressed thin, a crease between the brows"),
     _spec("crying", "continuous", 0.0, 1.0,
           "inner brows raised, mouth corners down, reddened eyelids, wet eyes and tears on the cheeks"),
 ]))

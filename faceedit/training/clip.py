@@ -17,9 +17,9 @@ from torch import Tensor
 
 from faceedit import artifacts
 from faceedit.adaptation.clip import ClipModel, build_clip_module, wrap_clip
-from faceedit.errors import InvalidInputError
 from faceedit.editing.text import text_embedding
 from faceedit.editing.text_quality import PROMPTS, TextPrompt
+from faceedit.errors import InvalidInputError
 from faceedit.synth import ATTRIBUTES, STYLES, render_faces
 from faceedit.training.captions import STYLE_PHRASES, caption_matches, fact_table, sample_captions
 from faceedit.training.cards import provenance, write_card
@@ -98,7 +98,7 @@ def render_set(faces_per_style: int, seed: int, size: int) -> FaceSet:
     in STYLES[k], so a batch can hold one face in two styles (see style_pairs)."""
     images, styles = [], []
     attrs: dict[str, list[np.ndarray]] = {}
-    for k, style in enumerate(STYLES):
+    for style in STYLES:
         batch, batch_attrs = render_faces(faces_per_style, seed=seed, size=size, style=style)
         images.append(((batch.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))  # [n, 3, S, S]
         columns = {name: value.numpy() for name, value in batch_attrs.items()}
