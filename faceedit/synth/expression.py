@@ -27,6 +27,10 @@ GENDER_LIP_FULLNESS = -0.8
 GENDER_LASH = -1.5
 ANGER_NARROW = 0.12  # share of the eye opening anger closes (more would read as closing eyes)
 TEAR = np.array((206, 226, 240), float)
+LID_SPAN = np.linspace(-1.0, 1.0, 9)  # across the eye, inner to outer corner
+TRACK_DROP = np.linspace(0.02, 0.42, 7)  # face v of a tear track's points below the lower lid
+TRACK_WAVE = 0.03 * np.sin(np.linspace(0.0, 2.5, 7))  # its sideways wander
+DROP_ANGLES = np.linspace(0, 6.28, 8)  # the drop at its end (a closed ring: the last point meets the first)
 
 
 def gendered(ident: Identity, gender: float) -> Identity:
@@ -95,7 +99,7 @@ def paint_tears(cv, ident: Identity, attrs: dict[str, float], pal: Palette, open
     for side in (-1.0, 1.0):
         cu, cv_ = side * ident.eye_u, ident.eye_v
         w = EYE_HALF_WIDTH * ident.eye_size
-        t = np.linspace(-1.0, 1.0, 9)
+        t = LID_SPAN
         lid = Surf(cu + side * w * 1.15 * t, cv_ + EYE_LOW * ident.eye_size * 1.25 * np.sqrt(1.0 - 0.9 * t * t))
         cv.stroke(lid, red, 0.022, alpha=min(1.0, 0.75 * crying), ink=0.0)
         upper = Surf(cu + side * w * t, cv_ - 0.11 * ident.eye_size * np.sqrt(1.0 - 0.9 * t * t))
@@ -105,8 +109,8 @@ def paint_tears(cv, ident: Identity, attrs: dict[str, float], pal: Palette, open
                       alpha=0.8 * wet, ink=0.0)
         if tracks > 0.0:
             start = cu + side * w * 0.35
-            v = cv_ + EYE_LOW + np.linspace(0.02, 0.42, 7)
-            track = Surf(start + side * 0.03 * np.sin(np.linspace(0.0, 2.5, 7)), v, 0.02)
+            v = cv_ + EYE_LOW + TRACK_DROP
+            track = Surf(start + side * TRACK_WAVE, v, 0.02)
             cv.stroke(track, TEAR, 0.02, alpha=0.85 * tracks, ink=0.5 * tracks)
-            cv.fill(Surf(start + side * 0.03 * np.sin(2.5) + 0.022 * np.cos(np.linspace(0, 6.28, 8)),
-                         v[-1] + 0.03 * np.sin(np.linspace(0, 6.28, 8)), 0.02), TEAR, alpha=0.9 * tracks)
+            cv.fill(Surf(start + side * TRACK_WAVE[-1] + 0.022 * np.cos(DROP_ANGLES),
+                         v[-1] + 0.03 * np.sin(DROP_ANGLES), 0.02), TEAR, alpha=0.9 * tracks)
