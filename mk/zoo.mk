@@ -1,5 +1,5 @@
 # Retrain and re-measure the demo zoo (model_store/demo) from scratch, in dependency order. Included by the Makefile.
-# Each step is resumable (state under runs/) and writes its model card; ~110 min on 2 CPU cores.
+# Each step is resumable (state under runs/) and writes its model card; ~100 min on 2 CPU cores, zoo-eval ~26 more.
 ZOO_BIN := $(BIN)/faceedit
 
 .PHONY: zoo zoo-eval

@@ -170,7 +170,7 @@ def test_save_load_round_trip_and_zoo_override(scorer, photos, tmp_path, monkeyp
 def test_shipped_sidecar_records_training(scorer):
     record = json.loads(default_scorer_path().with_suffix(".json").read_text())
     assert record["kind"] == "scorer" and len(record["sha256"]) == 64
-    assert record["training"]["command"].startswith("python -m faceedit.training.scorer")
+    assert record["training"]["command"].startswith("faceedit train scorer")  # make zoo's first step
     assert record["training"]["wall_time_s"] > 0
     assert record["metrics"]["style_accuracy"] >= 0.95
     assert default_scorer_path().stat().st_size <= 5 * 1024 * 1024

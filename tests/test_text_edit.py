@@ -134,19 +134,22 @@ def test_the_cached_relevance_is_computed_once_and_a_partial_one_is_resumed(mode
 
 def test_the_evaluation_scores_each_prompt_on_what_it_names_next_to_the_boundary(models, relevance):
     from faceedit.editing.boundary import Boundary
-    from faceedit.editing.text_quality import PROMPTS, evaluate_text_edits
+    from faceedit.editing.text_quality import PROMPTS, TextPrompt, evaluate_text_edits
     from faceedit.synth import load_scorer
 
     generator, clip = models
     normal = torch.nn.functional.normalize(torch.randn(generator.style_dim, generator=torch.Generator().manual_seed(3)),
                                            dim=0)
     age = Boundary(normal, 0.0, 0.9, None, {"attribute": "age", "recommended_strength": [-3.0, 3.0]})
-    report = evaluate_text_edits(generator, clip, load_scorer(), relevance, {"age": age}, n=6, threshold=0.05)
+    freckles = TextPrompt("a freckled face", "freckles", 1.0)  # nothing the scorer reads
+    report = evaluate_text_edits(generator, clip, load_scorer(), relevance, {"age": age}, prompts=(*PROMPTS, freckles),
+                                 n=6, threshold=0.05)
     rows = {m.prompt: m for m in report.measurements}
-    assert list(rows) == [p.text for p in PROMPTS]
+    assert list(rows) == [p.text for p in PROMPTS] + ["a freckled face"]
     old = rows["an old face"]
     assert 0 <= old.success_rate <= 1 and old.channels > 0 and old.boundary_success is not None
-    assert rows["an angry face"].success_rate is None and "no ground truth" in rows["an angry face"].note
+    assert 0 <= rows["an angry face"].success_rate <= 1  # the renderer draws anger since issue 16
+    assert rows["a freckled face"].success_rate is None and "no ground truth" in rows["a freckled face"].note
     assert rows["a watercolor painting of a face"].boundary_success is None  # styles have no boundary
     assert rows["a smiling face"].boundary_success is None  # no smile boundary was given
     assert "| an old face | age |" in report.table()
