@@ -23,5 +23,5 @@ zoo-eval: install
 	$(ZOO_BIN) eval edits --n 192 --record --json model_store/demo/boundaries/edit_quality.json --docs docs/edits
 	$(ZOO_BIN) eval adaptation --docs docs/adaptation
 	# Text edits: the channel relevance (~15 min) is exported for the worker as well as measured.
-	$(ZOO_BIN) eval text --n 64 --threads 2 --strength 3 --threshold 0.3 --docs docs/text \
+	$(ZOO_BIN) eval text --n 64 --threads 2 --strength 3 --threshold 0.1 --docs docs/text \
 		--json docs/text/text_edits.json --export model_store/demo/relevance.safetensors
