@@ -179,13 +179,18 @@ def zero_shot_tasks(faces: FaceSet) -> dict[str, tuple[list[str], np.ndarray]]:
     }
 
 
+def _embed_faces(clip: ClipModel, faces: FaceSet, batch: int) -> Tensor:
+    """Image embeddings of every face, `batch` at a time: [N, E]."""
+    n = len(faces.styles)
+    return torch.cat([clip.encode_image(faces.floats(torch.arange(i, min(i + batch, n)))) for i in range(0, n, batch)])
+
+
 @torch.no_grad()
 def zero_shot_accuracy(clip: ClipModel, faces: FaceSet, batch: int = 256) -> dict[str, dict[str, float]]:
     """Zero-shot accuracy per task on `faces` (and its chance level), choosing the nearest class prompt."""
     was_training = clip.training
     clip.eval()
-    embeddings = torch.cat([clip.encode_image(faces.floats(torch.arange(i, min(i + batch, len(faces.styles)))))
-                            for i in range(0, len(faces.styles), batch)])  # [N, E]
+    embeddings = _embed_faces(clip, faces, batch)  # [N, E]
     results = {}
     for task, (prompts, labels) in zero_shot_tasks(faces).items():
         if "{style}" in prompts[0]:
@@ -227,8 +232,7 @@ def prompt_directions(clip: ClipModel, faces: FaceSet, prompts: tuple[TextPrompt
     """
     was_training = clip.training
     clip.eval()
-    embeddings = torch.cat([clip.encode_image(faces.floats(torch.arange(i, min(i + batch, len(faces.styles)))))
-                            for i in range(0, len(faces.styles), batch)])  # [N, E]
+    embeddings = _embed_faces(clip, faces, batch)  # [N, E]
     base = text_embedding(clip, neutral)
     results = {}
     for prompt in prompts:
