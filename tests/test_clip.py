@@ -13,6 +13,7 @@ from faceedit.adaptation.clip import (
     OPENAI_MEAN,
     OPENAI_STD,
     ClipConfig,
+    ConvStem,
     build_clip_module,
     load_clip,
     wrap_clip,
@@ -25,17 +26,30 @@ from faceedit.errors import (
     InvalidInputError,
     NotFoundError,
 )
-from faceedit.training.captions import FACTS, N_FACTS, caption, caption_matches, fact_table, sample_captions, sentence
+from faceedit.synth import ATTRIBUTE_NAMES, STYLES
+from faceedit.training.captions import (
+    CONTRASTS,
+    FACTS,
+    N_FACTS,
+    caption,
+    caption_matches,
+    fact_table,
+    sample_captions,
+    sentence,
+)
 from faceedit.training.clip import (
     ClipTrainConfig,
     FaceSet,
     contrastive_loss,
     export_clip,
+    fact_probe_loss,
     fit_steps,
     lr_at,
     prompt_directions,
+    render_contrast_set,
     style_pairs,
     train_clip,
+    training_batch,
     zero_shot_accuracy,
     zero_shot_tasks,
 )
@@ -224,6 +238,47 @@ def test_batches_pair_each_face_with_itself_in_another_style():
     assert torch.equal(face[first], face[second]) and bool((style[first] != style[second]).all())
 
 
+def test_contrast_pairs_are_one_person_differing_in_one_attribute_that_their_facts_tell_apart():
+    pairs = 6
+    faces = render_contrast_set(pairs, seed=3, size=32)
+    assert faces.images.shape == (len(STYLES) * 2 * pairs, 3, 32, 32) and faces.images.dtype == torch.uint8
+    assert faces.styles == [s for s in STYLES for _ in range(2 * pairs)]
+    contrasted = {name: (first, second) for name, first, second in CONTRASTS}
+    for p in range(pairs):
+        a, b = 2 * p, 2 * p + 1
+        changed = [name for name in ATTRIBUTE_NAMES if faces.attrs[name][a] != faces.attrs[name][b]]
+        assert len(changed) == 1 and changed[0] in contrasted
+        assert (faces.attrs[changed[0]][a], faces.attrs[changed[0]][b]) == pytest.approx(contrasted[changed[0]])
+        assert (faces.facts[a] != faces.facts[b]).any()  # the two values lie on either side of a fact
+        assert not torch.equal(faces.images[a], faces.images[b])
+        same_pair_as_sketch = 2 * pairs + a  # the same pair in the next style: same values, other pixels
+        assert all(faces.attrs[n][a] == faces.attrs[n][same_pair_as_sketch] for n in ATTRIBUTE_NAMES)
+        assert not torch.equal(faces.images[a], faces.images[same_pair_as_sketch])
+
+
+def test_a_batch_pairs_every_row_and_captions_state_what_tells_a_pair_apart():
+    faces_per_style, contrast_pairs = 50, 20
+    rows, partner = training_batch(faces_per_style, contrast_pairs, batch_size=11, contrast_fraction=0.5,
+                                   rng=torch.Generator().manual_seed(0))
+    assert torch.equal(partner[partner], torch.arange(11))  # partnership is mutual
+    style_rows, contrast_rows = rows[:7], rows[7:]
+    assert bool((style_rows < 4 * faces_per_style).all()) and bool((contrast_rows >= 4 * faces_per_style).all())
+    assert torch.equal((contrast_rows - 4 * faces_per_style) // 2, (contrast_rows[partner[7:] - 7] - 200) // 2)
+    assert int((partner == torch.arange(11)).sum()) == 1  # the odd style row out has no pair
+    for i in range(7):
+        if partner[i] != i:
+            assert rows[i] % faces_per_style == rows[partner[i]] % faces_per_style  # one face, two styles
+
+    smiling, serious = _facts(smile=0.9), _facts(smile=0.1)
+    facts = np.stack([smiling, serious])
+    differs = facts ^ facts[[1, 0]]
+    for seed in range(20):
+        _, stated = sample_captions(facts, np.random.default_rng(seed), keep=0.0, keep_style=0.0, always=differs)
+        assert stated.tolist() == (facts & differs).tolist()  # "smiling" and "serious", every time
+    names = [f.name for f in FACTS]
+    assert stated[0, names.index("smiling")] and stated[1, names.index("serious")] and stated.sum() == 2
+
+
 def test_contrastive_loss_rewards_matching_pairs_and_ignores_captions_true_of_other_faces():
     emb = torch.eye(4)
     no_repeat = torch.eye(4, dtype=torch.bool)
@@ -237,6 +292,66 @@ def test_contrastive_loss_rewards_matching_pairs_and_ignores_captions_true_of_ot
     repeat[0, 1] = repeat[1, 0] = True
     assert contrastive_loss(emb, swapped, scale, repeat) > contrastive_loss(emb, emb, scale, repeat)
     assert torch.isfinite(contrastive_loss(emb, swapped, scale, repeat))
+
+
+def test_the_pair_term_punishes_a_caption_that_fits_its_partner_as_well_as_its_own_face():
+    scale = torch.tensor(np.log(10.0))
+    text = torch.eye(4)
+    # Images 0 and 1 are a pair: 1 sits between both captions, so caption 1 hardly tells them apart.
+    image = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 0, 0], [0.6, 0.8, 0, 0], [0, 0, 1.0, 0],
+                                                        [0, 0, 0, 1.0]]), dim=1)
+    no_repeat = torch.eye(4, dtype=torch.bool)
+    partner = torch.tensor([1, 0, 2, 3])  # rows 2 and 3 are unpaired
+    plain = contrastive_loss(image, text, scale, no_repeat)
+    assert contrastive_loss(image, text, scale, no_repeat, partner, pair_weight=0.0) == plain
+    with_pairs = contrastive_loss(image, text, scale, no_repeat, partner, pair_weight=1.0)
+    apart = image.clone()
+    apart[1] = torch.tensor([0.0, 1.0, 0, 0])  # the pair's images told apart
+    gain = with_pairs - plain
+    apart_gain = contrastive_loss(apart, text, scale, no_repeat, partner, 1.0) - contrastive_loss(apart, text, scale,
+                                                                                                  no_repeat)
+    assert gain > apart_gain > 0
+    # A partner's caption that is also true of this face (e.g. it states no fact the pair differs in) is no negative.
+    fits = no_repeat.clone()
+    fits[0, 1] = fits[1, 0] = True
+    masked = contrastive_loss(image, text, scale, fits, partner, 1.0) - contrastive_loss(image, text, scale, fits)
+    assert masked == 0
+
+
+def test_the_fact_probe_rewards_an_embedding_that_encodes_the_facts():
+    facts = np.array([[True, False], [False, True], [True, False], [False, True]])
+    probe = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        probe.weight.copy_(torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))
+        probe.bias.zero_()
+    readable = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    blind = torch.nn.functional.normalize(torch.ones(4, 2), dim=1)
+    assert fact_probe_loss(probe, readable, facts) < 0.01
+    assert float(fact_probe_loss(probe, blind, facts).detach()) == pytest.approx(np.log(2), abs=1e-6)  # chance
+
+
+def test_a_conv_stem_replaces_the_patch_embedding_on_the_same_token_grid(tmp_path):
+    stem_cfg = dict(TINY_CLIP, vision_cfg=dict(TINY_CLIP["vision_cfg"], conv_stem=True))
+    torch.manual_seed(0)
+    clip = wrap_clip(build_clip_module(stem_cfg), stem_cfg).eval()
+    assert isinstance(clip.model.visual.conv1, ConvStem)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    emb, tokens = clip.features(images, block=1)
+    assert emb.shape == (2, 16) and tokens.shape == (2, 16, 32)  # 4x4 grid as with the 8x8 patch embedding
+    weights = tmp_path / "clip.safetensors"
+    save_file({k: v.contiguous() for k, v in clip.model.state_dict().items()}, str(weights))
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({"model": "tiny", "model_cfg": stem_cfg}))
+    loaded = load_clip(ClipConfig(config_path=str(card), weights=str(weights)))
+    assert torch.allclose(loaded.encode_image(images), clip.encode_image(images), atol=1e-6)
+    plain = tmp_path / "plain.json"  # the same weights under a config without the stem do not fit
+    plain.write_text(json.dumps({"model": "tiny", "model_cfg": TINY_CLIP}))
+    with pytest.raises(CheckpointMismatchError):
+        load_clip(ClipConfig(config_path=str(plain), weights=str(weights)))
+    odd = dict(TINY_CLIP, vision_cfg=dict(TINY_CLIP["vision_cfg"], patch_size=6, image_size=36, conv_stem=True))
+    with pytest.raises(InvalidInputError) as err:
+        build_clip_module(odd)
+    assert err.value.field == "clip.vision_cfg.patch_size"
 
 
 def test_zero_shot_labels_and_accuracy_on_a_perfect_toy_model(tiny):
@@ -332,6 +447,14 @@ def test_train_clip_command_takes_a_time_budget(monkeypatch, tmp_path):
         cli_adaptation.cmd_train_clip(args)
     assert seen["config"].time_budget_s is None
     assert build_parser().parse_args(["train", "clip"]).time_budget_min == 15
+    assert seen["config"].contrast_fraction == 0 and "conv_stem" not in seen["config"].model_cfg["vision_cfg"]
+    args = build_parser().parse_args(["train", "clip", "--contrast-fraction", "0.5", "--pair-weight", "1",
+                                      "--fact-weight", "0.5", "--conv-stem"])
+    with pytest.raises(InvalidInputError):
+        cli_adaptation.cmd_train_clip(args)
+    config = seen["config"]
+    assert (config.contrast_fraction, config.pair_weight, config.fact_weight) == (0.5, 1.0, 0.5)
+    assert config.model_cfg["vision_cfg"]["conv_stem"] is True
 
 
 @pytest.mark.slow

@@ -17,14 +17,19 @@ if TYPE_CHECKING:
 def cmd_train_clip(args: argparse.Namespace) -> int:
     import torch
 
-    from faceedit.training.clip import ClipTrainConfig, export_clip, train_clip
+    from faceedit.training.clip import DEMO_CLIP_CONFIG, ClipTrainConfig, export_clip, train_clip
 
     if args.threads:
         torch.set_num_threads(args.threads)
     budget = args.time_budget_min * 60 if args.time_budget_min else None
+    model_cfg = json.loads(json.dumps(DEMO_CLIP_CONFIG))
+    if args.conv_stem:
+        model_cfg["vision_cfg"]["conv_stem"] = True
     config = ClipTrainConfig(faces_per_style=args.faces_per_style, steps=args.steps, batch_size=args.batch_size,
                              lr=args.lr, eval_faces_per_style=args.eval_faces_per_style, seed=args.seed,
-                             time_budget_s=budget)
+                             time_budget_s=budget, contrast_faces_per_style=args.contrast_faces_per_style,
+                             contrast_fraction=args.contrast_fraction, pair_weight=args.pair_weight,
+                             fact_weight=args.fact_weight, model_cfg=model_cfg)
     clip, record = train_clip(config)
     out = Path(args.out) if args.out else _zoo_file("clip")
     card = export_clip(clip, out, config, record, command=_command(args, "train clip"))
@@ -218,6 +223,14 @@ def register(commands: CommandGroups) -> None:
     p.add_argument("--time-budget-min", type=float, default=(defaults.time_budget_s or 0) / 60,
                    help="the whole run ends within this many minutes: a run measured too slow for it plans fewer "
                         "steps (the card records them); 0: no limit")
+    p.add_argument("--contrast-fraction", type=float, default=defaults.contrast_fraction,
+                   help="share of each batch made of one person at both ends of one attribute (0: none)")
+    p.add_argument("--contrast-faces-per-style", type=int, default=defaults.contrast_faces_per_style)
+    p.add_argument("--pair-weight", type=float, default=defaults.pair_weight,
+                   help="weight of the contrastive loss within each pair")
+    p.add_argument("--fact-weight", type=float, default=defaults.fact_weight,
+                   help="weight of a linear probe reading every caption fact off the image embedding")
+    p.add_argument("--conv-stem", action="store_true", help="convolutions in place of the ViT's patch embedding")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.set_defaults(run=cmd_train_clip)
 

@@ -57,6 +57,22 @@ FACTS: tuple[Fact, ...] = (
     Fact("turned left", "pose", ("head turned left", "turned to the left"), lambda a: a["yaw"] < -0.4),
     Fact("turned right", "pose", ("head turned right", "turned to the right"), lambda a: a["yaw"] > 0.4),
 )
+# Attribute contrasts: one face rendered at both values (each well past its facts' thresholds), so a batch
+# holds two images that differ in that attribute alone and captions that say so: a hard negative that
+# makes the embedding see a smile or glasses, not just the style and identity that tell most faces apart.
+CONTRASTS: tuple[tuple[str, float, float], ...] = (
+    ("smile", 0.9, 0.1),
+    ("anger", 0.85, 0.0),
+    ("crying", 0.85, 0.0),
+    ("glasses", 1.0, 0.0),
+    ("age", 0.85, 0.15),
+    ("yaw", -0.7, 0.7),
+    ("eyes_open", 0.05, 0.9),
+    ("mouth_open", 0.85, 0.0),
+    ("gender", 0.9, 0.1),
+    ("beard", 0.8, 0.0),
+    ("hair_length", 0.9, 0.1),
+)
 STYLE_FACTS = tuple(STYLE_PHRASES)  # one more fact per style, after FACTS
 N_FACTS = len(FACTS) + len(STYLE_FACTS)
 SUBJECTS_WITHOUT_GENDER = ("person", "face")
@@ -116,13 +132,17 @@ def caption(attrs: Mapping[str, float], style: str) -> str:
 
 
 def sample_captions(facts: np.ndarray, rng: np.random.Generator, keep: float = 0.5,
-                    keep_style: float = 0.85) -> tuple[list[str], np.ndarray]:
+                    keep_style: float = 0.85, always: np.ndarray | None = None) -> tuple[list[str], np.ndarray]:
     """Training captions for faces with facts [B, N_FACTS]: each true fact kept with probability `keep`
-    (the style with `keep_style`), worded at random. Returns the captions and what each states [B, N_FACTS]."""
+    (the style with `keep_style`), worded at random; true facts marked in `always` [B, N_FACTS] are stated.
+    Returns the captions and what each states [B, N_FACTS]."""
     draw = rng.random(facts.shape)
     threshold = np.full(facts.shape[1], keep)
     threshold[len(FACTS):] = keep_style
     stated = facts & (draw < threshold)
+    if always is not None:
+        assert always.shape == facts.shape, (always.shape, facts.shape)
+        stated |= facts & always
     return [sentence(row, rng) for row in stated], stated
 
 

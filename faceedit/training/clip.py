@@ -13,27 +13,30 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from faceedit import artifacts
 from faceedit.adaptation.clip import ClipModel, build_clip_module, wrap_clip
 from faceedit.editing.text import text_embedding
 from faceedit.editing.text_quality import PROMPTS, TextPrompt
 from faceedit.errors import InvalidInputError
-from faceedit.synth import ATTRIBUTES, STYLES, render_faces
-from faceedit.training.captions import STYLE_PHRASES, caption_matches, fact_table, sample_captions
+from faceedit.synth import ATTRIBUTE_NAMES, ATTRIBUTES, STYLES, render_faces, render_from_attributes, sample_attributes
+from faceedit.training.captions import CONTRASTS, STYLE_PHRASES, caption_matches, fact_table, sample_captions
 from faceedit.training.cards import provenance, write_card
 
 # Small enough for CPU (≈3.9 M parameters, ≈16 MB fp32) yet a real ViT: 8x8 patch tokens (B/32 has
 # 7x7) and five blocks, so DIFA's local loss can read block 3. Most of the size is the 49,408-token
 # BPE embedding at width 64; the image tower's cost is tokens x width² x blocks, kept CPU-sized.
+# `faceedit train clip --conv-stem` swaps its linear patch embedding for adaptation.clip.ConvStem (the
+# README says what that measured).
 DEMO_CLIP_CONFIG: dict[str, Any] = {
     "embed_dim": 128,
     "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 96, "layers": 5, "head_width": 32, "mlp_ratio": 4.0},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
 }
-# Held-out faces come from seeds far from any training seed.
+# Held-out faces come from seeds far from any training seed; the contrast pairs' people from seeds of their own.
 EVAL_SEED_OFFSET = 1_000_003
+CONTRAST_SEED_OFFSET = 500_009
 
 
 @dataclass(frozen=True)
@@ -43,9 +46,19 @@ class ClipTrainConfig:
     The defaults fit a 15-minute budget on 2 CPU cores. Measured on this machine's CPU (one torch
     thread, DEMO_CLIP_CONFIG): 8.6 ms per rendered 64 px face and 0.62 s per training step at batch
     128, so ≈100 s of rendering + 1200 steps (≤ 750 s; two threads are faster) + ≈20 s of evaluation.
+    The contrast pairs, the pair loss and the fact probe are off by default: measured with a conv stem in
+    a 28-minute run, they made glasses and head turns directions of the embedding but cost DIFA its
+    watercolor and text edits their watercolor (README, "Demo CLIP").
     """
 
     faces_per_style: int = 3000
+    # People rendered twice per style, differing in one attribute (captions.CONTRASTS), and the share of
+    # each batch made of such pairs; the rest pairs a face with itself in another style.
+    contrast_faces_per_style: int = 1500
+    contrast_fraction: float = 0.0
+    pair_weight: float = 0.0  # weight of the loss within each pair (see contrastive_loss)
+    # Weight of a linear probe that reads every caption fact off the image embedding (see fact_probe_loss).
+    fact_weight: float = 0.0
     steps: int = 1200
     batch_size: int = 128
     lr: float = 5e-4
@@ -61,7 +74,7 @@ class ClipTrainConfig:
     model_cfg: dict[str, Any] = field(default_factory=lambda: DEMO_CLIP_CONFIG)
 
     def __post_init__(self) -> None:
-        for name in ("faces_per_style", "steps", "batch_size", "eval_faces_per_style"):
+        for name in ("faces_per_style", "contrast_faces_per_style", "steps", "batch_size", "eval_faces_per_style"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidInputError(name, f"must be a positive integer, got {value!r}")
@@ -73,6 +86,9 @@ class ClipTrainConfig:
                                                    and math.isfinite(self.time_budget_s) and self.time_budget_s > 0):
             raise InvalidInputError("time_budget_s", f"must be a positive number of seconds or None, "
                                                      f"got {self.time_budget_s!r}")
+        if not (isinstance(self.contrast_fraction, (int, float)) and 0.0 <= self.contrast_fraction < 1.0):
+            raise InvalidInputError("contrast_fraction",
+                                    f"must be a fraction in [0, 1), got {self.contrast_fraction!r}")
         if not (isinstance(self.caption_keep, (int, float)) and 0.0 < self.caption_keep <= 1.0):
             raise InvalidInputError("caption_keep", f"must be a probability in (0, 1], got {self.caption_keep!r}")
         if self.size != self.model_cfg["vision_cfg"]["image_size"]:
@@ -93,20 +109,49 @@ class FaceSet:
         return self.images[index].float() / 127.5 - 1.0  # [b, 3, S, S] in [-1, 1]
 
 
+    def __add__(self, other: FaceSet) -> FaceSet:
+        attrs = {name: np.concatenate([self.attrs[name], other.attrs[name]]) for name in self.attrs}
+        return FaceSet(torch.cat([self.images, other.images]), attrs, self.styles + other.styles,
+                       np.concatenate([self.facts, other.facts]))
+
+
+def _as_bytes(images: Tensor) -> Tensor:
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # [n, 3, S, S]
+
+
+def _face_set(images: list[Tensor], columns: list[dict[str, np.ndarray]], styles: list[str]) -> FaceSet:
+    attrs = {name: np.concatenate([c[name] for c in columns]).astype(np.float64) for name in ATTRIBUTE_NAMES}
+    return FaceSet(torch.cat(images), attrs, styles, fact_table(attrs, styles))
+
+
 def render_set(faces_per_style: int, seed: int, size: int) -> FaceSet:
     """The same `faces_per_style` faces in every style, style by style: row k * faces_per_style + i is face i
     in STYLES[k], so a batch can hold one face in two styles (see style_pairs)."""
-    images, styles = [], []
-    attrs: dict[str, list[np.ndarray]] = {}
+    images, columns, styles = [], [], []
     for style in STYLES:
         batch, batch_attrs = render_faces(faces_per_style, seed=seed, size=size, style=style)
-        images.append(((batch.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))  # [n, 3, S, S]
-        columns = {name: value.numpy() for name, value in batch_attrs.items()}
-        for name, value in columns.items():
-            attrs.setdefault(name, []).append(value)
+        images.append(_as_bytes(batch))
+        columns.append({name: value.numpy() for name, value in batch_attrs.items()})
         styles += [style] * faces_per_style
-    columns = {n: np.concatenate(v) for n, v in attrs.items()}
-    return FaceSet(torch.cat(images), columns, styles, fact_table(columns, styles))
+    return _face_set(images, columns, styles)
+
+
+def render_contrast_set(pairs_per_style: int, seed: int, size: int) -> FaceSet:
+    """Pairs of one person differing in one attribute (captions.CONTRASTS, drawn at random per pair), in every
+    style: rows 2p and 2p + 1 of style k's block of 2 * pairs_per_style rows are pair p at its two values."""
+    rng = np.random.default_rng([seed, CONTRAST_SEED_OFFSET])
+    drawn = sample_attributes(pairs_per_style, seed)
+    contrast = rng.integers(len(CONTRASTS), size=pairs_per_style)
+    both = {name: np.repeat(value.astype(np.float64), 2) for name, value in drawn.items()}  # [2 * pairs]
+    for p, k in enumerate(contrast):
+        name, first, second = CONTRASTS[k]
+        both[name][2 * p], both[name][2 * p + 1] = first, second
+    people = np.repeat(np.arange(pairs_per_style), 2)
+    images, styles = [], []
+    for style in STYLES:
+        images.append(_as_bytes(render_from_attributes(both, size=size, style=style, seed=seed, identities=people)))
+        styles += [style] * (2 * pairs_per_style)
+    return _face_set(images, [both] * len(STYLES), styles)
 
 
 def style_pairs(faces_per_style: int, batch_size: int, rng: torch.Generator) -> Tensor:
@@ -126,14 +171,71 @@ def style_pairs(faces_per_style: int, batch_size: int, rng: torch.Generator) -> 
     return rows
 
 
-def contrastive_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, true_of: Tensor) -> Tensor:
+def training_batch(faces_per_style: int, contrast_pairs_per_style: int, batch_size: int, contrast_fraction: float,
+                   rng: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Rows of one batch of `render_set(faces_per_style) + render_contrast_set(contrast_pairs_per_style)` and
+    each row's partner in it [batch_size]: style pairs (see style_pairs), then `contrast_fraction` of the batch
+    as attribute-contrast pairs, each beside its partner. An unpaired row is its own partner."""
+    n_pairs = int(batch_size * contrast_fraction) // 2
+    n_style = batch_size - 2 * n_pairs
+    rows = style_pairs(faces_per_style, n_style, rng)
+    half, lead = n_style // 2, n_style - n_style // 2  # style_pairs: rows lead + i pair with rows i < half
+    partner = torch.arange(batch_size)
+    partner[:half] += lead
+    partner[lead:n_style] -= lead
+    if n_pairs == 0:
+        return rows, partner
+    pair = torch.randint(len(STYLES) * contrast_pairs_per_style, (n_pairs,), generator=rng)
+    first = len(STYLES) * faces_per_style + 2 * pair  # a contrast pair's rows follow the style set's
+    rows = torch.cat([rows, torch.stack([first, first + 1], dim=1).reshape(-1)])
+    partner[n_style::2] += 1
+    partner[n_style + 1::2] -= 1
+    assert rows.shape == partner.shape == (batch_size,), (rows.shape, partner.shape)
+    return rows, partner
+
+
+def contrastive_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, true_of: Tensor,
+                     partner: Tensor | None = None, pair_weight: float = 0.0) -> Tensor:
     """Symmetric InfoNCE over a batch of unit embeddings [B, E]; true_of[i, j] (image i, caption j) marks
-    captions that are also true of another face, which are no negatives for it."""
+    captions that are also true of another face, which are no negatives for it.
+
+    With `partner` [B] (each row's pair in the batch) and `pair_weight` > 0, plus that weight times the same
+    loss within each pair alone: in a batch of 128 a pair's one hard negative is drowned by the 126 faces that
+    differ in identity and style, and the embedding never needs to see a smile to tell the batch apart.
+    """
     logits = logit_scale.exp().clamp(max=100) * image_emb @ text_emb.t()  # [B, B]
     # A short caption fits many faces; treating such a pair as a negative would punish a correct match.
-    logits = logits.masked_fill(true_of & ~torch.eye(len(logits), dtype=torch.bool), float("-inf"))
+    not_negative = true_of & ~torch.eye(len(logits), dtype=torch.bool)
+    masked = logits.masked_fill(not_negative, float("-inf"))
     target = torch.arange(len(logits))
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+    loss = (F.cross_entropy(masked, target) + F.cross_entropy(masked.t(), target)) / 2
+    if partner is None or pair_weight == 0:
+        return loss
+    rows = torch.arange(len(logits))
+    own = logits[rows, rows]  # [B]
+    # The partner's image against this caption, and this image against the partner's caption.
+    terms = [(logits[partner, rows], ~not_negative[partner, rows]),
+             (logits[rows, partner], ~not_negative[rows, partner])]
+    hard = [F.softplus(other - own)[valid & (partner != rows)] for other, valid in terms]  # 2-way cross-entropy
+    hard_terms = torch.cat(hard)
+    if len(hard_terms):
+        loss = loss + pair_weight * hard_terms.mean()
+    return loss
+
+
+# Unit embeddings give a linear probe logits in [-|w|, |w|]; the scale lets it reach confident ones early.
+PROBE_SCALE = 10.0
+
+
+def fact_probe_loss(probe: nn.Linear, image_emb: Tensor, facts: np.ndarray) -> Tensor:
+    """Binary cross-entropy of a linear probe predicting each face's facts [B, N_FACTS] from its embedding.
+
+    Contrastive learning from scratch on 12,000 renders learns what tells most faces apart (style, age, hair)
+    long before a smile or glasses; the probe asks for every fact to be a direction of the embedding from
+    the start, which the text tower then aligns its words with. The probe is not exported.
+    """
+    logits = probe(PROBE_SCALE * image_emb)  # [B, N_FACTS]
+    return F.binary_cross_entropy_with_logits(logits, torch.from_numpy(facts).float())
 
 
 def _prompt_embedding(clip: ClipModel, template: str) -> Tensor:
@@ -250,7 +352,7 @@ def prompt_directions(clip: ClipModel, faces: FaceSet, prompts: tuple[TextPrompt
 
 
 # Steps between the first speed measurement and each later re-plan against the time budget.
-CALIBRATION_STEPS = 10
+CALIBRATION_STEPS = 30  # the first steps run slow (thread pools, allocator), and a plan never grows back
 REPLAN_EVERY = 50
 # Seconds kept free for the model file and card, on top of the estimated evaluation time.
 EXPORT_RESERVE_S = 10.0
@@ -288,6 +390,9 @@ def train_clip(config: ClipTrainConfig, log: Callable[[str], None] = print,
     torch.manual_seed(config.seed)
     started = clock()
     faces = render_set(config.faces_per_style, config.seed, config.size)
+    if config.contrast_fraction > 0:
+        faces = faces + render_contrast_set(config.contrast_faces_per_style, config.seed + CONTRAST_SEED_OFFSET,
+                                            config.size)
     render_seconds = clock() - started
     log(f"rendered {len(faces.styles)} training faces in {render_seconds:.1f} s")
     deadline = None
@@ -300,8 +405,10 @@ def train_clip(config: ClipTrainConfig, log: Callable[[str], None] = print,
     clip = wrap_clip(module, config.model_cfg)
     caption_rng = np.random.default_rng(config.seed)
 
-    decay = [p for n, p in module.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in module.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    probe = nn.Linear(config.model_cfg["embed_dim"], faces.facts.shape[1]) if config.fact_weight else None
+    named = [*module.named_parameters(), *(("probe." + n, p) for n, p in (probe.named_parameters() if probe else ()))]
+    decay = [p for n, p in named if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in named if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
 
@@ -310,29 +417,39 @@ def train_clip(config: ClipTrainConfig, log: Callable[[str], None] = print,
     train_started = clock()
     planned, stopped_by, loss_value, lr = config.steps, "steps", float("nan"), 0.0
     step = 0
+    second_step_started = train_started
     while step < planned:
         now = clock()
+        if step == 1:
+            second_step_started = now
         if deadline is not None:
             if now >= deadline:
                 stopped_by = "time_budget"
                 log(f"stopping at step {step}/{planned}: the time budget of {config.time_budget_s:.0f} s is reached")
                 break
             if step == CALIBRATION_STEPS or (step > CALIBRATION_STEPS and step % REPLAN_EVERY == 0):
-                fitted = fit_steps(step, now - train_started, deadline - now, planned)
+                # Timed from the second step: the first one pays for allocations and warm-up (2-3x a step).
+                fitted = min(planned, 1 + fit_steps(step - 1, now - second_step_started, deadline - now, planned))
                 if fitted < planned:
-                    log(f"step {step}: {(now - train_started) / step:.3f} s/step does not fit the time budget; "
+                    speed = (now - second_step_started) / (step - 1)
+                    log(f"step {step}: {speed:.3f} s/step does not fit the time budget; "
                         f"planning {fitted} steps instead of {planned}")
                     planned = fitted
-        index = style_pairs(config.faces_per_style, config.batch_size, rng)
+        index, partner = training_batch(config.faces_per_style, config.contrast_faces_per_style, config.batch_size,
+                                        config.contrast_fraction, rng)
         lr = lr_at(step, planned, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
         facts = faces.facts[index.numpy()]  # [B, N_FACTS]
-        captions, stated = sample_captions(facts, caption_rng, keep=config.caption_keep)
+        # With contrast pairs, what tells a pair apart is always said by its captions.
+        differs = facts ^ facts[partner.numpy()] if config.contrast_fraction > 0 else None
+        captions, stated = sample_captions(facts, caption_rng, keep=config.caption_keep, always=differs)
         image_emb = clip.encode_image(faces.floats(index))  # [B, E]
         text_emb = F.normalize(module.encode_text(clip.tokenizer(captions)), dim=-1)  # [B, E]
         true_of = torch.from_numpy(caption_matches(stated, facts).T.copy())  # [B images, B captions]
-        loss = contrastive_loss(image_emb, text_emb, module.logit_scale, true_of)
+        loss = contrastive_loss(image_emb, text_emb, module.logit_scale, true_of, partner, config.pair_weight)
+        if probe is not None:
+            loss = loss + config.fact_weight * fact_probe_loss(probe, image_emb, facts)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
