@@ -39,20 +39,17 @@ from faceedit.training.captions import (
 )
 from faceedit.training.clip import (
     ClipTrainConfig,
-    FaceSet,
     contrastive_loss,
     export_clip,
     fact_probe_loss,
     fit_steps,
     lr_at,
     prompt_directions,
-    render_contrast_set,
-    style_pairs,
     train_clip,
-    training_batch,
     zero_shot_accuracy,
     zero_shot_tasks,
 )
+from faceedit.training.clip_data import FaceSet, render_contrast_set, style_pairs, training_batch
 
 TINY_CLIP = {
     "embed_dim": 16,

@@ -59,7 +59,8 @@ def cmd_eval_clip(args: argparse.Namespace) -> int:
     from faceedit.adaptation.clip import ClipConfig, load_clip
     from faceedit.artifacts import sidecar_path
     from faceedit.training.cards import update_card
-    from faceedit.training.clip import EVAL_SEED_OFFSET, prompt_directions, render_set, zero_shot_accuracy
+    from faceedit.training.clip import EVAL_SEED_OFFSET, prompt_directions, zero_shot_accuracy
+    from faceedit.training.clip_data import render_set
 
     weights = Path(args.weights) if args.weights else _zoo_file("clip")
     card = Path(args.config) if args.config else sidecar_path(weights)
