@@ -120,12 +120,10 @@ def contrastive_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, t
     if partner is None or pair_weight == 0:
         return loss
     rows = torch.arange(len(logits))
-    own = logits[rows, rows]  # [B]
-    # The partner's image against this caption, and this image against the partner's caption.
-    terms = [(logits[partner, rows], ~not_negative[partner, rows]),
-             (logits[rows, partner], ~not_negative[rows, partner])]
-    hard = [F.softplus(other - own)[valid & (partner != rows)] for other, valid in terms]  # 2-way cross-entropy
-    hard_terms = torch.cat(hard)
+    own, paired = logits[rows, rows], partner != rows  # [B]
+    # The partner's image against this caption, and this image against the partner's caption: 2-way cross-entropy.
+    hard_terms = torch.cat([F.softplus(logits[partner, rows] - own)[paired & ~not_negative[partner, rows]],
+                            F.softplus(logits[rows, partner] - own)[paired & ~not_negative[rows, partner]]])
     if len(hard_terms):
         loss = loss + pair_weight * hard_terms.mean()
     return loss
@@ -314,7 +312,7 @@ def train_clip(config: ClipTrainConfig, log: Callable[[str], None] = print,
     caption_rng = np.random.default_rng(config.seed)
 
     probe = nn.Linear(config.model_cfg["embed_dim"], faces.facts.shape[1]) if config.fact_weight else None
-    named = [*module.named_parameters(), *(("probe." + n, p) for n, p in (probe.named_parameters() if probe else ()))]
+    named = [*module.named_parameters(), *(probe.named_parameters() if probe else ())]
     decay = [p for n, p in named if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in named if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
