@@ -1,5 +1,5 @@
 # Retrain and re-measure the demo zoo (model_store/demo) from scratch, in dependency order. Included by the Makefile.
-# Each step is resumable (state under runs/) and writes its model card; ~100 min on 2 CPU cores, zoo-eval ~26 more.
+# Each step is resumable (state under runs/) and writes its model card; ~100 min on 2 CPU cores, zoo-eval ~35 more.
 ZOO_BIN := $(BIN)/faceedit
 
 .PHONY: zoo zoo-eval
@@ -25,3 +25,5 @@ zoo-eval: install
 	# Text edits: the channel relevance (~15 min) is exported for the worker as well as measured.
 	$(ZOO_BIN) eval text --n 64 --threads 2 --strength 3 --threshold 0.1 --docs docs/text \
 		--json docs/text/text_edits.json --export model_store/demo/relevance.safetensors
+	$(ZOO_BIN) eval inversion --faces 3 --astronaut --threads 2 --json docs/inversion/inversion.json
+	$(BIN)/python examples/photo_edit.py --out docs/photo_edit.png
