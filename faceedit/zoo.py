@@ -20,7 +20,8 @@ FILES = {
     "generator": "generator.pt",
     "encoder": "encoder.pt",
     "scorer": "scorer.safetensors",
-    "clip": "clip.safetensors",
+    "clip": "clip.safetensors",  # DIFA's judge of style
+    "text_clip": "text_clip.safetensors",  # what text edits read: it sees expressions and glasses
 }
 
 

@@ -46,3 +46,14 @@ def test_every_path_in_the_layout_table_exists():
     listed = {p.rstrip("/") for p in paths}
     for top in ("faceedit", "services", "clients/python", "deploy", "bench", "tests"):  # every part of the picture
         assert any(p == top or p.startswith(top + "/") for p in listed), top
+
+
+def zoo_make_commands() -> list[str]:
+    """Every `faceedit …` that `make zoo` / `make zoo-eval` (mk/zoo.mk) runs, continuation lines joined."""
+    text = (README.parent / "mk" / "zoo.mk").read_text().replace("\\\n", " ")
+    return [" ".join(line.split()[1:]) for line in text.splitlines() if line.strip().startswith("$(ZOO_BIN) ")]
+
+
+@pytest.mark.parametrize("args", zoo_make_commands())
+def test_each_zoo_make_command_parses(args):
+    build_parser().parse_args(shlex.split(args))

@@ -153,3 +153,16 @@ def test_the_evaluation_scores_each_prompt_on_what_it_names_next_to_the_boundary
     assert rows["a watercolor painting of a face"].boundary_success is None  # styles have no boundary
     assert rows["a smiling face"].boundary_success is None  # no smile boundary was given
     assert "| an old face | age |" in report.table()
+    assert old.side_attribute in load_scorer().config.attribute_names and old.side_attribute != "age"
+    assert old.side_change is not None and f"{old.side_attribute} {old.side_change:+.3f}" in report.table()
+
+
+def test_the_largest_side_change_is_the_other_attribute_that_moved_most_in_units_of_its_range():
+    from faceedit.editing.text_quality import _largest_side_change
+
+    base = {"age": torch.zeros(4), "smile": torch.zeros(4), "yaw": torch.zeros(4)}
+    # yaw spans 2, so its 0.4 is 0.2 of its range; smile moves ±0.3 (mean 0) and age, the target, the most.
+    edited = {"age": torch.ones(4), "smile": torch.tensor([0.3, -0.3, 0.3, -0.3]), "yaw": torch.full((4,), 0.4)}
+    name, change = _largest_side_change(base, edited, {"age": 1.0, "smile": 1.0, "yaw": 2.0}, target="age")
+    assert name == "smile" and change == pytest.approx(0.0)
+    assert _largest_side_change(base, edited, {"age": 1.0}, target="age") == ("", None)

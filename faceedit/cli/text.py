@@ -31,7 +31,7 @@ def cmd_eval_text(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     zoo = paths()
     generator = load_generator(args.generator or zoo["generator"]).eval()
-    clip_path = Path(args.clip or zoo["clip"])
+    clip_path = Path(args.clip or zoo.get("text_clip", zoo["clip"]))
     clip = load_clip(ClipConfig(config_path=str(sidecar_path(clip_path)), weights=str(clip_path)))
     scorer = load_scorer(args.scorer).eval()
     files = zoo_boundaries()
@@ -88,7 +88,8 @@ def register(commands: CommandGroups) -> None:
     p = commands.eval.add_parser("text", help="text-driven edits (StyleCLIP global directions): success of each "
                                               "prompt on the attribute it names, next to that attribute's boundary")
     p.add_argument("--generator", default=None, help="default: the demo zoo's")
-    p.add_argument("--clip", default=None, help="CLIP weights with a card beside them (default: the zoo's)")
+    p.add_argument("--clip", default=None,
+                   help="CLIP weights with a card beside them (default: the zoo's text_clip.safetensors)")
     p.add_argument("--scorer", default=None, help="default: the demo zoo's")
     p.add_argument("--prompt", action="append", default=[], help="measure this prompt (repeatable; default: the "
                                                                  "seven the product promises)")

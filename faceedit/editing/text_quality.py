@@ -50,6 +50,9 @@ class TextEditMeasurement:
     boundary_success: float | None  # the InterfaceGAN boundary of the same attribute, same direction
     boundary_change: float | None
     note: str = ""
+    # Entanglement: the other attribute the edit moved most (mean |Δ| in units of its range) and its mean Δ.
+    side_attribute: str = ""
+    side_change: float | None = None
 
 
 @dataclass
@@ -65,11 +68,13 @@ class TextEditReport:
                  f"{self.neutral!r}); success = the named attribute moves ≥ {MARGIN:g}·range the prompt's way, "
                  "among samples with room; the boundary columns edit the same samples at the end of its "
                  "recommended range.", "",
-                 "| prompt | measures | success | Δ (range) | channels | boundary success | boundary Δ | note |",
-                 "|---|---|---|---|---|---|---|---|"]
+                 "| prompt | measures | success | Δ (range) | channels | boundary success | boundary Δ "
+                 "| moved most besides | note |",
+                 "|---|---|---|---|---|---|---|---|---|"]
         for m in self.measurements:
+            side = f"{m.side_attribute} {m.side_change:+.3f}" if m.side_change is not None else "-"
             lines.append(f"| {m.prompt} | {m.target} | {_fmt(m.success_rate)} | {_fmt(m.change, 3)} | {m.channels} "
-                         f"| {_fmt(m.boundary_success)} | {_fmt(m.boundary_change, 3)} | {m.note} |")
+                         f"| {_fmt(m.boundary_success)} | {_fmt(m.boundary_change, 3)} | {side} | {m.note} |")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,6 +89,16 @@ def _rate(change: Tensor, room: Tensor) -> float | None:
     """Success among the samples with room to move; None when none has (nothing to measure)."""
     eligible = int(room.sum())
     return float(((change >= MARGIN) & room).sum()) / eligible if eligible else None
+
+
+def _largest_side_change(base: Mapping[str, Tensor], edited: Mapping[str, Tensor], span: Mapping[str, float],
+                         target: str) -> tuple[str, float | None]:
+    """The attribute other than `target` whose mean |change| (in units of its range) is largest, and its mean change."""
+    moved = {a: (edited[a] - base[a]) / width for a, width in span.items() if a != target}  # name → [N]
+    if not moved:
+        return "", None
+    name = max(moved, key=lambda a: float(moved[a].abs().mean()))
+    return name, float(moved[name].mean())
 
 
 def _scores(scorer: Scorer, images: Tensor) -> dict[str, Tensor]:
@@ -124,6 +139,7 @@ def evaluate_text_edits(generator: Generator, clip: ImageTextModel, scorer: Scor
                                 for i in range(0, n, batch_size)])
         edited = _scores(scorer, images)
         channels = int((direction != 0).sum())
+        side = _largest_side_change(base, edited, span, attribute)
         if style is not None:
             if style not in styles_known:
                 out.append(TextEditMeasurement(prompt.text, attribute, None, None, channels, None, None,
@@ -133,7 +149,7 @@ def evaluate_text_edits(generator: Generator, clip: ImageTextModel, scorer: Scor
             change = prompt.sign * (edited["style_probs"][:, k] - base["style_probs"][:, k])  # [N]
             room = (base["style_probs"][:, k] <= 1 - MARGIN) if prompt.sign > 0 else base["style_probs"][:, k] >= MARGIN
             out.append(TextEditMeasurement(prompt.text, attribute, _rate(change, room), float(change.mean()),
-                                           channels, None, None, "style probability; no boundary for styles"))
+                                           channels, None, None, "style probability; no boundary for styles", *side))
             continue
         if attribute not in names:
             out.append(TextEditMeasurement(prompt.text, attribute, None, None, channels, None, None,
@@ -151,5 +167,5 @@ def evaluate_text_edits(generator: Generator, clip: ImageTextModel, scorer: Scor
                                                  layers=boundary.metadata.get("layers")), MARGIN, None)
             b_rate, b_change = m.success_rate, prompt.sign * m.target_change
         out.append(TextEditMeasurement(prompt.text, attribute, rate, float(change.mean()), channels, b_rate,
-                                       b_change))
+                                       b_change, "", *side))
     return TextEditReport(out, n, strength, threshold, neutral)

@@ -16,6 +16,7 @@ construction. Relative paths are relative to the file. Schema:
           - {path: interfacegan, include: ["*_w_boundary.npy"]}
           - {path: e4e/ganspace_ffhq_pca.pt, components: {lighting: 7}}   # or components: all → ganspace:K
     clips: ["ViT-B-32-quickgelu=clip/b32.pt"]   # DIFA's CLIP models ("[architecture=]weights")
+    text_clip: ViT-B-32=clip/b32.pt     # optional: the CLIP text edits read (StyleCLIP's); default: clips[0]
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 ENV = "FACEEDIT_MODELS"
 DEFAULT_FILE = "models.yaml"  # inside the demo zoo folder
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_TOP_KEYS = {"default_generator", "generators", "families", "clips"}
+_TOP_KEYS = {"default_generator", "generators", "families", "clips", "text_clip"}
 _GENERATOR_KEYS = {"checkpoint", "family"}
 _FAMILY_KEYS = {"encoder", "boundaries", "perceptual", "sefa", "relevance"}
 
@@ -74,6 +75,9 @@ class ModelConfig:
     generators: Mapping[str, GeneratorSpec]
     families: Mapping[str, FamilySpec]
     clips: tuple[str, ...] = ()
+    # The CLIP text edits read, when not DIFA's first: one that sees expressions and accessories can be a poor
+    # judge of style, and the other way round (the demo zoo ships one of each).
+    text_clip_override: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -110,6 +114,11 @@ class ModelConfig:
                                         f"{exc.problem} ({self.source})") from None
         return specs
 
+    @property
+    def text_clip(self) -> str | None:
+        """The "[architecture=]weights" spec of the CLIP text edits read: `text_clip`, else `clips[0]`."""
+        return self.text_clip_override or (self.clips[0] if self.clips else None)
+
     def clip_specs(self) -> str:
         """`clips` as the comma-separated "[architecture=]weights" spec faceedit.adaptation.clip parses."""
         return ",".join(self.clips)
@@ -139,11 +148,11 @@ def _check_keys(data: Mapping[str, Any], allowed: set[str], where: str, source: 
         raise InvalidInputError(f"{where}{unknown[0]}", f"unknown key in {source}; expected one of {sorted(allowed)}")
 
 
-def _clip_entry(entry: object, base: Path, source: Path, i: int) -> str:
+def _clip_entry(entry: object, base: Path, source: Path, where: str) -> str:
     if not isinstance(entry, str) or not entry.strip():
-        raise InvalidInputError(f"clips[{i}]", f"expected '[architecture=]weights' in {source}, got {entry!r}")
+        raise InvalidInputError(where, f"expected '[architecture=]weights' in {source}, got {entry!r}")
     architecture, sep, weights = entry.strip().rpartition("=")
-    path = _resolve(base, weights, f"clips[{i}]", source)
+    path = _resolve(base, weights, where, source)
     return f"{architecture}={path}" if sep else str(path)
 
 
@@ -197,8 +206,10 @@ def parse_model_config(data: Mapping[str, Any], source: Path) -> ModelConfig:
     clips = data.get("clips") or []
     if not isinstance(clips, list):
         raise InvalidInputError("clips", f"expected a list in {source}")
+    text_clip = data.get("text_clip")
     return ModelConfig(source, default, generators, families,
-                       tuple(_clip_entry(c, base, source, i) for i, c in enumerate(clips)), dict(data))
+                       tuple(_clip_entry(c, base, source, f"clips[{i}]") for i, c in enumerate(clips)),
+                       _clip_entry(text_clip, base, source, "text_clip") if text_clip is not None else None, dict(data))
 
 
 def default_models_file() -> Path:

@@ -13,11 +13,11 @@ MARKER_PREFIX = "cache/relevance/ready"
 
 @dataclass(frozen=True)
 class RelevanceMarker:
-    """Written once the channel relevance of `base_id` with the deployment's first CLIP is complete."""
+    """Written once the channel relevance of `base_id` with the deployment's text-edit CLIP is complete."""
 
     base_id: str
     artifact_key: str  # the ChannelRelevance artifact (faceedit.editing.text)
-    clip: str  # the CLIP spec it was measured with (models.yaml `clips[0]`)
+    clip: str  # the CLIP spec it was measured with (ModelConfig.text_clip)
     channels: int
 
     @staticmethod

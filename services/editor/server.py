@@ -162,7 +162,7 @@ class EditorServer:
         self.queue = TaskQueue(config.broker, config.queue, config.task_name)
         self.editor = EditorCore(self.catalog, self.boundaries, self.cache, self.inference, config, self.metrics,
                                  encoder_family=self.models.encoder_family, photos=self.photos,
-                                 text_edits=TextEdits(self.store, self.models.clips[0] if self.models.clips else None))
+                                 text_edits=TextEdits(self.store, self.models.text_clip))
         self.adaptation = AdaptationCore(self.catalog, self.jobs, self.index, self.store, self.queue, config,
                                          cache=self.cache, photos=self.photos)
         self.metrics.set_queue_depth_source(self._queue_depth)

@@ -30,7 +30,7 @@ class TextStep:
 
 
 class TextEdits:
-    """Reads each base's relevance (once) and the deployment's first CLIP (on the first text step), and turns
+    """Reads each base's relevance (once) and the deployment's text-edit CLIP (on the first text step), and turns
     a request's text steps into the sum of their directions. Adapted generators use their base's relevance:
     DIFA and tuning move the weights little, and StyleCLIP's directions carry over (approximately)."""
 
@@ -48,7 +48,7 @@ class TextEdits:
         from faceedit.adaptation.clip import load_clip, parse_clip_spec
 
         if self._clip is None:
-            self._clip = load_clip(parse_clip_spec(self.clip_spec)[0])
+            self._clip = load_clip(parse_clip_spec(self.clip_spec, "text_clip")[0])
         return self._clip
 
     def _relevance_of(self, base_id: str) -> Any:
@@ -68,7 +68,8 @@ class TextEdits:
         from faceedit.editing.text import text_direction
 
         if self.clip_spec is None:
-            raise PreconditionError("text edits need a CLIP: the model configuration names none (clips: [...])")
+            raise PreconditionError("text edits need a CLIP: the model configuration names none "
+                                    "(text_clip: or clips: [...])")
         with self._lock:  # one load of each model, whatever the number of RPC threads
             relevance = self._relevance_of(base_id)
             clip = self._clip_model()

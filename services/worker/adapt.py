@@ -115,6 +115,7 @@ class Runtime:
     _bases: dict[str, Generator] = field(default_factory=dict)
     _encoders: dict[str, Encoder | None] = field(default_factory=dict)
     _clips: list[ClipModel] | None = None
+    _text_clip: ClipModel | None = None
     _perceptual: dict[str, Distance | None] = field(default_factory=dict)
     cache: LatentCache | None = None
     photos: PhotoStore | None = None
@@ -165,6 +166,22 @@ class Runtime:
             except FaceEditError as exc:
                 raise WorkerSetupError("clips", str(exc)) from None
         return self._clips
+
+    def text_clip(self) -> ClipModel:
+        """The CLIP text edits read (the model configuration's `text_clip`, else DIFA's first), loaded once."""
+        if self._text_clip is None:
+            spec = self.models.text_clip
+            if spec is None:
+                raise WorkerSetupError("text_clip", f"{self.models.source} names no CLIP (text_clip: or clips: [...]); "
+                                                    "text edits need one")
+            if self.models.clips and spec == self.models.clips[0]:
+                self._text_clip = self.clips()[0]
+            else:
+                try:
+                    self._text_clip = load_clip(parse_clip_spec(spec, "text_clip")[0], self.device)
+                except FaceEditError as exc:
+                    raise WorkerSetupError("text_clip", str(exc)) from None
+        return self._text_clip
 
 
 def clip_configs(models: ModelConfig) -> tuple[ClipConfig, ...]:

@@ -99,12 +99,12 @@ def prepare_base(rt: Any, base_id: str, progress: Callable[[int, int], None] | N
 
 def prepare_relevance(rt: Any, base_id: str, cache: Any, progress: Callable[[int, int], None] | None
                       ) -> dict[str, bool]:
-    """Text edits' channel relevance of the base with the first CLIP (StyleCLIP global directions), then the
+    """Text edits' channel relevance of the base with the text-edit CLIP (StyleCLIP global directions), then the
     marker the editor reads (services/common/text_edits.py); resumes a partial one."""
     from faceedit.editing.text import RelevanceConfig, cached_channel_relevance, recorded_key, relevance_key
     from services.common.text_edits import RelevanceMarker
 
-    base, clip = rt.base(base_id), rt.clips()[0]
+    base, clip = rt.base(base_id), rt.text_clip()
     config = RelevanceConfig(samples=rt.config.relevance_samples)
     key = relevance_key(base, clip, config)
     computed = cache.get(key) is None
@@ -121,7 +121,7 @@ def prepare_relevance(rt: Any, base_id: str, cache: Any, progress: Callable[[int
                     "computes it at start, or ship one: faceedit eval text --export)", base_id)
         return {}
     relevance = cached_channel_relevance(base, clip, cache, config, progress)
-    RelevanceMarker(base_id, f"{cache.prefix}/{key}", rt.models.clips[0], sum(relevance.widths)).write(rt.store)
+    RelevanceMarker(base_id, f"{cache.prefix}/{key}", rt.models.text_clip, sum(relevance.widths)).write(rt.store)
     return {key: computed}
 
 

@@ -25,6 +25,22 @@ def test_the_demo_zoo_is_the_default_file():
     assert models.default_generator == "demo" and models.encoder_family == "demo"
     assert models.generators["demo"].checkpoint.name == "generator.pt" and models.encoder().name == "encoder.pt"
     assert models.boundary_specs("demo")[0].path.endswith("boundaries") and models.clips[0].endswith("clip.safetensors")
+    assert models.text_clip.endswith("text_clip.safetensors")  # the zoo's text edits read a CLIP of their own
+
+
+def test_the_demo_zoos_relevance_is_the_one_the_worker_would_compute():
+    """`make demo` has text edits at once only if the shipped relevance was made for the zoo's generator, its
+    text CLIP and the worker's settings (the worker checks the key it records and otherwise ignores it)."""
+    from faceedit.adaptation.clip import load_clip, parse_clip_spec
+    from faceedit.editing.text import RelevanceConfig, recorded_key, relevance_key
+    from faceedit.models import load_generator
+    from services.worker.config import WorkerConfig
+
+    models = load_model_config(env={})
+    generator = load_generator(models.generators["demo"].checkpoint)
+    clip = load_clip(parse_clip_spec(models.text_clip)[0])
+    expected = relevance_key(generator, clip, RelevanceConfig(samples=WorkerConfig().relevance_samples))
+    assert recorded_key(models.families["demo"].relevance.read_bytes()) == expected
 
 
 def test_paths_are_relative_to_the_file_and_the_env_names_the_file(tmp_path):
@@ -35,6 +51,14 @@ def test_paths_are_relative_to_the_file_and_the_env_names_the_file(tmp_path):
     assert models.generators["ffhq"].family == "ffhq" and models.generators["ffhq"].checkpoint == tmp_path / "g.pt"
     assert models.encoder() == tmp_path / "e.pt"
     assert models.clip_specs() == f"ViT-B-32={tmp_path / 'clip.safetensors'}"
+    assert models.text_clip == models.clips[0]  # text edits read DIFA's first CLIP unless told otherwise
+
+
+def test_text_edits_can_read_a_clip_of_their_own(tmp_path):
+    path = write(tmp_path, "generators: {a: g.pt}\nclips: [clip.safetensors]\ntext_clip: ViT-B-32=e.pt\n")
+    models = load_model_config(path)
+    assert models.clips == (str(tmp_path / "clip.safetensors"),) and models.text_clip == f"ViT-B-32={tmp_path / 'e.pt'}"
+    assert load_model_config(write(tmp_path, "generators: {a: g.pt}\n")).text_clip is None
 
 
 @pytest.mark.parametrize("text, field, problem", [
@@ -47,6 +71,8 @@ def test_paths_are_relative_to_the_file_and_the_env_names_the_file(tmp_path):
     ("generators: {a: g.pt}\nfamilies: {other: {encoder: e.pt}}\n", "families.other", "no generator"),
     ("generators: {}\n", "generators", "names no generator"),
     ("generators: {a: g.pt}\nclips: [missing.pt]\n", "clips[0]", "does not exist"),
+    ("generators: {a: g.pt}\ntext_clip: missing.pt\n", "text_clip", "does not exist"),
+    ("generators: {a: g.pt}\ntext_clip: [clip.safetensors]\n", "text_clip", "expected '[architecture=]weights'"),
 ])
 def test_a_bad_file_names_the_key_and_the_file(tmp_path, text, field, problem):
     with pytest.raises(InvalidInputError) as info:

@@ -10,9 +10,10 @@ from dataclasses import replace
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from faceedit.adaptation import clip_mean, difa_losses
-from faceedit.adaptation.clip import ClipConfig, load_clip
+from faceedit.adaptation.clip import ClipConfig, build_clip_module, load_clip
 from faceedit.adaptation.difa_config import DifaConfig
 from faceedit.images import to_pil
 from faceedit.models import load_generator
@@ -40,6 +41,7 @@ from services.worker.adapt import (
 from services.worker.config import WorkerConfig
 
 from conftest import TINY_DIFA_SETTINGS
+from factories import TINY_CLIP
 
 pytestmark = pytest.mark.inference  # make test-services
 
@@ -440,3 +442,28 @@ def test_a_shipped_relevance_is_used_when_made_for_these_weights_and_computed_on
         assert any(k.startswith("relevance/") for k in result.get("computed", [])) == computed, (i, result)
         marker = RelevanceMarker.read(rt.store, "tiny")
         assert (marker is not None and rt.store.exists(marker.artifact_key)) == ready, i
+
+
+def test_text_edits_prepare_with_the_text_clip_when_one_is_configured(redis_client, redis_server, namespace,
+                                                                       tiny_models, tmp_path):
+    """`text_clip:` in the model configuration: the relevance is measured with that CLIP, not DIFA's first."""
+    from faceedit.adaptation.clip import load_clip, parse_clip_spec
+    from faceedit.editing.text import RelevanceConfig, relevance_key
+    from services.common.text_edits import RelevanceMarker
+    from services.worker import app as worker_app
+
+    torch.manual_seed(7)  # other weights than DIFA's CLIP, same card
+    text_clip = tmp_path / "text_clip.safetensors"
+    save_file({k: v.contiguous() for k, v in build_clip_module(TINY_CLIP).state_dict().items()}, str(text_clip))
+    text_clip.with_suffix(".json").write_bytes(tiny_models["clip"].with_suffix(".json").read_bytes())
+    rt = make_runtime(redis_client, redis_server, namespace, tiny_models, tmp_path,
+                      models=tiny_model_config(tiny_models, text_clip_override=str(text_clip)),
+                      relevance_samples=4, compute_relevance=True)
+    assert rt.text_clip() is not rt.clips()[0]
+    worker_app.prepare_base(rt, "tiny")
+    marker = RelevanceMarker.read(rt.store, "tiny")
+    generator = load_generator(tiny_models["generator"]).eval()
+    config = RelevanceConfig(samples=4)
+    assert marker.clip == str(text_clip)
+    assert marker.artifact_key.endswith(relevance_key(generator, load_clip(parse_clip_spec(str(text_clip))[0]), config))
+    assert not marker.artifact_key.endswith(relevance_key(generator, rt.clips()[0], config))
