@@ -142,9 +142,11 @@ class EditorCore:
 
     def warm_up(self) -> None:
         """One image per base generator: TorchServe's workers load their models, and the budget
-        learns each generator's cost before the first request."""
+        learns each generator's cost before the first request; the text-edit CLIP is loaded too."""
         for base in self.catalog.bases.values():
             self._render(ResolvedGenerator(base.id, BASE, base), "", base.latents_from_seeds([0], 1.0), "png")
+        if self.text_edits is not None:
+            self.text_edits.warm_up()
 
     def _check_ws(self, ws: np.ndarray, base: BaseGenerator, field_name: str) -> np.ndarray:
         """One latent, [1, L, D] or [L, D], of this generator's sizes → [1, L, D] float32."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import threading
 from collections.abc import Sequence
@@ -10,11 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from faceedit.errors import InvalidInputError
+from faceedit.errors import FaceEditError, InvalidInputError
 from services.common.artifacts import ArtifactStore
 from services.common.errors import PreconditionError
 from services.common.protocol import StyleOffset
 from services.common.text_edits import RelevanceMarker
+
+log = logging.getLogger("faceedit.editor")
 
 DEFAULT_NEUTRAL = "a face"
 DEFAULT_THRESHOLD = 0.1
@@ -43,6 +47,18 @@ class TextEdits:
 
     def available(self, base_id: str) -> bool:
         return self.clip_spec is not None and RelevanceMarker.read(self.store, base_id) is not None
+
+    def warm_up(self) -> None:
+        """Load the CLIP before the first text step (the editor's warm-up, before it reports SERVING): ~0.6 s
+        that no request should pay. A CLIP that fails to load is logged, not raised: attribute edits still
+        serve, and text steps report the error."""
+        if self.clip_spec is None:
+            return
+        try:
+            with self._lock:
+                self._clip_model()
+        except FaceEditError as exc:
+            log.warning(json.dumps({"event": "text_clip_unavailable", "clip": self.clip_spec, "error": str(exc)}))
 
     def _clip_model(self) -> Any:
         from faceedit.adaptation.clip import load_clip, parse_clip_spec

@@ -112,3 +112,14 @@ def test_without_a_clip_text_steps_are_a_precondition(prepared, tiny_models, red
     assert not editor.list_attributes("acme")[2]
     with pytest.raises(PreconditionError, match="CLIP"):
         editor.edit("acme", "", LatentSource(seed=1), [Step("", 1.0, text="an old face")])
+
+
+def test_the_editors_warm_up_loads_the_text_clip_and_a_broken_one_does_not_stop_it(editor, prepared, tmp_path,
+                                                                                    caplog):
+    assert editor.text_edits._clip is None
+    editor.warm_up()  # before the editor reports SERVING: the first text step pays no CLIP load
+    assert editor.text_edits._clip is not None
+    broken = TextEdits(prepared[0], str(tmp_path / "missing.safetensors"))
+    with caplog.at_level("WARNING", logger="faceedit.editor"):
+        broken.warm_up()
+    assert broken._clip is None and "text_clip_unavailable" in caplog.text and "missing.safetensors" in caplog.text
