@@ -1,6 +1,6 @@
 """Where the shipped demo models live: an explicit folder, $FACEEDIT_ZOO_DIR, or the checkout's `model_store/demo`.
 
-The zoo (~55 MB of weights) is not packaged with the library: a wheel or non-editable install of faceedit
+The zoo (~87 MB of weights) is not packaged with the library: a wheel or non-editable install of faceedit
 carries none, and there the folder comes from $FACEEDIT_ZOO_DIR (a checkout's `model_store/demo`, or a copy)
 or from the `root` argument. Running from a checkout (editable install, PYTHONPATH, the container images'
 /app), the checkout's own folder is the default.
@@ -21,8 +21,19 @@ FILES = {
     "encoder": "encoder.pt",
     "scorer": "scorer.safetensors",
     "clip": "clip.safetensors",  # DIFA's judge of style
-    "text_clip": "text_clip.safetensors",  # what text edits read: it sees expressions and glasses
+    "text_clip": "text_clip.safetensors",  # what text edits read, with the next: it sees expressions and glasses
+    "text_clip_long": "text_clip_long.safetensors",  # the same recipe, twice the steps
 }
+TEXT_CLIPS = ("text_clip", "text_clip_long")  # text edits read these two as one (editing.text.ClipEnsemble)
+
+
+def text_clip_spec(root: str | Path | None = None) -> str:
+    """The zoo's text-edit CLIPs as one "weights,weights" spec (faceedit.adaptation.clip.load_text_clip)."""
+    found = paths(root)
+    missing = [FILES[name] for name in TEXT_CLIPS if name not in found]
+    if missing:
+        raise NotFoundError("demo text CLIP", str(zoo_dir(root) / missing[0]), "train it (mk/zoo.mk)")
+    return ",".join(str(found[name]) for name in TEXT_CLIPS)
 
 
 def zoo_dir(root: str | Path | None = None) -> Path:

@@ -10,9 +10,11 @@ import torch
 
 from faceedit.editing.text import (
     ChannelRelevance,
+    ClipEnsemble,
     RelevanceConfig,
     apply_text_direction,
     channel_relevance,
+    relevance_key,
     text_direction,
     text_edit,
 )
@@ -51,6 +53,33 @@ def test_relevance_covers_every_conv_channel_and_is_the_embedding_change(models,
         change = (clip.encode_image(generator.synthesis_from_styles(up))
                   - clip.encode_image(generator.synthesis_from_styles(down))).mean(0)
     torch.testing.assert_close(relevance.relevance[0], change, atol=1e-5, rtol=1e-4)
+
+
+def test_an_ensembles_relevance_is_its_members_side_by_side_and_its_direction_their_mean_vote(models, relevance):
+    """Several text CLIPs read as one: one relevance (each member's rows / √k), one cache key of its own,
+    and a direction that averages what each member alone would say."""
+    generator, clip = models
+    other = tiny_text_clip(seed=5)
+    ensemble = ClipEnsemble([clip, other])
+    assert ensemble.embedding_groups == (clip.encode_text(["x"]).shape[1], other.encode_text(["x"]).shape[1])
+    joint = channel_relevance(generator, ensemble, CONFIG)
+    alone = channel_relevance(generator, other, CONFIG)
+    torch.testing.assert_close(joint.relevance, torch.cat([relevance.relevance, alone.relevance], 1) / 2 ** 0.5,
+                               atol=1e-5, rtol=1e-4)
+    keys = {relevance_key(generator, c, CONFIG) for c in (clip, other, ensemble)}
+    assert len(keys) == 3  # a relevance is never taken for another CLIP's
+    votes = [text_direction(r, c, "a smiling face", threshold=0.05) / r.std
+             for r, c in ((relevance, clip), (alone, other))]
+    expected = (votes[0] + votes[1]) / 2
+    expected = expected / expected.abs().max() * joint.std
+    torch.testing.assert_close(text_direction(joint, ensemble, "a smiling face", threshold=0.05), expected,
+                               atol=1e-5, rtol=1e-4)
+    with pytest.raises(InvalidInputError) as info:  # measured with one CLIP, read with two
+        text_direction(relevance, ensemble, "a smiling face")
+    assert info.value.field == "relevance" and "another CLIP" in info.value.problem
+    with pytest.raises(InvalidInputError) as info:
+        ClipEnsemble([clip])
+    assert info.value.field == "clips"
 
 
 def test_a_partial_relevance_resumes_to_the_same_result_and_round_trips_as_bytes(models, relevance):

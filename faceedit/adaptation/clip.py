@@ -334,6 +334,15 @@ def load_clip(config: ClipConfig, device: str | torch.device = "cpu") -> ClipMod
     return ClipModel(module, config.mean, config.std, config.resize_mode, _tokenizer(model_cfg), name).to(device)
 
 
+def load_text_clip(spec: str, device: str | torch.device = "cpu", field: str = "text_clip") -> Any:
+    """The CLIP text edits read, from a "[architecture=]weights[,…]" spec: one model, or several read as one
+    (faceedit.editing.text.ClipEnsemble)."""
+    from faceedit.editing.text import ClipEnsemble
+
+    models = [load_clip(config, device) for config in parse_clip_spec(spec, field)]
+    return models[0] if len(models) == 1 else ClipEnsemble(models).to(device)
+
+
 def wrap_clip(module: nn.Module, model_cfg: Mapping[str, Any] | None = None, **kwargs: Any) -> ClipModel:
     """Wrap an already built open_clip model (e.g. during training); pass its config to get a tokenizer."""
     tokenizer = _tokenizer(model_cfg) if model_cfg is not None else None

@@ -16,8 +16,7 @@ def cmd_eval_text(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from faceedit.adaptation.blob_cache import DirectoryCache
-    from faceedit.adaptation.clip import ClipConfig, load_clip
-    from faceedit.artifacts import sidecar_path
+    from faceedit.adaptation.clip import load_text_clip
     from faceedit.editing.boundary import load_boundaries
     from faceedit.editing.text import RelevanceConfig, apply_text_direction, cached_channel_relevance, text_direction
     from faceedit.editing.text_quality import PROMPTS, TextPrompt, evaluate_text_edits
@@ -25,14 +24,13 @@ def cmd_eval_text(args: argparse.Namespace) -> int:
     from faceedit.models import load_generator
     from faceedit.synth.scorer import load_scorer
     from faceedit.zoo import boundaries as zoo_boundaries
-    from faceedit.zoo import paths
+    from faceedit.zoo import paths, text_clip_spec
 
     if args.threads:
         torch.set_num_threads(args.threads)
     zoo = paths()
     generator = load_generator(args.generator or zoo["generator"]).eval()
-    clip_path = Path(args.clip or zoo.get("text_clip", zoo["clip"]))
-    clip = load_clip(ClipConfig(config_path=str(sidecar_path(clip_path)), weights=str(clip_path)))
+    clip = load_text_clip(args.clip or text_clip_spec(), field="--clip")
     scorer = load_scorer(args.scorer).eval()
     files = zoo_boundaries()
     boundaries = load_boundaries({n: files[n] for n in scorer.config.attribute_names if n in files})
@@ -60,7 +58,7 @@ def cmd_eval_text(args: argparse.Namespace) -> int:
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): the relevance of {sum(relevance.widths)} channels")
     prompts = [TextPrompt(p, "custom", 1.0) for p in args.prompt] if args.prompt else list(PROMPTS)
     report = evaluate_text_edits(generator, clip, scorer, relevance, boundaries, prompts, n=args.n,
-                                 strength=args.strength, threshold=args.threshold)
+                                 strength=args.strength, threshold=args.threshold, seed=args.seed)
     print(report.table())
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +87,8 @@ def register(commands: CommandGroups) -> None:
                                               "prompt on the attribute it names, next to that attribute's boundary")
     p.add_argument("--generator", default=None, help="default: the demo zoo's")
     p.add_argument("--clip", default=None,
-                   help="CLIP weights with a card beside them (default: the zoo's text_clip.safetensors)")
+                   help="CLIP weights with a card beside them, or several comma-separated, read as one "
+                        "(default: the zoo's text_clip.safetensors,text_clip_long.safetensors)")
     p.add_argument("--scorer", default=None, help="default: the demo zoo's")
     p.add_argument("--prompt", action="append", default=[], help="measure this prompt (repeatable; default: the "
                                                                  "seven the product promises)")
@@ -98,6 +97,7 @@ def register(commands: CommandGroups) -> None:
     p.add_argument("--threshold", type=float, default=0.1, help="β: channels whose relevance agrees less are left")
     p.add_argument("--relevance-samples", type=int, default=16, help="samples per channel push (StyleCLIP: 100)")
     p.add_argument("--cache", default="runs/relevance", help="where the channel relevance is cached")
+    p.add_argument("--seed", type=int, default=1, help="which samples are edited (the strip's are fixed)")
     p.add_argument("--strip-samples", type=int, default=6)
     p.add_argument("--docs", default=None, help="also write text_edits.png here (e.g. docs/text)")
     p.add_argument("--export", default=None, help="also write the relevance here, for a model configuration's "

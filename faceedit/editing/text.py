@@ -9,6 +9,7 @@ in proportion, by `strength` α standard deviations (`text_direction`, `apply_te
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -36,6 +37,50 @@ class ImageTextModel(Protocol):
     def encode_image(self, images: Tensor) -> Tensor: ...  # [B, 3, H, W] in [-1, 1] → unit [B, E]
 
     def encode_text(self, captions: Sequence[str]) -> Tensor: ...  # → unit [len, E]
+
+
+class ClipEnsemble(torch.nn.Module):
+    """Several CLIPs read as one: each member's unit embedding, side by side, scaled by 1/√k (so unit again).
+
+    The channel relevance is then every member's relevance at once (one artifact, one cache key), and
+    `text_direction` lets each member vote with its own part (`embedding_groups`) before averaging the
+    votes — as DIFA sums one loss per CLIP. Measured on the demo zoo (README): two text CLIPs that each
+    pass four of seven prompts pass five together, which joining their embeddings into one cosine does not.
+    """
+
+    def __init__(self, members: Sequence[ImageTextModel]):
+        super().__init__()
+        if len(members) < 2:
+            raise InvalidInputError("clips", f"an ensemble needs at least two CLIP models, got {len(members)}")
+        self.members = torch.nn.ModuleList(members)
+        self._scale = 1.0 / math.sqrt(len(members))
+        with torch.no_grad():  # each member's embedding width, from one caption
+            self.embedding_groups = tuple(int(m.encode_text(["a face"]).shape[-1]) for m in members)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """What identifies its weights (relevance_key): every member's CLIP module."""
+        return torch.nn.ModuleList(getattr(m, "model", m) for m in self.members)
+
+    def _joined(self, parts: list[Tensor]) -> Tensor:
+        assert tuple(p.shape[-1] for p in parts) == self.embedding_groups
+        return torch.cat([F.normalize(p.float(), dim=-1) for p in parts], dim=-1) * self._scale  # [B, ΣE]
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        return self._joined([m.encode_image(images) for m in self.members])
+
+    def encode_text(self, captions: Sequence[str]) -> Tensor:
+        return self._joined([m.encode_text(captions) for m in self.members])
+
+
+def _groups(clip: ImageTextModel, width: int) -> list[slice]:
+    """The parts of an embedding each CLIP of `clip` owns: one for a single CLIP."""
+    sizes = getattr(clip, "embedding_groups", ()) or (width,)
+    if sum(sizes) != width:
+        raise InvalidInputError("relevance", f"has {width}-wide rows, but the CLIP's embedding is {sum(sizes)} "
+                                             "wide: it was measured with other CLIP models")
+    bounds = [0, *itertools.accumulate(sizes)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
 @dataclass(frozen=True)
@@ -205,26 +250,38 @@ def check_prompt(text: str, field: str) -> str:
 
 
 def text_embedding(clip: ImageTextModel, text: str, templates: Sequence[str] = TEMPLATES) -> Tensor:
-    """The prompt in every template, averaged and normalised: [E]."""
-    return F.normalize(clip.encode_text([t.format(text) for t in templates]).float().mean(0), dim=0)
+    """The prompt in every template, averaged and normalised (each ensemble member's part on its own): [E]."""
+    mean = clip.encode_text([t.format(text) for t in templates]).float().mean(0)  # [E]
+    return torch.cat([F.normalize(mean[g], dim=0) for g in _groups(clip, mean.shape[0])])
 
 
 def text_direction(relevance: ChannelRelevance, clip: ImageTextModel, target: str, neutral: str = "a face",
                    threshold: float = 0.1, templates: Sequence[str] = TEMPLATES) -> Tensor:
     """The style-channel direction [C] for "neutral → target": each channel's (normalised) relevance
-    · Δt, zero below `threshold` β, scaled so the largest is 1, in units of the channel's σ."""
+    · Δt, zero below `threshold` β, scaled so the largest is 1, in units of the channel's σ. With a
+    ClipEnsemble each member does this with its own part of the embedding and the votes are averaged."""
     target, neutral = check_prompt(target, "target"), check_prompt(neutral, "neutral")
     if not relevance.complete:
         raise InvalidInputError("relevance", f"is partial ({relevance.done}/{sum(relevance.widths)} channels)")
     if not (math.isfinite(threshold) and 0 <= threshold < 1):
         raise InvalidInputError("threshold", f"must be in [0, 1), got {threshold}")
-    delta = F.normalize(text_embedding(clip, target, templates) - text_embedding(clip, neutral, templates), dim=0)
-    cosine = F.normalize(relevance.relevance.float(), dim=1) @ delta.cpu()  # [C]
-    cosine = torch.where(cosine.abs() >= threshold, cosine, torch.zeros_like(cosine))
-    peak = cosine.abs().max()
-    if peak == 0:
+    t_target, t_neutral = text_embedding(clip, target, templates).cpu(), text_embedding(clip, neutral, templates).cpu()
+    rows = relevance.relevance.float()  # [C, E]
+    if rows.shape[1] != t_target.shape[0]:
+        raise InvalidInputError("relevance", f"has {rows.shape[1]}-wide rows for a {t_target.shape[0]}-wide CLIP "
+                                             "embedding: it was measured with another CLIP")
+    votes = []
+    for group in _groups(clip, rows.shape[1]):
+        delta = F.normalize(t_target[group] - t_neutral[group], dim=0)
+        cosine = F.normalize(rows[:, group], dim=1) @ delta  # [C]
+        cosine = torch.where(cosine.abs() >= threshold, cosine, torch.zeros_like(cosine))
+        peak = cosine.abs().max()
+        if peak > 0:
+            votes.append(cosine / peak)
+    if not votes:
         raise InvalidInputError("threshold", f"no channel reaches {threshold} for {target!r}; lower the threshold")
-    return cosine / peak * relevance.std  # [C]
+    direction = torch.stack(votes).sum(0) / len(_groups(clip, rows.shape[1]))  # [C]
+    return direction / direction.abs().max() * relevance.std  # [C]
 
 
 def apply_text_direction(styles: Sequence[Tensor], relevance: ChannelRelevance, direction: Tensor,

@@ -16,7 +16,8 @@ construction. Relative paths are relative to the file. Schema:
           - {path: interfacegan, include: ["*_w_boundary.npy"]}
           - {path: e4e/ganspace_ffhq_pca.pt, components: {lighting: 7}}   # or components: all → ganspace:K
     clips: ["ViT-B-32-quickgelu=clip/b32.pt"]   # DIFA's CLIP models ("[architecture=]weights")
-    text_clip: ViT-B-32=clip/b32.pt     # optional: the CLIP text edits read (StyleCLIP's); default: clips[0]
+    text_clip: ViT-B-32=clip/b32.pt     # optional: the CLIP text edits read (StyleCLIP's); default: clips[0];
+                                        # a list is read as one ensemble (faceedit.editing.text.ClipEnsemble)
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class ModelConfig:
 
     @property
     def text_clip(self) -> str | None:
-        """The "[architecture=]weights" spec of the CLIP text edits read: `text_clip`, else `clips[0]`."""
+        """The "[architecture=]weights[,…]" spec of the CLIP(s) text edits read: `text_clip`, else `clips[0]`."""
         return self.text_clip_override or (self.clips[0] if self.clips else None)
 
     def clip_specs(self) -> str:
@@ -154,6 +155,17 @@ def _clip_entry(entry: object, base: Path, source: Path, where: str) -> str:
     architecture, sep, weights = entry.strip().rpartition("=")
     path = _resolve(base, weights, where, source)
     return f"{architecture}={path}" if sep else str(path)
+
+
+def _text_clip_entry(entry: object, base: Path, source: Path) -> str | None:
+    """`text_clip`: one "[architecture=]weights", or a list of them (read as one ensemble) → one spec."""
+    if entry is None:
+        return None
+    if isinstance(entry, list):
+        if not entry:
+            raise InvalidInputError("text_clip", f"is an empty list in {source}: name a CLIP, or leave it out")
+        return ",".join(_clip_entry(e, base, source, f"text_clip[{i}]") for i, e in enumerate(entry))
+    return _clip_entry(entry, base, source, "text_clip")
 
 
 def parse_model_config(data: Mapping[str, Any], source: Path) -> ModelConfig:
@@ -206,10 +218,9 @@ def parse_model_config(data: Mapping[str, Any], source: Path) -> ModelConfig:
     clips = data.get("clips") or []
     if not isinstance(clips, list):
         raise InvalidInputError("clips", f"expected a list in {source}")
-    text_clip = data.get("text_clip")
     return ModelConfig(source, default, generators, families,
                        tuple(_clip_entry(c, base, source, f"clips[{i}]") for i, c in enumerate(clips)),
-                       _clip_entry(text_clip, base, source, "text_clip") if text_clip is not None else None, dict(data))
+                       _text_clip_entry(data.get("text_clip"), base, source), dict(data))
 
 
 def default_models_file() -> Path:

@@ -61,10 +61,10 @@ class TextEdits:
             log.warning(json.dumps({"event": "text_clip_unavailable", "clip": self.clip_spec, "error": str(exc)}))
 
     def _clip_model(self) -> Any:
-        from faceedit.adaptation.clip import load_clip, parse_clip_spec
+        from faceedit.adaptation.clip import load_text_clip
 
         if self._clip is None:
-            self._clip = load_clip(parse_clip_spec(self.clip_spec, "text_clip")[0])
+            self._clip = load_text_clip(self.clip_spec)
         return self._clip
 
     def _relevance_of(self, base_id: str) -> Any:

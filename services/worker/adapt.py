@@ -18,7 +18,7 @@ from typing import Any
 import redis
 import torch
 
-from faceedit.adaptation.clip import ClipConfig, ClipModel, load_clip, parse_clip_spec
+from faceedit.adaptation.clip import ClipConfig, ClipModel, load_clip, load_text_clip, parse_clip_spec
 from faceedit.adaptation.difa import CHECKPOINT_FILE, AdaptationCancelled, adapt
 from faceedit.adaptation.difa_config import DifaConfig
 from faceedit.adaptation.finetune import FinetuneConfig, FinetuneState, finetune
@@ -115,7 +115,7 @@ class Runtime:
     _bases: dict[str, Generator] = field(default_factory=dict)
     _encoders: dict[str, Encoder | None] = field(default_factory=dict)
     _clips: list[ClipModel] | None = None
-    _text_clip: ClipModel | None = None
+    _text_clip: Any = None  # a ClipModel, or a ClipEnsemble of several
     _perceptual: dict[str, Distance | None] = field(default_factory=dict)
     cache: LatentCache | None = None
     photos: PhotoStore | None = None
@@ -167,8 +167,9 @@ class Runtime:
                 raise WorkerSetupError("clips", str(exc)) from None
         return self._clips
 
-    def text_clip(self) -> ClipModel:
-        """The CLIP text edits read (the model configuration's `text_clip`, else DIFA's first), loaded once."""
+    def text_clip(self) -> Any:
+        """The CLIP text edits read (the model configuration's `text_clip`, one or an ensemble, else DIFA's
+        first), loaded once."""
         if self._text_clip is None:
             spec = self.models.text_clip
             if spec is None:
@@ -178,7 +179,7 @@ class Runtime:
                 self._text_clip = self.clips()[0]
             else:
                 try:
-                    self._text_clip = load_clip(parse_clip_spec(spec, "text_clip")[0], self.device)
+                    self._text_clip = load_text_clip(spec, self.device)
                 except FaceEditError as exc:
                     raise WorkerSetupError("text_clip", str(exc)) from None
         return self._text_clip

@@ -25,20 +25,21 @@ def test_the_demo_zoo_is_the_default_file():
     assert models.default_generator == "demo" and models.encoder_family == "demo"
     assert models.generators["demo"].checkpoint.name == "generator.pt" and models.encoder().name == "encoder.pt"
     assert models.boundary_specs("demo")[0].path.endswith("boundaries") and models.clips[0].endswith("clip.safetensors")
-    assert models.text_clip.endswith("text_clip.safetensors")  # the zoo's text edits read a CLIP of their own
+    # The zoo's text edits read CLIPs of their own, two read as one.
+    assert [Path(p).name for p in models.text_clip.split(",")] == ["text_clip.safetensors", "text_clip_long.safetensors"]
 
 
 def test_the_demo_zoos_relevance_is_the_one_the_worker_would_compute():
     """`make demo` has text edits at once only if the shipped relevance was made for the zoo's generator, its
     text CLIP and the worker's settings (the worker checks the key it records and otherwise ignores it)."""
-    from faceedit.adaptation.clip import load_clip, parse_clip_spec
+    from faceedit.adaptation.clip import load_text_clip
     from faceedit.editing.text import RelevanceConfig, recorded_key, relevance_key
     from faceedit.models import load_generator
     from services.worker.config import WorkerConfig
 
     models = load_model_config(env={})
     generator = load_generator(models.generators["demo"].checkpoint)
-    clip = load_clip(parse_clip_spec(models.text_clip)[0])
+    clip = load_text_clip(models.text_clip)
     expected = relevance_key(generator, clip, RelevanceConfig(samples=WorkerConfig().relevance_samples))
     assert recorded_key(models.families["demo"].relevance.read_bytes()) == expected
 
@@ -59,6 +60,8 @@ def test_text_edits_can_read_a_clip_of_their_own(tmp_path):
     models = load_model_config(path)
     assert models.clips == (str(tmp_path / "clip.safetensors"),) and models.text_clip == f"ViT-B-32={tmp_path / 'e.pt'}"
     assert load_model_config(write(tmp_path, "generators: {a: g.pt}\n")).text_clip is None
+    several = load_model_config(write(tmp_path, "generators: {a: g.pt}\ntext_clip: [e.pt, ViT-B-32=clip.safetensors]\n"))
+    assert several.text_clip == f"{tmp_path / 'e.pt'},ViT-B-32={tmp_path / 'clip.safetensors'}"  # one ensemble spec
 
 
 @pytest.mark.parametrize("text, field, problem", [
@@ -72,7 +75,9 @@ def test_text_edits_can_read_a_clip_of_their_own(tmp_path):
     ("generators: {}\n", "generators", "names no generator"),
     ("generators: {a: g.pt}\nclips: [missing.pt]\n", "clips[0]", "does not exist"),
     ("generators: {a: g.pt}\ntext_clip: missing.pt\n", "text_clip", "does not exist"),
-    ("generators: {a: g.pt}\ntext_clip: [clip.safetensors]\n", "text_clip", "expected '[architecture=]weights'"),
+    ("generators: {a: g.pt}\ntext_clip: []\n", "text_clip", "empty list"),
+    ("generators: {a: g.pt}\ntext_clip: [g.pt, missing.pt]\n", "text_clip[1]", "does not exist"),
+    ("generators: {a: g.pt}\ntext_clip: {x: 1}\n", "text_clip", "expected '[architecture=]weights'"),
 ])
 def test_a_bad_file_names_the_key_and_the_file(tmp_path, text, field, problem):
     with pytest.raises(InvalidInputError) as info:

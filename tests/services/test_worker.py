@@ -467,3 +467,29 @@ def test_text_edits_prepare_with_the_text_clip_when_one_is_configured(redis_clie
     assert marker.clip == str(text_clip)
     assert marker.artifact_key.endswith(relevance_key(generator, load_clip(parse_clip_spec(str(text_clip))[0]), config))
     assert not marker.artifact_key.endswith(relevance_key(generator, rt.clips()[0], config))
+
+
+def test_text_edits_prepare_one_relevance_for_an_ensemble_of_text_clips(redis_client, redis_server, namespace,
+                                                                        tiny_models, tmp_path):
+    """`text_clip: [a, b]`: the worker loads both as one ClipEnsemble and prepares one relevance under its key."""
+    from faceedit.adaptation.clip import load_text_clip
+    from faceedit.editing.text import ChannelRelevance, ClipEnsemble, RelevanceConfig, relevance_key
+    from services.common.text_edits import RelevanceMarker
+    from services.worker import app as worker_app
+
+    torch.manual_seed(9)
+    second = tmp_path / "second.safetensors"
+    save_file({k: v.contiguous() for k, v in build_clip_module(TINY_CLIP).state_dict().items()}, str(second))
+    second.with_suffix(".json").write_bytes(tiny_models["clip"].with_suffix(".json").read_bytes())
+    spec = f"{tiny_models['clip']},{second}"
+    rt = make_runtime(redis_client, redis_server, namespace, tiny_models, tmp_path,
+                      models=tiny_model_config(tiny_models, text_clip_override=spec),
+                      relevance_samples=4, compute_relevance=True)
+    assert isinstance(rt.text_clip(), ClipEnsemble) and len(rt.text_clip().members) == 2
+    worker_app.prepare_base(rt, "tiny")
+    marker = RelevanceMarker.read(rt.store, "tiny")
+    generator = load_generator(tiny_models["generator"]).eval()
+    assert marker.clip == spec
+    assert marker.artifact_key.endswith(relevance_key(generator, load_text_clip(spec), RelevanceConfig(samples=4)))
+    relevance = ChannelRelevance.from_bytes(rt.store.get(marker.artifact_key))
+    assert relevance.relevance.shape[1] == sum(rt.text_clip().embedding_groups)  # both members' rows
