@@ -26,7 +26,8 @@ def test_the_demo_zoo_is_the_default_file():
     assert models.generators["demo"].checkpoint.name == "generator.pt" and models.encoder().name == "encoder.pt"
     assert models.boundary_specs("demo")[0].path.endswith("boundaries") and models.clips[0].endswith("clip.safetensors")
     # The zoo's text edits read CLIPs of their own, two read as one.
-    assert [Path(p).name for p in models.text_clip.split(",")] == ["text_clip.safetensors", "text_clip_long.safetensors"]
+    names = [Path(p).name for p in models.text_clip.split(",")]
+    assert names == ["text_clip.safetensors", "text_clip_long.safetensors"]
 
 
 def test_the_demo_zoos_relevance_is_the_one_the_worker_would_compute():
@@ -60,7 +61,8 @@ def test_text_edits_can_read_a_clip_of_their_own(tmp_path):
     models = load_model_config(path)
     assert models.clips == (str(tmp_path / "clip.safetensors"),) and models.text_clip == f"ViT-B-32={tmp_path / 'e.pt'}"
     assert load_model_config(write(tmp_path, "generators: {a: g.pt}\n")).text_clip is None
-    several = load_model_config(write(tmp_path, "generators: {a: g.pt}\ntext_clip: [e.pt, ViT-B-32=clip.safetensors]\n"))
+    several = load_model_config(write(tmp_path, "generators: {a: g.pt}\n"
+                                                "text_clip: [e.pt, ViT-B-32=clip.safetensors]\n"))
     assert several.text_clip == f"{tmp_path / 'e.pt'},ViT-B-32={tmp_path / 'clip.safetensors'}"  # one ensemble spec
 
 
