@@ -24,7 +24,7 @@ FILES = {
     "text_clip": "text_clip.safetensors",  # what text edits read, with the next: it sees expressions and glasses
     "text_clip_long": "text_clip_long.safetensors",  # the same recipe, twice the steps
 }
-TEXT_CLIPS = ("text_clip", "text_clip_long")  # text edits read these two as one (editing.text.ClipEnsemble)
+TEXT_CLIPS = ("text_clip", "text_clip_long")  # text edits read these two as one (adaptation.clip.ClipEnsemble)
 
 
 def text_clip_spec(root: str | Path | None = None) -> str:

@@ -8,9 +8,9 @@ import dataclasses
 import pytest
 import torch
 
+from faceedit.adaptation.clip import ClipEnsemble
 from faceedit.editing.text import (
     ChannelRelevance,
-    ClipEnsemble,
     RelevanceConfig,
     apply_text_direction,
     channel_relevance,

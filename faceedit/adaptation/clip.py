@@ -334,11 +334,45 @@ def load_clip(config: ClipConfig, device: str | torch.device = "cpu") -> ClipMod
     return ClipModel(module, config.mean, config.std, config.resize_mode, _tokenizer(model_cfg), name).to(device)
 
 
-def load_text_clip(spec: str, device: str | torch.device = "cpu", field: str = "text_clip") -> Any:
-    """The CLIP text edits read, from a "[architecture=]weights[,…]" spec: one model, or several read as one
-    (faceedit.editing.text.ClipEnsemble)."""
-    from faceedit.editing.text import ClipEnsemble
+class ClipEnsemble(nn.Module):
+    """Several CLIPs read as one: each member's unit embedding, side by side, scaled by 1/√k (so unit again).
 
+    The channel relevance is then every member's relevance at once (one artifact, one cache key), and
+    `faceedit.editing.text.text_direction` lets each member vote with its own part (`embedding_groups`)
+    before averaging the votes — as DIFA sums one loss per CLIP. Measured on the demo zoo (README): two
+    text CLIPs that alone pass four and two of seven prompts pass five together; joining their embeddings
+    into one cosine passes four.
+    """
+
+    def __init__(self, members: Sequence[ClipModel]):
+        super().__init__()
+        if len(members) < 2:
+            raise InvalidInputError("clips", f"an ensemble needs at least two CLIP models, got {len(members)}")
+        self.members = nn.ModuleList(members)
+        self._scale = 1.0 / math.sqrt(len(members))
+        with torch.no_grad():  # each member's embedding width, from one caption
+            self.embedding_groups = tuple(int(m.encode_text(["a face"]).shape[-1]) for m in members)
+
+    @property
+    def model(self) -> nn.Module:
+        """What identifies its weights (faceedit.editing.text.relevance_key reads `.model`): every member's."""
+        return nn.ModuleList(m.model for m in self.members)
+
+    def _joined(self, parts: list[Tensor]) -> Tensor:
+        assert tuple(p.shape[-1] for p in parts) == self.embedding_groups
+        return torch.cat([F.normalize(p.float(), dim=-1) for p in parts], dim=-1) * self._scale  # [B, ΣE]
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        return self._joined([m.encode_image(images) for m in self.members])
+
+    def encode_text(self, captions: Sequence[str]) -> Tensor:
+        return self._joined([m.encode_text(captions) for m in self.members])
+
+
+def load_text_clip(spec: str, device: str | torch.device = "cpu",
+                   field: str = "text_clip") -> ClipModel | ClipEnsemble:
+    """The CLIP text edits read, from a "[architecture=]weights[,…]" spec: one model, or several read as one
+    (ClipEnsemble)."""
     models = [load_clip(config, device) for config in parse_clip_spec(spec, field)]
     return models[0] if len(models) == 1 else ClipEnsemble(models).to(device)
 

@@ -39,42 +39,9 @@ class ImageTextModel(Protocol):
     def encode_text(self, captions: Sequence[str]) -> Tensor: ...  # → unit [len, E]
 
 
-class ClipEnsemble(torch.nn.Module):
-    """Several CLIPs read as one: each member's unit embedding, side by side, scaled by 1/√k (so unit again).
-
-    The channel relevance is then every member's relevance at once (one artifact, one cache key), and
-    `text_direction` lets each member vote with its own part (`embedding_groups`) before averaging the
-    votes — as DIFA sums one loss per CLIP. Measured on the demo zoo (README): two text CLIPs that alone
-    pass four and two of seven prompts pass five together; joining their embeddings into one cosine passes four.
-    """
-
-    def __init__(self, members: Sequence[ImageTextModel]):
-        super().__init__()
-        if len(members) < 2:
-            raise InvalidInputError("clips", f"an ensemble needs at least two CLIP models, got {len(members)}")
-        self.members = torch.nn.ModuleList(members)
-        self._scale = 1.0 / math.sqrt(len(members))
-        with torch.no_grad():  # each member's embedding width, from one caption
-            self.embedding_groups = tuple(int(m.encode_text(["a face"]).shape[-1]) for m in members)
-
-    @property
-    def model(self) -> torch.nn.Module:
-        """What identifies its weights (relevance_key): every member's CLIP module."""
-        return torch.nn.ModuleList(getattr(m, "model", m) for m in self.members)
-
-    def _joined(self, parts: list[Tensor]) -> Tensor:
-        assert tuple(p.shape[-1] for p in parts) == self.embedding_groups
-        return torch.cat([F.normalize(p.float(), dim=-1) for p in parts], dim=-1) * self._scale  # [B, ΣE]
-
-    def encode_image(self, images: Tensor) -> Tensor:
-        return self._joined([m.encode_image(images) for m in self.members])
-
-    def encode_text(self, captions: Sequence[str]) -> Tensor:
-        return self._joined([m.encode_text(captions) for m in self.members])
-
-
 def _groups(clip: ImageTextModel, width: int) -> list[slice]:
-    """The parts of an embedding each CLIP of `clip` owns: one for a single CLIP."""
+    """The parts of an embedding each CLIP of `clip` owns: one for a single CLIP, one per member of a
+    faceedit.adaptation.clip.ClipEnsemble (its `embedding_groups`)."""
     sizes = getattr(clip, "embedding_groups", ()) or (width,)
     assert sum(sizes) == width, (sizes, width)
     bounds = [0, *itertools.accumulate(sizes)]

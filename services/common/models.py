@@ -17,7 +17,7 @@ construction. Relative paths are relative to the file. Schema:
           - {path: e4e/ganspace_ffhq_pca.pt, components: {lighting: 7}}   # or components: all → ganspace:K
     clips: ["ViT-B-32-quickgelu=clip/b32.pt"]   # DIFA's CLIP models ("[architecture=]weights")
     text_clip: ViT-B-32=clip/b32.pt     # optional: the CLIP text edits read (StyleCLIP's); default: clips[0];
-                                        # a list is read as one ensemble (faceedit.editing.text.ClipEnsemble)
+                                        # a list is read as one ensemble (faceedit.adaptation.clip.ClipEnsemble)
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 import torch
 
-from faceedit.adaptation.clip import ClipConfig, ClipModel, load_clip, load_text_clip, parse_clip_spec
+from faceedit.adaptation.clip import ClipConfig, ClipEnsemble, ClipModel, load_clip, load_text_clip, parse_clip_spec
 from faceedit.adaptation.difa import CHECKPOINT_FILE, AdaptationCancelled, adapt
 from faceedit.adaptation.difa_config import DifaConfig
 from faceedit.adaptation.finetune import FinetuneConfig, FinetuneState, finetune
@@ -115,7 +115,7 @@ class Runtime:
     _bases: dict[str, Generator] = field(default_factory=dict)
     _encoders: dict[str, Encoder | None] = field(default_factory=dict)
     _clips: list[ClipModel] | None = None
-    _text_clip: Any = None  # a ClipModel, or a ClipEnsemble of several
+    _text_clip: ClipModel | ClipEnsemble | None = None
     _perceptual: dict[str, Distance | None] = field(default_factory=dict)
     cache: LatentCache | None = None
     photos: PhotoStore | None = None
@@ -167,7 +167,7 @@ class Runtime:
                 raise WorkerSetupError("clips", str(exc)) from None
         return self._clips
 
-    def text_clip(self) -> Any:
+    def text_clip(self) -> ClipModel | ClipEnsemble:
         """The CLIP text edits read (the model configuration's `text_clip`, one or an ensemble, else DIFA's
         first), loaded once."""
         if self._text_clip is None:

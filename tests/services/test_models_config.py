@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from faceedit.errors import InvalidInputError
+from faceedit.zoo import text_clip_spec
 from services.common.models import load_model_config
 from services.common.settings import read_settings
 
@@ -28,6 +29,7 @@ def test_the_demo_zoo_is_the_default_file():
     # The zoo's text edits read CLIPs of their own, two read as one.
     names = [Path(p).name for p in models.text_clip.split(",")]
     assert names == ["text_clip.safetensors", "text_clip_long.safetensors"]
+    assert names == [Path(p).name for p in text_clip_spec().split(",")]  # what `faceedit eval text` reads
 
 
 def test_the_demo_zoos_relevance_is_the_one_the_worker_would_compute():

@@ -472,8 +472,8 @@ def test_text_edits_prepare_with_the_text_clip_when_one_is_configured(redis_clie
 def test_text_edits_prepare_one_relevance_for_an_ensemble_of_text_clips(redis_client, redis_server, namespace,
                                                                         tiny_models, tmp_path):
     """`text_clip: [a, b]`: the worker loads both as one ClipEnsemble and prepares one relevance under its key."""
-    from faceedit.adaptation.clip import load_text_clip
-    from faceedit.editing.text import ChannelRelevance, ClipEnsemble, RelevanceConfig, relevance_key
+    from faceedit.adaptation.clip import ClipEnsemble, load_text_clip
+    from faceedit.editing.text import ChannelRelevance, RelevanceConfig, relevance_key
     from services.common.text_edits import RelevanceMarker
     from services.worker import app as worker_app
 
