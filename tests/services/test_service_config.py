@@ -98,3 +98,11 @@ def test_the_documented_tuning_and_text_edit_settings_are_read_from_the_environm
     assert info.value.field == "pti_settings.tune_stepz"
     encoder = InferenceConfig.load(model_config("encoder"), {"FACEEDIT_OPTIMIZE_MAX_S": "2.5"})
     assert encoder.optimize_max_s == 2.5 and InferenceConfig.load(model_config("encoder"), {}).optimize_max_s == 60.0
+
+
+def test_the_java_frontend_runs_c1_only_by_default_and_the_env_replaces_its_flags():
+    # C2's compiler thread took the model worker's cores for minutes (services/inference/server.py).
+    assert properties(TorchServeConfig())["vmargs"].split() == ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]
+    assert "vmargs" not in properties(TorchServeConfig(jvm_args=""))
+    custom = TorchServeConfig.from_env({"FACEEDIT_TS_JVM_ARGS": "-Xmx2g"})
+    assert properties(custom)["vmargs"] == "-Xmx2g"
